@@ -1,4 +1,4 @@
-"""Dead-letter records for ``klines.dlq``: the reason, where it was rejected, and the original bytes.
+"""Dead letters for ``klines.dlq``: the reason, where it was rejected, and the original bytes.
 
 The envelope is JSON (orjson). ``original`` holds the rejected message as text when it is
 valid UTF-8; otherwise ``original_b64`` holds it base64-encoded, so nothing is ever lost or

@@ -1,0 +1,49 @@
+"""Command-line helpers: every flag falls back to an environment variable and says so in --help."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable
+from typing import Any
+
+
+def env_flag(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    *flags: str,
+    env: str,
+    default: Any = None,
+    type: Callable[[str], Any] = str,
+    help: str,
+    secret: bool = False,
+    **kwargs: Any,
+) -> None:
+    """Add an option whose default comes from ``env``, else ``default``.
+
+    The help text names the variable and the built-in default; a ``secret`` option never
+    shows the value it picked up from the environment.
+    """
+    from_env = os.environ.get(env)
+    value = type(from_env) if from_env not in (None, "") else default
+    shown = "***" if secret and value else default
+    parser.add_argument(
+        *flags,
+        default=value,
+        type=type,
+        help=f"{help} (env {env}; default: {shown})",
+        **kwargs,
+    )
+
+
+def env_bool_flag(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    flag: str,
+    *,
+    env: str,
+    help: str,
+) -> None:
+    """A boolean switch that is also on when ``env`` is 1/true/yes."""
+    on = os.environ.get(env, "").strip().lower() in ("1", "true", "yes", "on")
+    parser.add_argument(
+        flag, action="store_true", default=on, help=f"{help} (env {env}=1; default: off)"
+    )

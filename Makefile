@@ -1,0 +1,84 @@
+# klineflow — `make help` lists the targets. Every target is idempotent; `demo` and `test`
+# run `setup` themselves, so a fresh machine needs nothing installed by hand.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+KLINEFLOW := $(VENV)/bin/klineflow
+PYTEST_ARGS ?=
+
+.PHONY: help setup stack-up stack-down stack-status demo test test-unit lint format \
+        cluster-up cluster-down submit bench clean
+
+help: ## Show this help
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+setup: $(VENV)/.installed build/.jars-fetched redis-server ## Create the venv, fetch jars and the Kafka broker (mvn), install redis-server
+	@echo "setup: ok"
+
+$(VENV)/.installed: pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) is required"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -U pip
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $@
+
+build/.jars-fetched: pom.xml
+	@command -v mvn >/dev/null || { echo "Maven (mvn) is required: apt-get install maven"; exit 1; }
+	mvn -B -q -f pom.xml package
+	@touch $@
+
+redis-server:
+	@if ! command -v redis-server >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing redis-server (apt-get)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
+	  else \
+	    echo "redis-server is missing: run 'sudo apt-get install redis-server' (or make setup as root)"; exit 1; \
+	  fi; \
+	fi
+
+stack-up: setup ## Start the local Kafka broker (KRaft) and Redis on loopback
+	$(KLINEFLOW) stack up
+
+stack-down: ## Stop the local stack
+	@if [ -x $(KLINEFLOW) ]; then $(KLINEFLOW) stack down; else echo "no venv: nothing to stop"; fi
+
+stack-status: ## Show the local stack
+	$(KLINEFLOW) stack status
+
+demo: setup ## Stack up, replay the sample, run the job bounded, print what landed
+	$(KLINEFLOW) demo
+
+test: setup ## Run the whole test suite (unit + integration, real Kafka/Redis/chdb/Flink)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-unit: setup ## Run the unit tests only (no JVM, no servers)
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+lint: setup ## ruff, ruff format --check and mypy
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+format: setup ## Format the code with ruff
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+cluster-up: setup ## Start a standalone Flink cluster from the PyFlink package (dashboard :8081)
+	$(KLINEFLOW) cluster up
+
+cluster-down: ## Stop the standalone Flink cluster
+	@if [ -x $(KLINEFLOW) ]; then $(KLINEFLOW) cluster down; else echo "no venv: nothing to stop"; fi
+
+submit: setup ## Submit the job to the standalone cluster (make cluster-up first)
+	$(KLINEFLOW) job submit
+
+bench: setup ## Run the benchmarks (JSON to stdout and bench/results/)
+	$(PY) bench/bench_pipeline.py
+
+clean: stack-down cluster-down ## Stop everything and delete local state (.klineflow/)
+	rm -rf .klineflow

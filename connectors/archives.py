@@ -1,0 +1,451 @@
+"""Reading kline archives: Binance public-data CSV/ZIP files and JSONL recordings.
+
+Pure parsing, no Kafka: every row becomes a validated :class:`~udfs.record.Kline` or a
+:class:`Rejection` that says where (``file:line``) and why.
+
+Binance public data (data.binance.vision) publishes ``SYMBOL-INTERVAL-YYYY-MM-DD.zip`` (daily)
+and ``SYMBOL-INTERVAL-YYYY-MM.zip`` (monthly), each holding one CSV of the same name with the
+12 columns of :data:`BINANCE_COLUMNS`. Older files have no header row, newer ones start with
+one; spot files from 2025-01-01 on carry microsecond timestamps instead of milliseconds.
+All of these are read here, as plain ``.csv`` or inside a ``.zip`` (one or more CSVs).
+
+Archive rows are final bars: ``is_closed`` is true and ``event_time`` is the bar's
+``close_time``, because an archive has no exchange event time and the bar was final the moment
+it closed, so its close is the earliest time an exchange could have reported it as final (and
+event-time windows downstream see it exactly at the end of its own minute). ``ingest_time`` is
+the wall clock when the row is read. Each row is validated by building it through
+:func:`~udfs.record.kline_from_dict`, the same rules the bridge and the job apply.
+
+JSONL (``.jsonl``, or gzip-compressed ``.jsonl.gz``) holds one wire record (DESIGN.md) per
+line, validated with :func:`~udfs.record.decode_kline`; such records name their own exchange,
+symbol and timeframe, so the overrides below do not apply to them.
+"""
+
+from __future__ import annotations
+
+import gzip
+import re
+import zipfile
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePath
+from typing import Final, Literal
+
+from connectors.symbols import UnknownSymbol, parse_symbol
+from udfs.record import (
+    EXCHANGES,
+    InvalidKline,
+    Kline,
+    decode_kline,
+    kline_from_dict,
+    now_ms,
+    parse_timestamp_ms,
+    series_key,
+    timeframe_ms,
+)
+
+BINANCE_COLUMNS: Final[tuple[str, ...]] = (
+    "open_time",
+    "open",
+    "high",
+    "low",
+    "close",
+    "volume",
+    "close_time",
+    "quote_volume",
+    "count",
+    "taker_buy_volume",
+    "taker_buy_quote_volume",
+    "ignore",
+)
+"""Column names of the header row of newer Binance kline CSVs (older files have none)."""
+
+SourceKind = Literal["csv", "zip", "jsonl"]
+
+# SYMBOL-INTERVAL[-anything], e.g. BTCUSDT-1m-2024-01-01, BTCUSDT-1m-2024-01, ETHBTC-1h-2025-03.
+_ARCHIVE_NAME_RE: Final = re.compile(
+    r"^(?P<symbol>[A-Za-z0-9]{2,40})-(?P<interval>[0-9]{1,3}(?:mo|s|m|h|d|w|M))(?:-|$)"
+)
+_SUFFIXES: Final[dict[str, SourceKind]] = {
+    ".csv": "csv",
+    ".zip": "zip",
+    ".jsonl": "jsonl",
+    ".jsonl.gz": "jsonl",
+}
+_KNOWN_SUFFIXES: Final = ", ".join(_SUFFIXES)
+_ROW_ERRORS: Final = (InvalidKline, UnicodeDecodeError)
+# What a damaged or unreadable file raises while it is opened or read.
+_READ_ERRORS: Final = (OSError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError)
+
+
+class ArchiveError(Exception):
+    """A file that cannot be read at all (missing, not a file, corrupt zip or gzip)."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+class ReplayConfigError(ValueError):
+    """Files whose series cannot be determined; raised before anything is read or produced."""
+
+
+@dataclass(frozen=True, slots=True)
+class Series:
+    """The series every row of one archive CSV belongs to."""
+
+    exchange: str
+    symbol: str
+    raw_symbol: str
+    timeframe: str
+
+    @property
+    def key(self) -> str:
+        """The series key (Kafka key) of its bars."""
+        return series_key(self.exchange, self.symbol, self.timeframe)
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """A row that is not a valid bar: where it is, why, and its raw bytes."""
+
+    location: str
+    reason: str
+    raw: bytes
+    key: str | None = None
+
+    def describe(self) -> str:
+        """``"file:line: reason"``."""
+        return f"{self.location}: {self.reason}"
+
+
+@dataclass(frozen=True, slots=True)
+class ArchiveSource:
+    """One input file and how to read it.
+
+    ``series`` is set for a plain CSV; ``members`` lists a zip's CSVs with their series (empty
+    when the zip could not be opened while planning: reading it then reports the error).
+    JSONL files need neither.
+    """
+
+    path: Path
+    kind: SourceKind
+    series: Series | None = None
+    members: tuple[tuple[str, Series], ...] = ()
+
+
+def source_kind(path: PurePath) -> SourceKind | None:
+    """``csv``, ``zip`` or ``jsonl`` from the file name's suffix, else None."""
+    name = path.name.lower()
+    for suffix, kind in _SUFFIXES.items():
+        if name.endswith(suffix) and len(name) > len(suffix):
+            return kind
+    return None
+
+
+def parse_archive_name(name: str) -> tuple[str, str] | None:
+    """``(raw_symbol, interval)`` from a Binance archive name such as ``BTCUSDT-1m-2024-01-01.zip``.
+
+    Directories and the suffix are ignored; returns None when the name has another shape.
+    """
+    stem = PurePath(name).name.split(".", 1)[0]
+    match = _ARCHIVE_NAME_RE.match(stem)
+    if match is None:
+        return None
+    return match["symbol"].upper(), match["interval"]
+
+
+def resolve_series(
+    name: str,
+    *,
+    exchange: str | None = None,
+    symbol: str | None = None,
+    timeframe: str | None = None,
+    label: str | None = None,
+) -> Series:
+    """The series of an archive CSV: the flags win, else the file name says it.
+
+    ``exchange`` defaults to ``binance``; ``symbol`` is the exchange's raw spelling (normalised
+    through connectors/symbols.py). Raises ReplayConfigError when the symbol or timeframe is
+    unknown or cannot be taken from the name; its message starts with ``label`` (default: the
+    name).
+    """
+    label = label or name
+    parsed = parse_archive_name(name)
+    exchange = (exchange or "binance").strip().lower()
+    if exchange not in EXCHANGES:
+        known = ", ".join(sorted(EXCHANGES))
+        raise ReplayConfigError(f"{label}: unknown exchange {exchange!r} (expected one of {known})")
+    raw_symbol = symbol or (parsed[0] if parsed else None)
+    interval = timeframe or (parsed[1] if parsed else None)
+    if raw_symbol is None or interval is None:
+        raise ReplayConfigError(
+            f"{label}: cannot tell the symbol and timeframe from the file name (expected "
+            "SYMBOL-INTERVAL-DATE.csv/.zip like BTCUSDT-1m-2024-01-01.zip); "
+            "pass --symbol and --timeframe"
+        )
+    try:
+        timeframe_ms(interval)
+    except InvalidKline as exc:
+        raise ReplayConfigError(f"{label}: {exc.reason}") from None
+    try:
+        info = parse_symbol(exchange, raw_symbol)
+    except UnknownSymbol as exc:
+        raise ReplayConfigError(
+            f"{label}: cannot normalise the {exchange} symbol: {exc} (use --symbol BASE-QUOTE)"
+        ) from None
+    return Series(exchange, info.symbol, info.raw_symbol, interval)
+
+
+def discover_files(paths: Iterable[str | Path]) -> tuple[list[Path], list[str]]:
+    """Expand the command line's paths into input files, in replay order.
+
+    A directory is walked recursively for ``*.csv``, ``*.zip``, ``*.jsonl`` and ``*.jsonl.gz``
+    (hidden entries skipped), sorted by path so that daily files of a series come in date
+    order. Explicit paths are kept in the order given, even when missing (reading them then
+    reports the error). Returns the files and a list of problems (explicit files of an
+    unsupported type).
+    """
+    files: list[Path] = []
+    problems: list[str] = []
+    for entry in paths:
+        path = Path(entry)
+        if path.is_dir():
+            found = [
+                candidate
+                for candidate in path.rglob("*")
+                if candidate.is_file()
+                and source_kind(candidate) is not None
+                and not any(part.startswith(".") for part in candidate.relative_to(path).parts)
+            ]
+            files.extend(sorted(found))
+        elif path.exists() and source_kind(path) is None:
+            problems.append(f"{path}: unsupported file type (expected {_KNOWN_SUFFIXES})")
+        else:
+            files.append(path)
+    return files, problems
+
+
+def plan_sources(
+    paths: Iterable[str | Path],
+    *,
+    exchange: str | None = None,
+    symbol: str | None = None,
+    timeframe: str | None = None,
+) -> list[ArchiveSource]:
+    """Every input file with its series, checked before anything is read.
+
+    Raises ReplayConfigError listing every file whose type, symbol or timeframe is refused.
+    A zip's CSVs take their series from their own names (falling back to the zip's name).
+    """
+    files, problems = discover_files(paths)
+    sources: list[ArchiveSource] = []
+    for path in files:
+        kind = source_kind(path)
+        try:
+            if kind == "jsonl":
+                sources.append(ArchiveSource(path, "jsonl"))
+            elif kind == "zip":
+                members = _plan_zip_members(
+                    path, exchange=exchange, symbol=symbol, timeframe=timeframe
+                )
+                sources.append(ArchiveSource(path, "zip", members=members))
+            else:
+                # A missing file of no known type is planned as CSV; reading it reports it.
+                series = resolve_series(
+                    path.name,
+                    exchange=exchange,
+                    symbol=symbol,
+                    timeframe=timeframe,
+                    label=str(path),
+                )
+                sources.append(ArchiveSource(path, "csv", series=series))
+        except ReplayConfigError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise ReplayConfigError("\n".join(problems))
+    return sources
+
+
+def _plan_zip_members(
+    path: Path, *, exchange: str | None, symbol: str | None, timeframe: str | None
+) -> tuple[tuple[str, Series], ...]:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = [
+                info.filename
+                for info in archive.infolist()
+                if not info.is_dir() and info.filename.lower().endswith(".csv")
+            ]
+    except _READ_ERRORS:
+        return ()  # unreadable: iter_source reports it when its turn comes
+    members: list[tuple[str, Series]] = []
+    for name in names:
+        named_by = name if parse_archive_name(name) else path.name
+        series = resolve_series(
+            named_by, exchange=exchange, symbol=symbol, timeframe=timeframe, label=f"{path}!{name}"
+        )
+        members.append((name, series))
+    return tuple(members)
+
+
+def csv_row_to_kline(fields: Sequence[str], series: Series, ingest_time: int) -> Kline:
+    """Build and validate one bar from the 12 columns of a Binance kline CSV row.
+
+    Raises InvalidKline with the reason (column count, a number that does not parse, or any
+    rule of :func:`~udfs.record.kline_from_dict`).
+    """
+    if len(fields) != len(BINANCE_COLUMNS):
+        raise InvalidKline(f"expected {len(BINANCE_COLUMNS)} columns, got {len(fields)}")
+    open_time = parse_timestamp_ms(fields[0], "open_time")
+    close_time = parse_timestamp_ms(fields[6], "close_time")
+    return kline_from_dict(
+        {
+            "exchange": series.exchange,
+            "symbol": series.symbol,
+            "raw_symbol": series.raw_symbol,
+            "timeframe": series.timeframe,
+            "open_time": open_time,
+            "close_time": close_time,
+            "open": _number(fields[1], "open"),
+            "high": _number(fields[2], "high"),
+            "low": _number(fields[3], "low"),
+            "close": _number(fields[4], "close"),
+            "volume": _number(fields[5], "volume"),
+            "quote_volume": _number(fields[7], "quote_volume"),
+            "trades": _integer(fields[8], "trades"),
+            "taker_buy_volume": _number(fields[9], "taker_buy_volume"),
+            "taker_buy_quote_volume": _number(fields[10], "taker_buy_quote_volume"),
+            "is_closed": True,
+            "event_time": close_time,
+            "ingest_time": ingest_time,
+        }
+    )
+
+
+def _number(text: str, name: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise InvalidKline(f"{name}: {text.strip()[:40]!r} is not a number") from None
+
+
+def _integer(text: str, name: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise InvalidKline(f"{name}: {text.strip()[:40]!r} is not an integer") from None
+
+
+def _is_header(first_field: str) -> bool:
+    return first_field.strip().strip('"').lower() == BINANCE_COLUMNS[0]
+
+
+def iter_csv_rows(
+    lines: Iterable[bytes],
+    *,
+    location: str,
+    series: Series,
+    clock: Callable[[], int] = now_ms,
+) -> Iterator[Kline | Rejection]:
+    """Bars (or rejections) from the lines of one Binance kline CSV, in file order.
+
+    A header row (first column ``open_time``) and blank lines are skipped; rejections are
+    located as ``location:line`` (1-based, counting every line).
+    """
+    for number, line in enumerate(lines, start=1):
+        raw = line.rstrip(b"\r\n")
+        if not raw.strip():
+            continue
+        try:
+            fields = raw.decode("utf-8").split(",")
+            if _is_header(fields[0]):
+                continue
+            yield csv_row_to_kline(fields, series, clock())
+        except _ROW_ERRORS as exc:
+            yield Rejection(f"{location}:{number}", _reason(exc), raw, series.key)
+
+
+def iter_jsonl_rows(lines: Iterable[bytes], *, location: str) -> Iterator[Kline | Rejection]:
+    """Bars (or rejections) from JSONL lines, one wire record each; blank lines are skipped."""
+    for number, line in enumerate(lines, start=1):
+        raw = line.rstrip(b"\r\n")
+        if not raw.strip():
+            continue
+        try:
+            yield decode_kline(raw)
+        except InvalidKline as exc:
+            yield Rejection(f"{location}:{number}", exc.reason, raw)
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, InvalidKline):
+        return exc.reason
+    return "not UTF-8 text"
+
+
+def iter_source(
+    source: ArchiveSource, *, clock: Callable[[], int] = now_ms
+) -> Iterator[Kline | Rejection]:
+    """Every row of one input file, in file order (zip members in archive order).
+
+    Raises ArchiveError when the file cannot be read; that can happen after some rows were
+    yielded (a zip's CRC is only checked at the end of each member).
+    """
+    path = str(source.path)
+    try:
+        if source.kind == "jsonl":
+            opener = gzip.open if source.path.name.lower().endswith(".gz") else open
+            with opener(source.path, "rb") as handle:
+                yield from iter_jsonl_rows(handle, location=path)
+        elif source.kind == "zip":
+            yield from _iter_zip(source, clock)
+        else:
+            if source.series is None:
+                raise ArchiveError(path, "no series planned for this CSV")
+            with open(source.path, "rb") as handle:
+                yield from iter_csv_rows(handle, location=path, series=source.series, clock=clock)
+    except _READ_ERRORS as exc:
+        raise ArchiveError(path, _describe_read_error(exc)) from exc
+
+
+def _iter_zip(source: ArchiveSource, clock: Callable[[], int]) -> Iterator[Kline | Rejection]:
+    path = str(source.path)
+    with zipfile.ZipFile(source.path) as archive:
+        planned = dict(source.members)
+        names = [
+            info.filename
+            for info in archive.infolist()
+            if not info.is_dir() and info.filename.lower().endswith(".csv")
+        ]
+        if not names:
+            raise ArchiveError(path, "the zip holds no .csv file")
+        for name in names:
+            series = planned.get(name)
+            if series is None:
+                raise ArchiveError(path, f"{name}: no series planned for this member")
+            with archive.open(name) as member:
+                yield from iter_csv_rows(
+                    member,
+                    location=f"{path}!{name}",
+                    series=series,
+                    clock=clock,
+                )
+
+
+def _describe_read_error(exc: BaseException) -> str:
+    if isinstance(exc, FileNotFoundError):
+        return "no such file"
+    if isinstance(exc, IsADirectoryError):
+        return "is a directory"
+    if isinstance(exc, PermissionError):
+        return "permission denied"
+    if isinstance(exc, zipfile.BadZipFile):
+        return f"corrupt zip: {exc}"
+    if isinstance(exc, gzip.BadGzipFile | EOFError | zlib.error):
+        return f"corrupt compressed data: {exc}"
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc)
+    return str(exc)

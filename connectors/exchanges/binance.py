@@ -1,0 +1,198 @@
+"""Binance spot: combined kline streams and ``/api/v3/klines`` for repair."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import orjson
+
+from connectors.exchanges.base import (
+    MINUTE_MS,
+    ExchangeAdapter,
+    FrameKind,
+    ParsedFrame,
+    RejectedBar,
+    RestError,
+    RestPage,
+    RestRequest,
+    dumps,
+    to_float,
+    to_int,
+)
+from connectors.symbols import SymbolInfo
+from udfs.record import InvalidKline, Kline
+
+
+class BinanceSpot(ExchangeAdapter):
+    """Binance spot klines.
+
+    Streams are named in the URL of a combined-stream connection
+    (``/stream?streams=btcusdt@kline_1m/ethusdt@kline_1m``), so a reconnect resubscribes
+    everything by itself and the bridge never sends a subscribe request (Binance allows at
+    most 5 incoming messages per second per connection). A connection carries at most 1024
+    streams; the bridge uses 200 per connection to keep the URL short. The server pings every
+    20 s and drops a client that does not pong within a minute (the WebSocket library answers
+    pings); it cuts every connection after 24 h, so the bridge opens a replacement after
+    ``max_connection_age_s`` and overlaps the two. Before maintenance it sends a
+    ``serverShutdown`` event, handled the same way.
+
+    A real combined-stream push (``E`` is the event time, ``x`` marks the final update)::
+
+        {"stream":"btcusdt@kline_1m","data":{"e":"kline","E":1717171260012,"s":"BTCUSDT",
+         "k":{"t":1717171200000,"T":1717171259999,"s":"BTCUSDT","i":"1m","f":3621834971,
+              "L":3621836270,"o":"67512.01000000","c":"67530.00000000",
+              "h":"67544.00000000","l":"67508.00000000","v":"18.86934000","n":1300,
+              "x":true,"q":"1274220.82587470","V":"10.08735000","Q":"681240.26637080",
+              "B":"0"}}}
+
+    The shutdown notice::
+
+        {"stream":"!serverShutdown","data":{"e":"serverShutdown","E":1717171260000}}
+
+    ``/api/v3/klines`` answers arrays ``[openTime, open, high, low, close, volume, closeTime,
+    quoteVolume, trades, takerBuyBase, takerBuyQuote, ignore]``, weight 2 of 6000 per minute;
+    429 carries ``Retry-After`` and repeated abuse earns a 418 ban with ``Retry-After``.
+    """
+
+    name: ClassVar[str] = "binance"
+    markets: ClassVar[tuple[str, ...]] = ("spot",)
+    default_ws_base: ClassVar[str] = "wss://stream.binance.com:9443"
+    ws_paths: ClassVar[dict[str, str]] = {"spot": "/stream"}
+    default_rest_url: ClassVar[str] = "https://api.binance.com"
+    max_streams_per_connection: ClassVar[int] = 200
+    subscribe_batch: ClassVar[int] = 200
+    subscribe_rate_per_s: ClassVar[float] = 4.0
+    connect_rate_per_s: ClassVar[float] = 1.0  # 300 connection attempts per 5 min per IP
+    max_connection_age_s: ClassVar[float | None] = 23.5 * 3600
+    rest_rate_per_s: ClassVar[float] = 10.0
+    rest_burst: ClassVar[float] = 10.0
+    rest_page_limit: ClassVar[int] = 1000
+
+    def ws_url(self, base_url: str, symbols: Sequence[SymbolInfo]) -> str:
+        """``{base}/stream?streams=a@kline_1m/b@kline_1m`` (the combined-stream endpoint)."""
+        streams = "/".join(f"{info.raw_symbol.lower()}@kline_1m" for info in symbols)
+        return f"{self.ws_endpoint(base_url)}?streams={streams}"
+
+    def subscribe_messages(self, symbols: Sequence[SymbolInfo]) -> list[str]:
+        """None: the streams are in the connection URL."""
+        del symbols
+        return []
+
+    def parse_frame(self, text: str, ingest_time: int) -> ParsedFrame:
+        """Dispatch on the combined-stream envelope and the event type ``e``."""
+        try:
+            message = orjson.loads(text)
+        except orjson.JSONDecodeError as exc:
+            return ParsedFrame(FrameKind.MALFORMED, detail=f"not JSON: {exc}")
+        if not isinstance(message, dict):
+            return ParsedFrame(FrameKind.MALFORMED, detail="not a JSON object")
+        data = message.get("data", message) if "stream" in message else message
+        if isinstance(data, dict):
+            event = data.get("e")
+            if event == "kline":
+                return self._parse_kline_event(data, ingest_time)
+            if event == "serverShutdown":
+                return ParsedFrame(FrameKind.SHUTDOWN, detail="serverShutdown")
+        if "result" in message and "id" in message:
+            return ParsedFrame(FrameKind.ACK)
+        if "error" in message:
+            return ParsedFrame(FrameKind.ERROR, detail=str(message["error"])[:300])
+        return ParsedFrame(FrameKind.MALFORMED, detail="unknown message type")
+
+    def _parse_kline_event(self, data: dict[str, Any], ingest_time: int) -> ParsedFrame:
+        k = data.get("k")
+        if not isinstance(k, dict):
+            return ParsedFrame(FrameKind.MALFORMED, detail="kline event without a 'k' object")
+        raw_symbol = k.get("s", data.get("s"))
+        info = self.symbols.get(raw_symbol) if isinstance(raw_symbol, str) else None
+        if info is None:
+            return ParsedFrame(FrameKind.MALFORMED, detail=f"kline of unsubscribed {raw_symbol!r}")
+        try:
+            if k.get("i") != "1m":
+                raise InvalidKline(f"interval: expected 1m, got {k.get('i')!r}")
+            kline = self.build(
+                info,
+                {
+                    "open_time": to_int(k.get("t"), "t"),
+                    "close_time": to_int(k.get("T"), "T"),
+                    "open": to_float(k.get("o"), "o"),
+                    "high": to_float(k.get("h"), "h"),
+                    "low": to_float(k.get("l"), "l"),
+                    "close": to_float(k.get("c"), "c"),
+                    "volume": to_float(k.get("v"), "v"),
+                    "quote_volume": to_float(k.get("q"), "q"),
+                    "trades": to_int(k.get("n"), "n"),
+                    "taker_buy_volume": to_float(k.get("V"), "V"),
+                    "taker_buy_quote_volume": to_float(k.get("Q"), "Q"),
+                    "is_closed": k.get("x"),
+                    "event_time": to_int(data.get("E"), "E"),
+                    "ingest_time": ingest_time,
+                },
+            )
+        except InvalidKline as exc:
+            rejected = RejectedBar(exc.reason, dumps(data), self.series_key_of(info))
+            return ParsedFrame(FrameKind.KLINES, rejected=[rejected])
+        return ParsedFrame(FrameKind.KLINES, klines=[kline])
+
+    def rest_request(self, info: SymbolInfo, start_ms: int, end_ms: int) -> RestRequest:
+        """``GET /api/v3/klines`` for ``[start_ms, end_ms)``, oldest first."""
+        return RestRequest(
+            "/api/v3/klines",
+            {
+                "symbol": info.raw_symbol,
+                "interval": "1m",
+                "startTime": str(start_ms),
+                "endTime": str(end_ms - 1),
+                "limit": str(self.rest_page_limit),
+            },
+        )
+
+    def parse_rest(
+        self, info: SymbolInfo, payload: Any, start_ms: int, end_ms: int, ingest_time: int
+    ) -> RestPage:
+        """Closed bars of a ``/api/v3/klines`` answer; pages forward while the page is full."""
+        if isinstance(payload, dict):
+            raise RestError(f"binance error {payload.get('code')}: {payload.get('msg')}")
+        if not isinstance(payload, list):
+            raise RestError(f"binance klines: unexpected body {str(payload)[:200]}")
+        klines: list[Kline] = []
+        rejected: list[RejectedBar] = []
+        last_open: int | None = None
+        for row in payload:
+            try:
+                if not isinstance(row, list) or len(row) < 11:
+                    raise InvalidKline("REST row: expected an array of at least 11 fields")
+                open_time = to_int(row[0], "openTime")
+                last_open = open_time if last_open is None else max(last_open, open_time)
+                if not start_ms <= open_time < end_ms:
+                    continue
+                klines.append(
+                    self.build(
+                        info,
+                        {
+                            "open_time": open_time,
+                            "close_time": to_int(row[6], "closeTime"),
+                            "open": to_float(row[1], "open"),
+                            "high": to_float(row[2], "high"),
+                            "low": to_float(row[3], "low"),
+                            "close": to_float(row[4], "close"),
+                            "volume": to_float(row[5], "volume"),
+                            "quote_volume": to_float(row[7], "quoteVolume"),
+                            "trades": to_int(row[8], "trades"),
+                            "taker_buy_volume": to_float(row[9], "takerBuyBase"),
+                            "taker_buy_quote_volume": to_float(row[10], "takerBuyQuote"),
+                            "is_closed": True,
+                            "event_time": self.rest_event_time(open_time),
+                            "ingest_time": ingest_time,
+                        },
+                    )
+                )
+            except InvalidKline as exc:
+                rejected.append(RejectedBar(exc.reason, dumps(row), self.series_key_of(info)))
+        klines.sort(key=lambda kline: kline.open_time)
+        next_start = None
+        full_page = len(payload) >= self.rest_page_limit
+        if full_page and last_open is not None and last_open + MINUTE_MS < end_ms:
+            next_start = last_open + MINUTE_MS
+        return RestPage(klines, rejected, next_start_ms=next_start)

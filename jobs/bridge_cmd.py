@@ -1,0 +1,278 @@
+"""``klineflow bridge``: exchange kline WebSockets into Kafka (see :mod:`connectors.bridge`)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from typing import Any
+
+import orjson
+
+from jobs.cliutil import env_flag
+
+log = logging.getLogger("klineflow.bridge")
+
+EXCHANGES = ("binance", "okx", "bybit")
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a positive number")
+    return value
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the ``bridge`` command."""
+    parser = subparsers.add_parser(
+        "bridge",
+        help="stream 1m klines of one exchange market into Kafka",
+        description=(
+            "Subscribe to the 1m kline streams of SYMBOLS on one exchange and market, turn every "
+            "update into the klines.raw record and produce it keyed per series; repair gaps over "
+            "REST. One market per process: spot and linear bars of the same symbol share a "
+            "series key, so linear bars go to their own topic (--linear-topic)."
+        ),
+    )
+    env_flag(
+        parser, "--exchange", env="BRIDGE_EXCHANGE", choices=EXCHANGES, help="exchange to read"
+    )
+    env_flag(
+        parser,
+        "--symbols",
+        env="BRIDGE_SYMBOLS",
+        help="comma-separated exchange symbols, e.g. BTCUSDT,ETHUSDT (OKX: BTC-USDT, "
+        "BTC-USDT-SWAP); a symbol that cannot be split into BASE-QUOTE is refused",
+    )
+    env_flag(
+        parser,
+        "--market",
+        env="BRIDGE_MARKET",
+        default="spot",
+        choices=("spot", "linear"),
+        help="spot, or linear (USDT/USDC-margined perpetuals: OKX SWAP, Bybit linear)",
+    )
+    parser.add_argument(
+        "--ws-url",
+        default=None,
+        help="WebSocket base URL (a URL without a path gets the market's path) "
+        "(env BINANCE_WS_URL / OKX_WS_URL / BYBIT_WS_URL; default: the exchange's public URL)",
+    )
+    parser.add_argument(
+        "--rest-url",
+        default=None,
+        help="REST base URL for gap repair (env BINANCE_REST_URL / OKX_REST_URL / "
+        "BYBIT_REST_URL; default: the exchange's public URL)",
+    )
+    env_flag(parser, "--topic", env="KLINES_TOPIC", default="klines.raw", help="topic of spot bars")
+    env_flag(
+        parser,
+        "--linear-topic",
+        env="KLINES_LINEAR_TOPIC",
+        default="klines.raw.linear",
+        help="topic of linear-contract bars (must differ from --topic)",
+    )
+    env_flag(
+        parser,
+        "--dlq-topic",
+        env="KLINES_DLQ_TOPIC",
+        default="klines.dlq",
+        help="dead-letter topic for updates that fail validation",
+    )
+    env_flag(
+        parser,
+        "--bootstrap-servers",
+        env="KAFKA_BOOTSTRAP_SERVERS",
+        default="127.0.0.1:9092",
+        help="Kafka bootstrap servers",
+    )
+    env_flag(
+        parser,
+        "--stats-interval",
+        env="BRIDGE_STATS_INTERVAL",
+        default=60.0,
+        type=_positive_float,
+        help="seconds between counter reports",
+    )
+    env_flag(
+        parser,
+        "--no-data-timeout",
+        env="BRIDGE_NO_DATA_TIMEOUT",
+        default=90.0,
+        type=_positive_float,
+        help="reconnect a connection that delivered no kline for this many seconds",
+    )
+    env_flag(
+        parser,
+        "--max-connection-age",
+        env="BRIDGE_MAX_CONNECTION_AGE",
+        default=None,
+        type=_positive_float,
+        help="seconds after which a connection is replaced with overlap "
+        "(default: the exchange's, Binance 23.5 h)",
+    )
+    env_flag(
+        parser,
+        "--overlap-timeout",
+        env="BRIDGE_OVERLAP_TIMEOUT",
+        default=30.0,
+        type=_positive_float,
+        help="seconds a replacement connection may take to deliver data",
+    )
+    env_flag(
+        parser,
+        "--backoff-base",
+        env="BRIDGE_BACKOFF_BASE",
+        default=0.5,
+        type=_positive_float,
+        help="first reconnect backoff ceiling, seconds",
+    )
+    env_flag(
+        parser,
+        "--backoff-cap",
+        env="BRIDGE_BACKOFF_CAP",
+        default=60.0,
+        type=_positive_float,
+        help="largest reconnect backoff, seconds",
+    )
+    env_flag(
+        parser,
+        "--backoff-stable",
+        env="BRIDGE_BACKOFF_STABLE",
+        default=60.0,
+        type=_positive_float,
+        help="a connection up this long resets the backoff, seconds",
+    )
+    env_flag(
+        parser,
+        "--ping-interval",
+        env="BRIDGE_PING_INTERVAL",
+        default=None,
+        type=_positive_float,
+        help="override the exchange's application ping interval, seconds",
+    )
+    env_flag(
+        parser,
+        "--repair-delay",
+        env="BRIDGE_REPAIR_DELAY",
+        default=2.0,
+        type=_positive_float,
+        help="seconds to wait before repairing a new gap over REST",
+    )
+    env_flag(
+        parser,
+        "--startup-backfill-minutes",
+        env="BRIDGE_STARTUP_BACKFILL_MINUTES",
+        default=60,
+        type=int,
+        help="on start, repair this many minutes before each series' first bar",
+    )
+    env_flag(
+        parser,
+        "--max-pending",
+        env="BRIDGE_MAX_PENDING",
+        default=20_000,
+        type=int,
+        help="records queued or unacknowledged before reading pauses (back-pressure)",
+    )
+    parser.set_defaults(func=run)
+
+
+def _exchange_env(exchange: str, kind: str) -> str | None:
+    value = os.environ.get(f"{exchange.upper()}_{kind}_URL", "").strip()
+    return value or None
+
+
+def run(args: argparse.Namespace) -> int:
+    """Validate the settings, then run the bridge until SIGINT/SIGTERM."""
+    from connectors.bridge import BridgeConfig
+    from connectors.exchanges import create_adapter
+    from connectors.symbols import UnknownSymbol
+
+    if not args.exchange:
+        return _refuse("--exchange (or BRIDGE_EXCHANGE) is required")
+    symbols = [item.strip() for item in (args.symbols or "").split(",") if item.strip()]
+    if not symbols:
+        return _refuse("--symbols (or BRIDGE_SYMBOLS) is required, e.g. BTCUSDT,ETHUSDT")
+    try:
+        adapter = create_adapter(args.exchange, args.market, symbols)
+    except UnknownSymbol as exc:
+        hint = ""
+        if args.exchange == "okx" and "linear instrument" in str(exc):
+            hint = " (use --market linear for SWAP instruments)"
+        return _refuse(f"{exc}{hint}")
+    if args.topic == args.linear_topic:
+        return _refuse(
+            f"--topic and --linear-topic are both {args.topic!r}: spot and linear bars of one "
+            "symbol share the series key exchange:BASE-QUOTE:1m and would overwrite each other "
+            "downstream; give linear bars their own topic"
+        )
+    topic = args.linear_topic if args.market == "linear" else args.topic
+    config = BridgeConfig(
+        ws_url=args.ws_url or _exchange_env(args.exchange, "WS") or adapter.default_ws_base,
+        rest_url=args.rest_url or _exchange_env(args.exchange, "REST") or adapter.default_rest_url,
+        topic=topic,
+        dlq_topic=args.dlq_topic,
+        stats_interval_s=args.stats_interval,
+        no_data_timeout_s=args.no_data_timeout,
+        max_connection_age_s=args.max_connection_age,
+        overlap_timeout_s=args.overlap_timeout,
+        backoff_base_s=args.backoff_base,
+        backoff_cap_s=args.backoff_cap,
+        backoff_stable_s=args.backoff_stable,
+        ping_interval_s=args.ping_interval,
+        repair_delay_s=args.repair_delay,
+        startup_backfill_minutes=max(0, args.startup_backfill_minutes),
+        max_pending=max(2, args.max_pending),
+    )
+    log.info(
+        "event=starting exchange=%s market=%s symbols=%d topic=%s dlq=%s ws=%s rest=%s",
+        adapter.name,
+        adapter.market,
+        len(adapter.symbols),
+        config.topic,
+        config.dlq_topic,
+        adapter.ws_endpoint(config.ws_url),
+        config.rest_url,
+    )
+    return asyncio.run(_run_bridge(adapter, config, args.bootstrap_servers))
+
+
+def _refuse(message: str) -> int:
+    print(f"klineflow bridge: {message}", file=sys.stderr)
+    return 2
+
+
+async def _run_bridge(adapter: Any, config: Any, bootstrap: str) -> int:
+    import aiohttp
+    from kafka.errors import KafkaError
+
+    from connectors.bridge import Bridge, KafkaSink
+    from connectors.kafka_producer import create_producer
+
+    loop = asyncio.get_running_loop()
+    try:
+        producer = await loop.run_in_executor(None, lambda: create_producer(bootstrap))
+    except KafkaError as exc:
+        print(f"klineflow bridge: cannot reach Kafka at {bootstrap}: {exc!r}", file=sys.stderr)
+        return 1
+    sink = KafkaSink(producer, max_pending=config.max_pending)
+    sink.start()
+    stop = asyncio.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    async with aiohttp.ClientSession() as session:
+        bridge = Bridge(adapter, config, sink, session)
+        sink.on_closed_bar_lost = bridge.on_closed_bar_lost
+        final = await bridge.run(stop)
+    log.info("event=stopping pending=%d", sink.pending)
+    clean = await sink.close(timeout_s=30.0)
+    final["sink"] = sink.stats()
+    log.info("event=final_stats %s", orjson.dumps(final).decode())
+    if not clean:
+        log.error("event=unflushed records=%d", sink.pending)
+    return 0 if clean else 1

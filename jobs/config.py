@@ -1,0 +1,132 @@
+"""The job's settings: one typed, frozen object, read from flags that fall back to env vars.
+
+Relative paths (the chdb directory, checkpoints) are resolved against the project root at
+construction, because the Flink Python workers run with another working directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from jobs.cliutil import env_bool_flag, env_flag
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+STATE_DIR = PROJECT_ROOT / ".klineflow"
+DEFAULT_CLICKHOUSE_URL = "chdb://.klineflow/chdb"
+
+
+def resolve_clickhouse_url(url: str) -> str:
+    """Make a relative ``chdb://`` path absolute (against the project root)."""
+    if url.startswith("chdb://") and not url.startswith("chdb:///"):
+        return f"chdb://{(PROJECT_ROOT / url[len('chdb://') :]).resolve()}"
+    return url
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineConfig:
+    """What the pure pipeline (``build_pipeline``) needs: event-time and upsert behaviour."""
+
+    max_out_of_orderness_ms: int = 60_000
+    idleness_ms: int = 60_000
+    allowed_lateness_ms: int = 3_600_000
+
+
+@dataclass(frozen=True, slots=True)
+class SinkConfig:
+    """How the sinks batch: ClickHouse by size and time, Redis per update in short batches."""
+
+    clickhouse_url: str = DEFAULT_CLICKHOUSE_URL
+    clickhouse_batch_rows: int = 10_000
+    clickhouse_flush_ms: int = 1_000
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_batch_rows: int = 500
+    redis_flush_ms: int = 100
+    redis_recent_bars: int = 500
+    redis_ttl_s: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class JobSettings:
+    """Everything ``klineflow job run|submit`` needs; see ``add_job_arguments`` for the flags."""
+
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    klines_topic: str = "klines.raw"
+    dlq_topic: str = "klines.dlq"
+    consumer_group: str = "klineflow-job"
+    bounded: bool = False
+    parallelism: int | None = None
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    sinks: SinkConfig = field(default_factory=SinkConfig)
+    flink_conf_dir: Path = PROJECT_ROOT / "flink-conf"
+    flink_jars_dir: Path = PROJECT_ROOT / "build" / "flink-jars"
+    checkpoint_dir: Path = STATE_DIR / "checkpoints"
+    job_name: str = "klineflow"
+    # Extra Flink settings on top of flink-conf/config.yaml (tests turn restarts off).
+    flink_overrides: tuple[tuple[str, str], ...] = ()
+
+    def with_overrides(self, **changes: Any) -> JobSettings:
+        """A copy with some fields replaced (tests use it for fresh topics and paths)."""
+        return replace(self, **changes)
+
+
+def add_job_arguments(parser: argparse.ArgumentParser) -> None:
+    """The job's flags; each falls back to an environment variable named in --help."""
+    env_flag(parser, "--bootstrap-servers", env="KAFKA_BOOTSTRAP_SERVERS",
+             default="127.0.0.1:9092", help="Kafka bootstrap servers")  # fmt: skip
+    env_flag(parser, "--topic", env="KLINES_TOPIC", default="klines.raw",
+             help="input topic of raw 1m klines")  # fmt: skip
+    env_flag(parser, "--dlq-topic", env="KLINES_DLQ_TOPIC", default="klines.dlq",
+             help="dead-letter topic for rejected input")  # fmt: skip
+    env_flag(parser, "--group-id", env="KLINEFLOW_GROUP_ID", default="klineflow-job",
+             help="Kafka consumer group (offsets are committed on checkpoints)")  # fmt: skip
+    env_flag(parser, "--clickhouse-url", env="CLICKHOUSE_URL", default=DEFAULT_CLICKHOUSE_URL,
+             help="chdb:///path (embedded) or clickhouse://user:pass@host:9000/crypto_kline",
+             secret=True)  # fmt: skip
+    env_flag(parser, "--redis-url", env="REDIS_URL", default="redis://127.0.0.1:6379/0",
+             help="Redis for live state", secret=True)  # fmt: skip
+    env_flag(parser, "--parallelism", env="KLINEFLOW_PARALLELISM", type=int, default=None,
+             help="job parallelism (default: flink-conf/config.yaml)")  # fmt: skip
+    env_flag(parser, "--max-out-of-orderness-ms", env="KLINEFLOW_MAX_OUT_OF_ORDERNESS_MS",
+             type=int, default=60_000, help="watermark bound on out-of-order bars")  # fmt: skip
+    env_flag(parser, "--idleness-ms", env="KLINEFLOW_IDLENESS_MS", type=int, default=60_000,
+             help="a partition silent this long stops holding the watermark back")  # fmt: skip
+    env_flag(parser, "--allowed-lateness-ms", env="KLINEFLOW_ALLOWED_LATENESS_MS", type=int,
+             default=3_600_000, help="how long after its close a bar may still be updated")  # fmt: skip
+    env_flag(parser, "--clickhouse-batch-rows", env="KLINEFLOW_CLICKHOUSE_BATCH_ROWS", type=int,
+             default=10_000, help="ClickHouse insert batch size")  # fmt: skip
+    env_flag(parser, "--clickhouse-flush-ms", env="KLINEFLOW_CLICKHOUSE_FLUSH_MS", type=int,
+             default=1_000, help="flush ClickHouse at least this often")  # fmt: skip
+    env_flag(parser, "--redis-recent-bars", env="KLINEFLOW_REDIS_RECENT_BARS", type=int,
+             default=500, help="bars kept per series in the klines: sorted set")  # fmt: skip
+    env_flag(parser, "--redis-ttl-s", env="KLINEFLOW_REDIS_TTL_S", type=int, default=None,
+             help="TTL of the Redis keys (default: no expiry)")  # fmt: skip
+    env_bool_flag(parser, "--bounded", env="KLINEFLOW_BOUNDED",
+                  help="read the topic up to its current end, then finish")  # fmt: skip
+
+
+def settings_from_args(args: argparse.Namespace) -> JobSettings:
+    """Build the frozen settings from parsed flags."""
+    return JobSettings(
+        kafka_bootstrap=args.bootstrap_servers,
+        klines_topic=args.topic,
+        dlq_topic=args.dlq_topic,
+        consumer_group=args.group_id,
+        bounded=args.bounded,
+        parallelism=args.parallelism,
+        pipeline=PipelineConfig(
+            max_out_of_orderness_ms=args.max_out_of_orderness_ms,
+            idleness_ms=args.idleness_ms,
+            allowed_lateness_ms=args.allowed_lateness_ms,
+        ),
+        sinks=SinkConfig(
+            clickhouse_url=resolve_clickhouse_url(args.clickhouse_url),
+            clickhouse_batch_rows=args.clickhouse_batch_rows,
+            clickhouse_flush_ms=args.clickhouse_flush_ms,
+            redis_url=args.redis_url,
+            redis_recent_bars=args.redis_recent_bars,
+            redis_ttl_s=args.redis_ttl_s,
+        ),
+    )

@@ -1,0 +1,158 @@
+"""The klineflow Flink job: attach the Kafka source and the sinks around ``build_pipeline``.
+
+Run locally with ``klineflow job run`` (a mini-cluster inside this process's JVM) or submit it
+to a standalone cluster with ``klineflow job submit``, which runs this file through
+``flink run --python`` (see ``main``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from jobs.config import JobSettings, add_job_arguments, settings_from_args
+
+log = logging.getLogger(__name__)
+
+KAFKA_CONNECTOR_JAR_GLOB = "flink-sql-connector-kafka-*.jar"
+
+
+BOUNDED_RESTART_STRATEGY = {
+    "restart-strategy.type": "fixed-delay",
+    "restart-strategy.fixed-delay.attempts": "2",
+    "restart-strategy.fixed-delay.delay": "2s",
+}
+
+
+class JobSetupError(RuntimeError):
+    """The job cannot start: a missing jar, config file or service."""
+
+
+def load_flink_config(conf_dir: Path) -> dict[str, str]:
+    """Read ``config.yaml`` (flat keys) into Flink's string form."""
+    from ruamel.yaml import YAML
+
+    path = conf_dir / "config.yaml"
+    if not path.is_file():
+        raise JobSetupError(f"{path} is missing: the Flink configuration lives in flink-conf/")
+    data = YAML(typ="safe").load(path.read_text()) or {}
+    return {str(key): _flink_value(value) for key, value in data.items()}
+
+
+def _flink_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def connector_jars(jars_dir: Path) -> list[Path]:
+    """The Flink connector jars (and the codecs they need) fetched by ``make setup``."""
+    jars = sorted(jars_dir.glob("*.jar"))
+    if not any(jar.match(KAFKA_CONNECTOR_JAR_GLOB) for jar in jars):
+        raise JobSetupError(
+            f"no Kafka connector jar in {jars_dir}: run `make setup` (mvn fetches it from pom.xml)"
+        )
+    return jars
+
+
+def job_configuration(settings: JobSettings) -> dict[str, str]:
+    """The Flink configuration of a run: flink-conf/config.yaml plus run-time paths."""
+    config = load_flink_config(settings.flink_conf_dir)
+    settings.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    config["execution.checkpointing.dir"] = settings.checkpoint_dir.resolve().as_uri()
+    config["python.executable"] = sys.executable
+    config["python.client.executable"] = sys.executable
+    config["pipeline.jars"] = ";".join(
+        jar.resolve().as_uri() for jar in connector_jars(settings.flink_jars_dir)
+    )
+    config["pipeline.name"] = settings.job_name
+    if settings.bounded:
+        # A bounded run (replay, demo) should end: retry a couple of times, then fail loudly
+        # instead of restarting forever like the streaming job.
+        config.update(BOUNDED_RESTART_STRATEGY)
+    config.update(settings.flink_overrides)
+    return config
+
+
+def create_environment(settings: JobSettings) -> Any:
+    """A StreamExecutionEnvironment configured for this job (local or inside ``flink run``)."""
+    from pyflink.common import Configuration
+    from pyflink.datastream import StreamExecutionEnvironment
+
+    configuration = Configuration()
+    for key, value in job_configuration(settings).items():
+        configuration.set_string(key, value)
+    env = StreamExecutionEnvironment.get_execution_environment(configuration)
+    if settings.parallelism:
+        env.set_parallelism(settings.parallelism)
+    return env
+
+
+def attach_job(env: Any, settings: JobSettings) -> None:
+    """Source -> pipeline -> sinks on ``env``: everything that touches the outside is here."""
+    from pyflink.common import Types
+    from pyflink.common.watermark_strategy import WatermarkStrategy
+
+    from connectors.flink_kafka import dead_letter_sink, klines_source
+    from connectors.flink_sinks import ClickHouseBarSink, RedisBarSink, attach_sink
+    from jobs.pipeline import build_pipeline
+
+    raw = env.from_source(
+        klines_source(
+            settings.kafka_bootstrap,
+            settings.klines_topic,
+            settings.consumer_group,
+            bounded=settings.bounded,
+        ),
+        # Watermarks come after parsing (event time is the bar's open_time).
+        WatermarkStrategy.no_watermarks(),
+        "kafka-klines-raw",
+        type_info=Types.PRIMITIVE_ARRAY(Types.BYTE()),
+    ).uid("kafka-klines-raw")
+    streams = build_pipeline(raw, settings.pipeline)
+    streams.dead_letters.sink_to(
+        dead_letter_sink(settings.kafka_bootstrap, settings.dlq_topic)
+    ).name("kafka-klines-dlq").uid("kafka-klines-dlq")
+    chdb_parallelism = 1 if settings.sinks.clickhouse_url.startswith("chdb:") else None
+    attach_sink(
+        streams.bars,
+        ClickHouseBarSink(settings.sinks),
+        "clickhouse-klines",
+        parallelism=chdb_parallelism,
+    )
+    attach_sink(streams.bars, RedisBarSink(settings.sinks), "redis-klines")
+
+
+def prepare_services(settings: JobSettings) -> None:
+    """Create the topics and apply the ClickHouse schema before the job starts."""
+    from connectors.clickhouse import migrate
+    from connectors.kafka_admin import ensure_topics
+
+    ensure_topics(settings.kafka_bootstrap, [settings.klines_topic, settings.dlq_topic])
+    migrate(settings.sinks.clickhouse_url)
+
+
+def run_job(settings: JobSettings) -> None:
+    """Build and run the job, blocking until it ends (bounded) or is cancelled."""
+    prepare_services(settings)
+    env = create_environment(settings)
+    attach_job(env, settings)
+    log.info("starting job %s (bounded=%s)", settings.job_name, settings.bounded)
+    env.execute(settings.job_name)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point for ``flink run --python jobs/job.py -- [job flags]``."""
+    parser = argparse.ArgumentParser(prog="klineflow-job")
+    add_job_arguments(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO)
+    run_job(settings_from_args(args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Local servers that speak the exchanges' protocols, for tests and benchmarks."""

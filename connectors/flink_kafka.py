@@ -18,9 +18,7 @@ from pyflink.datastream.connectors.kafka import (
 )
 
 
-def klines_source(
-    bootstrap: str, topic: str, group_id: str, *, bounded: bool
-) -> KafkaSource:
+def klines_source(bootstrap: str, topic: str, group_id: str, *, bounded: bool) -> KafkaSource:
     """The ``klines.raw`` source: committed offsets of the group, else the earliest.
 
     ``bounded`` stops at the offsets that are the latest when the job starts (replays,

@@ -83,7 +83,7 @@ class BatchingSinkFunction(KeyedProcessFunction):
 
 
 class ClickHouseBarSink(BatchingSinkFunction):
-    """Upserted bars into ClickHouse ``klines`` (chdb or a server, see ``connectors.clickhouse``)."""
+    """Upserted bars into ClickHouse ``klines`` (chdb or a server: ``connectors.clickhouse``)."""
 
     def __init__(self, config: SinkConfig) -> None:
         super().__init__(config.clickhouse_batch_rows, config.clickhouse_flush_ms)

@@ -12,10 +12,11 @@ when every file was read and every message was acknowledged.
 from __future__ import annotations
 
 import contextlib
+import heapq
 import logging
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
@@ -24,7 +25,7 @@ from kafka.errors import KafkaError, KafkaTimeoutError
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from connectors.archives import ArchiveError, Rejection, iter_source, plan_sources
+from connectors.archives import ArchiveError, ArchiveSource, Rejection, iter_source, plan_sources
 from connectors.kafka_admin import TopicError, ensure_topics
 from connectors.kafka_producer import DeliveryCounter, create_producer
 from udfs.dead_letter import DeadLetter, encode_dead_letter
@@ -143,21 +144,19 @@ def replay_files(
     reporter = _RejectionReporter(report_limit)
     try:
         with _progress_bar(progress) as bar:
-            for source in sources:
-                bar.set_postfix_str(source.path.name, refresh=False)
-                try:
-                    for row in iter_source(source, clock=clock):
-                        if isinstance(row, Kline):
-                            bars.send(producer, topic, encode_kline(row), row.series_key.encode())
-                        else:
-                            result.rejected += 1
-                            reporter.report(row)
-                            letters.send(producer, dlq_topic, _dead_letter(row), _key(row))
-                        bar.update()
-                        pacer.tick()
-                except ArchiveError as exc:
-                    log.error("cannot read %s: %s", exc.path, exc.reason)
-                    result.failed_files.append(exc.path)
+            for _, row in merge_by_open_time(sources, clock=clock):
+                if isinstance(row, ArchiveError):
+                    log.error("cannot read %s: %s", row.path, row.reason)
+                    result.failed_files.append(row.path)
+                    continue
+                if isinstance(row, Kline):
+                    bars.send(producer, topic, encode_kline(row), row.series_key.encode())
+                else:
+                    result.rejected += 1
+                    reporter.report(row)
+                    letters.send(producer, dlq_topic, _dead_letter(row), _key(row))
+                bar.update()
+                pacer.tick()
             producer.flush(timeout=_FLUSH_TIMEOUT_S)
     except KafkaError as exc:
         raise ReplayError(f"Kafka at {bootstrap}: {_describe_kafka_error(exc)}") from exc
@@ -171,6 +170,49 @@ def replay_files(
         log.error("delivery failed: %r", error)
     result.elapsed_s = time.monotonic() - started
     return result
+
+
+ReplayItem = Kline | Rejection | ArchiveError
+
+
+def merge_by_open_time(
+    sources: Sequence[ArchiveSource], *, clock: Callable[[], int] = now_ms
+) -> Iterator[tuple[int, ReplayItem]]:
+    """All rows of all sources, merged by open time like a live feed would deliver them.
+
+    Archives are per series and per day, so replaying them file by file would send one
+    series' whole history before the next one's: downstream, event-time windows would see
+    the other series as hopelessly late. Files of one series are chained in name (= date)
+    order, and the chains and JSONL files are merged by open_time, so only one file per
+    series is open at a time. Rejected rows and read errors keep their place in their file.
+    """
+    groups: dict[str, list[ArchiveSource]] = {}
+    for source in sources:
+        groups.setdefault(_series_group(source), []).append(source)
+    chains = [_chain(sorted(files, key=lambda s: s.path.name), clock) for files in groups.values()]
+    return heapq.merge(*chains, key=lambda item: item[0])
+
+
+def _series_group(source: ArchiveSource) -> str:
+    if source.series is not None:
+        return source.series.key
+    if source.members:
+        return "|".join(sorted({series.key for _, series in source.members}))
+    return f"file:{source.path}"
+
+
+def _chain(
+    sources: Sequence[ArchiveSource], clock: Callable[[], int]
+) -> Iterator[tuple[int, ReplayItem]]:
+    newest_open_time = 0
+    for source in sources:
+        try:
+            for row in iter_source(source, clock=clock):
+                if isinstance(row, Kline):
+                    newest_open_time = row.open_time
+                yield newest_open_time, row
+        except ArchiveError as exc:
+            yield newest_open_time, exc
 
 
 def _dead_letter(rejection: Rejection) -> bytes:

@@ -56,7 +56,10 @@ def prepare_cluster_dirs(settings: JobSettings | None = None) -> None:
         folder.mkdir(parents=True, exist_ok=True)
     for stale in lib.glob("*.jar"):
         stale.unlink()
-    for jar in [*home.joinpath("lib").glob("*.jar"), *home.joinpath("opt").glob("flink-python*.jar")]:
+    for jar in [
+        *home.joinpath("lib").glob("*.jar"),
+        *home.joinpath("opt").glob("flink-python*.jar"),
+    ]:
         lib.joinpath(jar.name).symlink_to(jar)
     for name in ("log4j.properties", "log4j-cli.properties", "log4j-console.properties"):
         shutil.copyfile(home / "conf" / name, conf / name)

@@ -74,37 +74,120 @@ class JobSettings:
 
 def add_job_arguments(parser: argparse.ArgumentParser) -> None:
     """The job's flags; each falls back to an environment variable named in --help."""
-    env_flag(parser, "--bootstrap-servers", env="KAFKA_BOOTSTRAP_SERVERS",
-             default="127.0.0.1:9092", help="Kafka bootstrap servers")  # fmt: skip
-    env_flag(parser, "--topic", env="KLINES_TOPIC", default="klines.raw",
-             help="input topic of raw 1m klines")  # fmt: skip
-    env_flag(parser, "--dlq-topic", env="KLINES_DLQ_TOPIC", default="klines.dlq",
-             help="dead-letter topic for rejected input")  # fmt: skip
-    env_flag(parser, "--group-id", env="KLINEFLOW_GROUP_ID", default="klineflow-job",
-             help="Kafka consumer group (offsets are committed on checkpoints)")  # fmt: skip
-    env_flag(parser, "--clickhouse-url", env="CLICKHOUSE_URL", default=DEFAULT_CLICKHOUSE_URL,
-             help="chdb:///path (embedded) or clickhouse://user:pass@host:9000/crypto_kline",
-             secret=True)  # fmt: skip
-    env_flag(parser, "--redis-url", env="REDIS_URL", default="redis://127.0.0.1:6379/0",
-             help="Redis for live state", secret=True)  # fmt: skip
-    env_flag(parser, "--parallelism", env="KLINEFLOW_PARALLELISM", type=int, default=None,
-             help="job parallelism (default: flink-conf/config.yaml)")  # fmt: skip
-    env_flag(parser, "--max-out-of-orderness-ms", env="KLINEFLOW_MAX_OUT_OF_ORDERNESS_MS",
-             type=int, default=60_000, help="watermark bound on out-of-order bars")  # fmt: skip
-    env_flag(parser, "--idleness-ms", env="KLINEFLOW_IDLENESS_MS", type=int, default=60_000,
-             help="a partition silent this long stops holding the watermark back")  # fmt: skip
-    env_flag(parser, "--allowed-lateness-ms", env="KLINEFLOW_ALLOWED_LATENESS_MS", type=int,
-             default=3_600_000, help="how long after its close a bar may still be updated")  # fmt: skip
-    env_flag(parser, "--clickhouse-batch-rows", env="KLINEFLOW_CLICKHOUSE_BATCH_ROWS", type=int,
-             default=10_000, help="ClickHouse insert batch size")  # fmt: skip
-    env_flag(parser, "--clickhouse-flush-ms", env="KLINEFLOW_CLICKHOUSE_FLUSH_MS", type=int,
-             default=1_000, help="flush ClickHouse at least this often")  # fmt: skip
-    env_flag(parser, "--redis-recent-bars", env="KLINEFLOW_REDIS_RECENT_BARS", type=int,
-             default=500, help="bars kept per series in the klines: sorted set")  # fmt: skip
-    env_flag(parser, "--redis-ttl-s", env="KLINEFLOW_REDIS_TTL_S", type=int, default=None,
-             help="TTL of the Redis keys (default: no expiry)")  # fmt: skip
-    env_bool_flag(parser, "--bounded", env="KLINEFLOW_BOUNDED",
-                  help="read the topic up to its current end, then finish")  # fmt: skip
+    env_flag(
+        parser,
+        "--bootstrap-servers",
+        env="KAFKA_BOOTSTRAP_SERVERS",
+        default="127.0.0.1:9092",
+        help="Kafka bootstrap servers",
+    )
+    env_flag(
+        parser,
+        "--topic",
+        env="KLINES_TOPIC",
+        default="klines.raw",
+        help="input topic of raw 1m klines",
+    )
+    env_flag(
+        parser,
+        "--dlq-topic",
+        env="KLINES_DLQ_TOPIC",
+        default="klines.dlq",
+        help="dead-letter topic for rejected input",
+    )
+    env_flag(
+        parser,
+        "--group-id",
+        env="KLINEFLOW_GROUP_ID",
+        default="klineflow-job",
+        help="Kafka consumer group (offsets are committed on checkpoints)",
+    )
+    env_flag(
+        parser,
+        "--clickhouse-url",
+        env="CLICKHOUSE_URL",
+        default=DEFAULT_CLICKHOUSE_URL,
+        help="chdb:///path (embedded) or clickhouse://user:pass@host:9000/crypto_kline",
+        secret=True,
+    )
+    env_flag(
+        parser,
+        "--redis-url",
+        env="REDIS_URL",
+        default="redis://127.0.0.1:6379/0",
+        help="Redis for live state",
+        secret=True,
+    )
+    env_flag(
+        parser,
+        "--parallelism",
+        env="KLINEFLOW_PARALLELISM",
+        type=int,
+        default=None,
+        help="job parallelism (default: flink-conf/config.yaml)",
+    )
+    env_flag(
+        parser,
+        "--max-out-of-orderness-ms",
+        env="KLINEFLOW_MAX_OUT_OF_ORDERNESS_MS",
+        type=int,
+        default=60_000,
+        help="watermark bound on out-of-order bars",
+    )
+    env_flag(
+        parser,
+        "--idleness-ms",
+        env="KLINEFLOW_IDLENESS_MS",
+        type=int,
+        default=60_000,
+        help="a partition silent this long stops holding the watermark back",
+    )
+    env_flag(
+        parser,
+        "--allowed-lateness-ms",
+        env="KLINEFLOW_ALLOWED_LATENESS_MS",
+        type=int,
+        default=3_600_000,
+        help="how long after its close a bar may still change",
+    )
+    env_flag(
+        parser,
+        "--clickhouse-batch-rows",
+        env="KLINEFLOW_CLICKHOUSE_BATCH_ROWS",
+        type=int,
+        default=10_000,
+        help="ClickHouse insert batch size",
+    )
+    env_flag(
+        parser,
+        "--clickhouse-flush-ms",
+        env="KLINEFLOW_CLICKHOUSE_FLUSH_MS",
+        type=int,
+        default=1_000,
+        help="flush ClickHouse at least this often",
+    )
+    env_flag(
+        parser,
+        "--redis-recent-bars",
+        env="KLINEFLOW_REDIS_RECENT_BARS",
+        type=int,
+        default=500,
+        help="bars kept per series in the klines: sorted set",
+    )
+    env_flag(
+        parser,
+        "--redis-ttl-s",
+        env="KLINEFLOW_REDIS_TTL_S",
+        type=int,
+        default=None,
+        help="TTL of the Redis keys (default: no expiry)",
+    )
+    env_bool_flag(
+        parser,
+        "--bounded",
+        env="KLINEFLOW_BOUNDED",
+        help="read the topic up to its current end, then finish",
+    )
 
 
 def settings_from_args(args: argparse.Namespace) -> JobSettings:

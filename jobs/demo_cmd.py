@@ -88,7 +88,9 @@ def run_demo(args: argparse.Namespace) -> int:
             "GROUP BY exchange, symbol, timeframe ORDER BY exchange, symbol, timeframe"
         )
         for row in series:
-            print(f"  {row['exchange']}:{row['symbol']}:{row['timeframe']:<4} {row['bars']:>6} bars")
+            print(
+                f"  {row['exchange']}:{row['symbol']}:{row['timeframe']:<4} {row['bars']:>6} bars"
+            )
         rows = writer.fetch_klines(exchange, symbol, timeframe)[-5:]
     print(f"\nLast bars of {exchange}:{symbol}:{timeframe} in ClickHouse:")
     print(f"  {'open time (UTC)':<17} {'open':>10} {'high':>10} {'low':>10} {'close':>10} "

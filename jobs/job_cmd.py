@@ -20,10 +20,19 @@ def register(subparsers: Any) -> None:
 
     submit = actions.add_parser("submit", help="submit the job to the standalone cluster")
     add_job_arguments(submit)
-    env_flag(submit, "--jobmanager", env="FLINK_JOBMANAGER", default="127.0.0.1:8081",
-             help="REST address of the cluster's JobManager")  # fmt: skip
-    env_bool_flag(submit, "--wait", env="KLINEFLOW_SUBMIT_WAIT",
-                  help="block until the job ends instead of detaching")  # fmt: skip
+    env_flag(
+        submit,
+        "--jobmanager",
+        env="FLINK_JOBMANAGER",
+        default="127.0.0.1:8081",
+        help="REST address of the cluster's JobManager",
+    )
+    env_bool_flag(
+        submit,
+        "--wait",
+        env="KLINEFLOW_SUBMIT_WAIT",
+        help="block until the job ends instead of detaching",
+    )
     submit.set_defaults(func=_submit)
 
     cluster = subparsers.add_parser(

@@ -13,7 +13,7 @@ from typing import Any
 from pyflink.common import Types
 from pyflink.common.watermark_strategy import TimestampAssigner
 from pyflink.datastream import KeyedProcessFunction, OutputTag, ProcessFunction, RuntimeContext
-from pyflink.datastream.state import MapStateDescriptor
+from pyflink.datastream.state import MapStateDescriptor, ValueStateDescriptor
 
 from udfs.dead_letter import DeadLetter, encode_dead_letter
 from udfs.record import (
@@ -24,7 +24,13 @@ from udfs.record import (
     encode_kline,
     timeframe_ms,
 )
-from udfs.upsert import BarState, UpsertOutcome, decide_upsert, is_beyond_lateness
+from udfs.upsert import (
+    BarState,
+    SeriesClock,
+    UpsertOutcome,
+    decide_upsert,
+    is_beyond_lateness,
+)
 
 DEAD_LETTERS = OutputTag("dead-letters", Types.PRIMITIVE_ARRAY(Types.BYTE()))
 
@@ -45,8 +51,11 @@ class ParseKlineFunction(ProcessFunction):
         except InvalidKline as exc:
             self.records_rejected.inc()
             original = value.encode("utf-8") if isinstance(value, str) else bytes(value)
-            yield DEAD_LETTERS, encode_dead_letter(
-                DeadLetter(reason=exc.reason, stage="validate", original=original)
+            yield (
+                DEAD_LETTERS,
+                encode_dead_letter(
+                    DeadLetter(reason=exc.reason, stage="validate", original=original)
+                ),
             )
 
 
@@ -60,9 +69,11 @@ class KlineTimestampAssigner(TimestampAssigner):
 class UpsertBarFunction(KeyedProcessFunction):
     """Keyed by series: collapse the updates of each 1m bar to the ones worth emitting.
 
-    State: one ``BarState`` per open_time (MapState), dropped by an event-time timer once the
-    bar is older than the allowed lateness. Updates that arrive after that go to the dead
-    letters with reason ``late``.
+    State per series: one ``BarState`` per open_time (MapState) and the series clock (the
+    newest open_time seen). Lateness is measured against the series' own clock, not the
+    job-wide watermark, so a replay that sends one series after another, or a series that
+    lags others, loses nothing. Bars older than the allowed lateness are forgotten as the
+    clock advances; an update for such a bar goes to the dead letters with reason ``late``.
     """
 
     def __init__(self, allowed_lateness_ms: int) -> None:
@@ -72,33 +83,45 @@ class UpsertBarFunction(KeyedProcessFunction):
         self.bars = runtime_context.get_map_state(
             MapStateDescriptor("bars", Types.LONG(), Types.PICKLED_BYTE_ARRAY())
         )
+        self.clock = runtime_context.get_state(
+            ValueStateDescriptor("series-clock", Types.PICKLED_BYTE_ARRAY())
+        )
         metrics = runtime_context.get_metrics_group()
         self.upserts_emitted = metrics.counter("upserts_emitted")
         self.updates_dropped = metrics.counter("updates_dropped")
         self.late_rejected = metrics.counter("late_rejected")
 
     def process_element(self, value: Kline, ctx: KeyedProcessFunction.Context) -> Iterator[Any]:
-        watermark = ctx.timer_service().current_watermark()
-        if is_beyond_lateness(value, watermark, self.allowed_lateness_ms):
+        stored: SeriesClock | None = self.clock.value()
+        clock = stored or SeriesClock(value.open_time, value.open_time)
+        if is_beyond_lateness(value, clock.newest_open_time, self.allowed_lateness_ms):
             self.late_rejected.inc()
-            yield DEAD_LETTERS, encode_dead_letter(
-                DeadLetter(
-                    reason=(
-                        f"late: bar {value.open_time} closed more than "
-                        f"{self.allowed_lateness_ms} ms before the watermark {watermark}"
-                    ),
-                    stage="upsert",
-                    original=encode_kline(value),
-                    key=value.series_key,
-                )
+            yield (
+                DEAD_LETTERS,
+                encode_dead_letter(
+                    DeadLetter(
+                        reason=(
+                            f"late: bar {value.open_time} closed more than "
+                            f"{self.allowed_lateness_ms} ms before the newest bar of its series "
+                            f"({clock.newest_open_time})"
+                        ),
+                        stage="upsert",
+                        original=encode_kline(value),
+                        key=value.series_key,
+                    )
+                ),
             )
             return
+        advanced = clock.advance(value.open_time, timeframe_ms(value.timeframe),
+                                 self.allowed_lateness_ms)  # fmt: skip
+        if advanced.expire_before is not None:
+            expired = [t for t in self.bars.keys() if t < advanced.expire_before]  # noqa: SIM118 (MapState)
+            for open_time in expired:
+                self.bars.remove(open_time)
+        if advanced.clock != stored:
+            self.clock.update(advanced.clock)
         previous: BarState | None = self.bars.get(value.open_time)
         decision = decide_upsert(previous, value)
-        if previous is None:
-            ctx.timer_service().register_event_time_timer(
-                value.close_time + self.allowed_lateness_ms + 1
-            )
         if decision.state != previous:
             self.bars.put(value.open_time, decision.state)
         if decision.outcome.emits:
@@ -106,17 +129,6 @@ class UpsertBarFunction(KeyedProcessFunction):
             yield VersionedBar(value, decision.version)
         else:
             self.updates_dropped.inc()
-
-    def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterator[Any]:
-        length = timeframe_ms(str(ctx.get_current_key()).rsplit(":", 1)[1])
-        expired = [
-            open_time
-            for open_time in self.bars.keys()
-            if open_time + length + self.allowed_lateness_ms <= timestamp
-        ]
-        for open_time in expired:
-            self.bars.remove(open_time)
-        return iter(())
 
 
 __all__ = [

@@ -106,10 +106,43 @@ def decide_upsert(previous: BarState | None, kline: Kline) -> UpsertDecision:
     return _emit(UpsertOutcome.UPDATE, kline, previous)
 
 
-def is_beyond_lateness(kline: Kline, watermark_ms: int, allowed_lateness_ms: int) -> bool:
-    """True when the bar closed more than ``allowed_lateness_ms`` before the watermark.
+def is_beyond_lateness(kline: Kline, reference_ms: int, allowed_lateness_ms: int) -> bool:
+    """True when the bar closed more than ``allowed_lateness_ms`` before ``reference_ms``.
 
-    The upsert forgets a bar's state that long after its close, so such an update can no
-    longer be ordered against what was emitted: it is rejected as ``late``.
+    The reference is the newest open_time of the bar's series. The upsert forgets a bar's
+    state that long after its close, so such an update can no longer be ordered against what
+    was emitted: it is rejected as ``late``.
     """
-    return kline.close_time + allowed_lateness_ms < watermark_ms
+    return kline.close_time + allowed_lateness_ms < reference_ms
+
+
+@dataclass(frozen=True, slots=True)
+class ClockAdvance:
+    """The clock after an update, and the open_time below which bar state may be dropped."""
+
+    clock: SeriesClock
+    expire_before: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesClock:
+    """A series' own event clock: its newest open_time, and when state was last pruned.
+
+    Pruning walks the series' bar state, so it runs once the clock has moved a quarter of the
+    allowed lateness (at least one bar) since the last prune: the state holds at most about
+    1.25 x lateness worth of bars per series.
+    """
+
+    newest_open_time: int
+    pruned_at: int
+
+    def advance(self, open_time: int, bar_ms: int, allowed_lateness_ms: int) -> ClockAdvance:
+        """Move the clock to ``open_time`` if it is newer; say what state has expired."""
+        if open_time <= self.newest_open_time:
+            return ClockAdvance(self, None)
+        if open_time - self.pruned_at < max(bar_ms, allowed_lateness_ms // 4):
+            return ClockAdvance(SeriesClock(open_time, self.pruned_at), None)
+        # A bar is kept while its close + lateness is not behind the newest open_time.
+        return ClockAdvance(
+            SeriesClock(open_time, open_time), open_time - allowed_lateness_ms - bar_ms
+        )

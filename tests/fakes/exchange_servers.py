@@ -891,9 +891,10 @@ class BybitFake(FakeExchange):
     async def _klines(self, request: web.Request) -> web.Response:
         limit_plan = self.take_rest_limit()
         if limit_plan is not None:
-            self.log_rest(request, limit_plan.status)
             if limit_plan.status == 200:
+                self.log_rest(request, 10006)  # logged as the retCode: the limit is in the body
                 return _json({"retCode": 10006, "retMsg": "Too many visits!", "result": {}})
+            self.log_rest(request, limit_plan.status)
             headers = {"Retry-After": limit_plan.retry_after} if limit_plan.retry_after else {}
             return web.Response(status=limit_plan.status, text="access too frequent",
                                 headers=headers)  # fmt: skip

@@ -111,7 +111,9 @@ BAD_RECORDS: list[tuple[bytes, str]] = [
 
 
 @pytest.fixture
-def settings(tmp_path: Path, kafka_bootstrap: str, kafka_topics: TopicNames, redis_url: str) -> JobSettings:
+def settings(
+    tmp_path: Path, kafka_bootstrap: str, kafka_topics: TopicNames, redis_url: str
+) -> JobSettings:
     return JobSettings(
         kafka_bootstrap=kafka_bootstrap,
         klines_topic=kafka_topics.raw,

@@ -10,6 +10,8 @@ import pytest
 from udfs.record import Kline
 from udfs.upsert import (
     BarState,
+    ClockAdvance,
+    SeriesClock,
     UpsertOutcome,
     base_version,
     decide_upsert,
@@ -152,3 +154,19 @@ def test_versions_strictly_increase_and_last_emitted_is_final_for_any_arrival_or
 )
 def test_lateness_boundary(watermark: int, expected: bool) -> None:
     assert is_beyond_lateness(bar(1.0, 0), watermark, 3_600_000) is expected
+
+
+def test_series_clock_moves_forward_only_and_prunes_behind_the_lateness() -> None:
+    lateness, bar_ms = 3_600_000, 60_000
+    clock = SeriesClock(OPEN_TIME, OPEN_TIME)
+    assert clock.advance(OPEN_TIME - bar_ms, bar_ms, lateness) == ClockAdvance(clock, None)
+    step = clock.advance(OPEN_TIME + bar_ms, bar_ms, lateness)
+    assert step.clock.newest_open_time == OPEN_TIME + bar_ms
+    assert step.expire_before is None  # pruning waits for a quarter of the lateness
+    later = OPEN_TIME + lateness // 4
+    pruned = clock.advance(later, bar_ms, lateness)
+    assert pruned.clock == SeriesClock(later, later)
+    assert pruned.expire_before == later - lateness - bar_ms
+    # Everything still inside the lateness survives the prune.
+    assert pruned.expire_before is not None
+    assert not is_beyond_lateness(bar(1.0, 0), later, lateness)

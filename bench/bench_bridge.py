@@ -74,10 +74,13 @@ async def _serve(rate: float, symbols: list[str]) -> None:
         while not ws.closed:
             now_ms = time.time_ns() // 1_000_000
             open_time = now_ms - now_ms % MINUTE_MS
-            for _ in range(batch):
-                symbol = symbols[sequence % len(symbols)]
-                sequence += 1
-                await ws.send_str(_frame(symbol, open_time, 1.0 + sequence * 1e-6, now_ms))
+            try:
+                for _ in range(batch):
+                    symbol = symbols[sequence % len(symbols)]
+                    sequence += 1
+                    await ws.send_str(_frame(symbol, open_time, 1.0 + sequence * 1e-6, now_ms))
+            except aiohttp.ClientConnectionResetError:
+                break  # the bridge went away: the run is over
             sent += batch
             if rate > 0:
                 ahead = sent / rate - (time.monotonic() - started)
@@ -97,7 +100,7 @@ async def _serve(rate: float, symbols: list[str]) -> None:
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     assert site._server is not None
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
     print(port, flush=True)
     await asyncio.Event().wait()
 

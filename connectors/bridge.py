@@ -66,6 +66,7 @@ _MALFORMED_SAMPLES_LOGGED: Final[int] = 5
 _MALFORMED_LOG_EVERY: Final[int] = 1000
 _SAMPLE_CHARS: Final[int] = 300
 _LAG_SAMPLES_KEPT: Final[int] = 100_000
+_YIELD_EVERY: Final[int] = 64
 
 
 def wall_ms() -> int:
@@ -630,8 +631,14 @@ class Connection:
         assert self._ws is not None
         ws = self._ws
         handle = self.bridge.handle_frame
+        received = 0
         while True:
             message = await ws.receive()
+            received += 1
+            if received % _YIELD_EVERY == 0:
+                # receive() does not suspend while frames are buffered: let the timers, the
+                # other connections and the repairer run on a busy link.
+                await asyncio.sleep(0)
             kind = message.type
             if kind is aiohttp.WSMsgType.TEXT:
                 self.last_frame_at = time.monotonic()

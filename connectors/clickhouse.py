@@ -737,27 +737,24 @@ class ClickHouseWriter(ABC):
         cached = self._column_types.get(table)
         if cached is not None:
             return cached
-        described = self._query(
-            "SELECT name, type, default_kind FROM system.columns "
-            "WHERE database = {database:String} AND table = {table:String} ORDER BY position",
-            {"database": DATABASE, "table": table},
-        )
-        if not described:
+        # DESCRIBE and EXISTS take only our own validated identifiers, so they need no query
+        # parameters, which servers before 19.x (and Debian's 18.16) do not have.
+        if not self._table_exists(table):
             raise ClickHouseQueryError(f"table {DATABASE}.{table} does not exist (migrate first)")
+        described = self._query(f"DESCRIBE TABLE {_qualified(table)}", {})
         types = {str(row["name"]): str(row["type"]) for row in described}
         self._column_types[table] = types
         self._required_columns[table] = frozenset(
-            str(row["name"]) for row in described if not row["default_kind"]
+            str(row["name"]) for row in described if not row["default_type"]
         )
         return types
 
+    def _table_exists(self, table: str) -> bool:
+        rows = self._query(f"EXISTS TABLE {_qualified(table)}", {})
+        return bool(int(next(iter(rows[0].values()))))
+
     def _recorded_migrations(self) -> dict[int, str]:
-        exists = self._query(
-            "SELECT count() AS n FROM system.tables "
-            "WHERE database = {database:String} AND name = {table:String}",
-            {"database": DATABASE, "table": MIGRATIONS_TABLE},
-        )
-        if not int(exists[0]["n"]):
+        if not self._table_exists(MIGRATIONS_TABLE):
             return {}
         rows = self._query(
             f"SELECT version, checksum FROM {_qualified(MIGRATIONS_TABLE)} FINAL", {}
@@ -901,6 +898,9 @@ class ChdbWriter(ClickHouseWriter):
 # ---------------------------------------------------------------------------------------
 # Native backend (clickhouse-driver)
 
+# clickhouse-driver's DBMS_MIN_PROTOCOL_VERSION_WITH_PARAMETERS: servers from 19.x on.
+_MIN_REVISION_WITH_PARAMETERS: Final = 54459
+
 # Server error codes worth retrying: timeouts, overload, network, replica/keeper hiccups.
 TRANSIENT_SERVER_CODES: Final[frozenset[int]] = frozenset(
     {
@@ -925,11 +925,17 @@ TRANSIENT_SERVER_CODES: Final[frozenset[int]] = frozenset(
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
     """Bounded exponential backoff: ``attempts`` tries in all, delays doubling from
-    ``base_delay_s`` up to ``max_delay_s``, each scaled by a random factor in [0.5, 1]."""
+    ``base_delay_s`` up to ``max_delay_s``, each scaled by a random factor in [0.5, 1].
+
+    ``deadline_s`` (None = none) also bounds the time spent: no retry starts later than
+    that many seconds after the first attempt (a server down for a minute is ridden out
+    by ``RetryPolicy(attempts=1_000, deadline_s=90)``).
+    """
 
     attempts: int = 5
     base_delay_s: float = 0.2
     max_delay_s: float = 5.0
+    deadline_s: float | None = None
 
     def delay(self, failed_attempts: int) -> float:
         """Seconds to wait after ``failed_attempts`` failures (before the next try)."""
@@ -945,8 +951,10 @@ def call_with_retries(
     policy: RetryPolicy,
     describe: str,
     sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
 ) -> T:
-    """Run ``operation``; on a transient error wait and retry, up to ``policy.attempts``.
+    """Run ``operation``; on a transient error wait and retry, up to ``policy.attempts``
+    (and while the next try would start within ``policy.deadline_s``).
 
     Errors of the ``retry_on`` types that ``is_transient`` accepts are retried; anything
     else propagates at once. After the last attempt a transient error becomes
@@ -954,6 +962,7 @@ def call_with_retries(
     """
     if policy.attempts < 1:
         raise ValueError("RetryPolicy.attempts must be >= 1")
+    started = clock()
     attempt = 1
     while True:
         try:
@@ -961,23 +970,32 @@ def call_with_retries(
         except retry_on as exc:
             if not is_transient(exc):
                 raise
-            if attempt >= policy.attempts:
-                raise ClickHouseUnavailable(
-                    f"{describe} failed {policy.attempts} times; last error: "
-                    f"{type(exc).__name__}: {exc}"
-                ) from exc
             delay = policy.delay(attempt)
+            out_of_time = (
+                policy.deadline_s is not None and clock() - started + delay > policy.deadline_s
+            )
+            if attempt >= policy.attempts or out_of_time:
+                raise ClickHouseUnavailable(
+                    f"{describe} failed {attempt} times in {clock() - started:.1f} s; last "
+                    f"error: {type(exc).__name__}: {_first_line(exc)}"
+                ) from exc
             log.warning(
                 "%s failed (attempt %d/%d: %s: %s); retrying in %.2fs",
                 describe,
                 attempt,
                 policy.attempts,
                 type(exc).__name__,
-                exc,
+                _first_line(exc),
                 delay,
             )
             sleep(delay)
             attempt += 1
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first line of an error message (server errors append a long stack trace)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else ""
 
 
 def _import_clickhouse_driver() -> tuple[ModuleType, ModuleType]:
@@ -1046,6 +1064,29 @@ class NativeWriter(ClickHouseWriter):
             self._close()
             raise
 
+    @property
+    def server_version(self) -> str:
+        """``major.minor.patch`` of the server (known once connected)."""
+        info = self._server_info()
+        if info is None:
+            return "unknown"
+        return f"{info.version_major}.{info.version_minor}.{info.version_patch}"
+
+    @property
+    def supports_query_parameters(self) -> bool:
+        """Whether the server takes query parameters (``{name:Type}``) beside the SQL.
+
+        Servers older than ClickHouse 19.x (protocol revision 54459) do not; klineflow
+        then refuses parameterised queries instead of pasting values into the SQL.
+        """
+        info = self._server_info()
+        return info is not None and int(info.used_revision) >= _MIN_REVISION_WITH_PARAMETERS
+
+    def _server_info(self) -> Any:
+        client = self._client
+        connection = getattr(client, "connection", None) if client is not None else None
+        return getattr(connection, "server_info", None)
+
     def _run(self, describe: str, operation: Callable[[Any], T]) -> T:
         client = self._client
         if client is None:
@@ -1060,12 +1101,18 @@ class NativeWriter(ClickHouseWriter):
                 sleep=self._sleep,
             )
         except self._errors.Error as exc:
-            raise ClickHouseQueryError(f"{type(exc).__name__}: {exc}") from None
+            raise ClickHouseQueryError(f"{type(exc).__name__}: {_first_line(exc)}") from None
 
     def _execute(self, sql: str) -> None:
         self._run("statement", lambda client: client.execute(sql))
 
     def _query(self, sql: str, params: Mapping[str, Any]) -> list[dict[str, Any]]:
+        if params and self._server_info() is not None and not self.supports_query_parameters:
+            raise ClickHouseQueryError(
+                f"ClickHouse {self.server_version} at {self.target} does not support query "
+                "parameters (ClickHouse 19.x or newer does); klineflow never pastes values "
+                "into SQL, so it cannot run this query there"
+            )
         values, columns = self._run(
             "query",
             lambda client: client.execute(sql, dict(params), with_column_types=True),

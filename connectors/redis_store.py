@@ -8,6 +8,9 @@ Keys, per series ``{exchange}:{symbol}:{timeframe}``:
 - ``klines:...`` -- sorted set, score ``open_time``, member the bar as JSON (``version``
   first), capped at the newest ``recent_bars`` bars.
 - ``vp:...``, ``ind:...``, ``signal:...`` -- hashes written through :meth:`write_hashes`.
+- pub/sub channel ``{kind}-updates:...`` (``kline-updates:binance:BTC-USDT:1m``) -- one
+  JSON message per applied update (the hash fields, ``open_time`` and ``version``); stale
+  or repeated updates announce nothing (see :func:`update_channel`).
 
 Every write goes through one Lua script (``connectors/lua/cas_upsert.lua``): an atomic
 compare-and-set on ``(open_time, version)``, so an older update never replaces newer data,
@@ -26,7 +29,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import orjson
 import redis
-from redis.backoff import ExponentialBackoff
+from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry
 
 from udfs.record import FIELDS, VersionedBar
@@ -67,6 +70,16 @@ def redact_url(url: str) -> str:
 def series_suffix(exchange: str, symbol: str, timeframe: str) -> str:
     """``"{exchange}:{symbol}:{timeframe}"``, the series part of every key."""
     return f"{exchange}:{symbol}:{timeframe}"
+
+
+def update_channel(kind: str, exchange: str, symbol: str, timeframe: str) -> str:
+    """The pub/sub channel announcing applied updates: ``"{kind}-updates:{series}"``."""
+    return f"{kind}-updates:{series_suffix(exchange, symbol, timeframe)}"
+
+
+def update_message(item: CasItem) -> bytes:
+    """What an applied update publishes: the hash fields plus ``open_time`` and ``version``."""
+    return orjson.dumps({**item.fields, "open_time": item.open_time, "version": item.version})
 
 
 def encode_field(value: Any) -> str:
@@ -139,11 +152,24 @@ class RedisBarWriter:
     """Writes bars (and later profiles, indicators, signals) to Redis with CAS semantics.
 
     ``recent_bars`` caps each ``klines:`` sorted set; ``ttl_s`` (None = never) expires
-    keys that stop being updated. Connects and PINGs on construction; ``rediss://`` and
-    passwords in the URL work, and the password never reaches logs or error messages.
+    keys that stop being updated; ``publish`` announces applied updates on
+    :func:`update_channel`. AUTH (``redis://user:pass@host``) and TLS (``rediss://``, with
+    ``ssl_cert_reqs``/``ssl_ca_certs`` options) come from the URL (redis-py ``from_url``);
+    the password never reaches logs or error messages. Connects and PINGs on construction;
+    a dropped connection is retried ``reconnect_retries`` times with exponential backoff and
+    jitter (up to ``reconnect_cap_s`` between tries), so a Redis restart only delays writes.
     """
 
-    def __init__(self, url: str, *, recent_bars: int = 500, ttl_s: int | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        recent_bars: int = 500,
+        ttl_s: int | None = None,
+        publish: bool = True,
+        reconnect_retries: int = 10,
+        reconnect_cap_s: float = 2.0,
+    ) -> None:
         if recent_bars < 1:
             raise ValueError("recent_bars must be >= 1")
         if ttl_s is not None and ttl_s < 1:
@@ -151,10 +177,14 @@ class RedisBarWriter:
         self.redacted_url = redact_url(url)
         self.recent_bars = recent_bars
         self.ttl_s = ttl_s
+        self.publish = publish
         try:
             self._client: redis.Redis | None = redis.Redis.from_url(
                 url,
-                retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=3),
+                retry=Retry(
+                    ExponentialWithJitterBackoff(cap=reconnect_cap_s, base=0.05),
+                    retries=reconnect_retries,
+                ),
                 retry_on_error=[redis.ConnectionError, redis.TimeoutError],
                 health_check_interval=30,
             )
@@ -266,6 +296,10 @@ class RedisBarWriter:
             self.recent_bars,
             self.ttl_s or 0,
             member,
+            update_channel(kind, item.exchange, item.symbol, item.timeframe)
+            if self.publish
+            else "",
+            update_message(item) if self.publish else b"",
         ]
         for name, value in item.fields.items():
             args.append(name)

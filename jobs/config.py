@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from jobs.cliutil import env_bool_flag, env_flag
+from jobs.signals import SignalConfig, add_signal_arguments, signal_config_from_args
+from udfs.rollup import DEFAULT_ROLLUP_TIMEFRAMES, parse_rollup_timeframes
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 STATE_DIR = PROJECT_ROOT / ".klineflow"
@@ -32,6 +34,13 @@ class PipelineConfig:
     max_out_of_orderness_ms: int = 60_000
     idleness_ms: int = 60_000
     allowed_lateness_ms: int = 3_600_000
+    # Roll-ups of 1m bars (udfs/rollup.py); an empty tuple turns them off.
+    rollup_timeframes: tuple[str, ...] = DEFAULT_ROLLUP_TIMEFRAMES
+    # Re-emit the open roll-up bar on in-progress 1m updates too, not only on closed 1m bars.
+    rollup_emit_in_progress: bool = False
+    # Close a live roll-up window this long after its end by the wall clock when no
+    # watermark has come (all input stopped); 0 turns the fallback off.
+    rollup_idle_close_ms: int = 180_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,11 +50,16 @@ class SinkConfig:
     clickhouse_url: str = DEFAULT_CLICKHOUSE_URL
     clickhouse_batch_rows: int = 10_000
     clickhouse_flush_ms: int = 1_000
+    # How long a ClickHouse write retries a server that is down before the task fails (and
+    # Flink restarts it from the last checkpoint, the unwritten rows kept in state).
+    clickhouse_retry_s: float = 60.0
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_batch_rows: int = 500
     redis_flush_ms: int = 100
     redis_recent_bars: int = 500
     redis_ttl_s: int | None = None
+    # Announce each applied update on the series' pub/sub channel (kline-updates:...).
+    redis_publish: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +74,7 @@ class JobSettings:
     parallelism: int | None = None
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     sinks: SinkConfig = field(default_factory=SinkConfig)
+    signals: SignalConfig = field(default_factory=SignalConfig)
     flink_conf_dir: Path = PROJECT_ROOT / "flink-conf"
     flink_jars_dir: Path = PROJECT_ROOT / "build" / "flink-jars"
     checkpoint_dir: Path = STATE_DIR / "checkpoints"
@@ -152,6 +167,28 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
     )
     env_flag(
         parser,
+        "--rollup-timeframes",
+        env="KLINEFLOW_ROLLUP_TIMEFRAMES",
+        type=parse_rollup_timeframes,
+        default=",".join(DEFAULT_ROLLUP_TIMEFRAMES),
+        help="roll-ups of 1m bars, comma separated; 'none' turns them off",
+    )
+    env_bool_flag(
+        parser,
+        "--rollup-emit-in-progress",
+        env="KLINEFLOW_ROLLUP_EMIT_IN_PROGRESS",
+        help="re-emit open roll-up bars on in-progress 1m updates, not only on closed ones",
+    )
+    env_flag(
+        parser,
+        "--rollup-idle-close-ms",
+        env="KLINEFLOW_ROLLUP_IDLE_CLOSE_MS",
+        type=int,
+        default=180_000,
+        help="close a live roll-up window this long after its end if no watermark came (0: off)",
+    )
+    env_flag(
+        parser,
         "--clickhouse-batch-rows",
         env="KLINEFLOW_CLICKHOUSE_BATCH_ROWS",
         type=int,
@@ -165,6 +202,30 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=1_000,
         help="flush ClickHouse at least this often",
+    )
+    env_flag(
+        parser,
+        "--clickhouse-retry-s",
+        env="KLINEFLOW_CLICKHOUSE_RETRY_S",
+        type=float,
+        default=60.0,
+        help="retry a ClickHouse server that is down this long before the task restarts",
+    )
+    env_flag(
+        parser,
+        "--redis-batch-rows",
+        env="KLINEFLOW_REDIS_BATCH_ROWS",
+        type=int,
+        default=500,
+        help="Redis pipeline batch size",
+    )
+    env_flag(
+        parser,
+        "--redis-flush-ms",
+        env="KLINEFLOW_REDIS_FLUSH_MS",
+        type=int,
+        default=100,
+        help="flush Redis at least this often",
     )
     env_flag(
         parser,
@@ -182,6 +243,13 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="TTL of the Redis keys (default: no expiry)",
     )
+    env_bool_flag(
+        parser,
+        "--no-redis-publish",
+        env="KLINEFLOW_NO_REDIS_PUBLISH",
+        help="do not announce updates on the kline-updates:{series} pub/sub channels",
+    )
+    add_signal_arguments(parser)
     env_bool_flag(
         parser,
         "--bounded",
@@ -203,13 +271,21 @@ def settings_from_args(args: argparse.Namespace) -> JobSettings:
             max_out_of_orderness_ms=args.max_out_of_orderness_ms,
             idleness_ms=args.idleness_ms,
             allowed_lateness_ms=args.allowed_lateness_ms,
+            rollup_timeframes=tuple(args.rollup_timeframes),
+            rollup_emit_in_progress=args.rollup_emit_in_progress,
+            rollup_idle_close_ms=args.rollup_idle_close_ms,
         ),
         sinks=SinkConfig(
             clickhouse_url=resolve_clickhouse_url(args.clickhouse_url),
             clickhouse_batch_rows=args.clickhouse_batch_rows,
             clickhouse_flush_ms=args.clickhouse_flush_ms,
+            clickhouse_retry_s=args.clickhouse_retry_s,
             redis_url=args.redis_url,
+            redis_batch_rows=args.redis_batch_rows,
+            redis_flush_ms=args.redis_flush_ms,
             redis_recent_bars=args.redis_recent_bars,
             redis_ttl_s=args.redis_ttl_s,
+            redis_publish=not args.no_redis_publish,
         ),
+        signals=signal_config_from_args(args, redis_url=args.redis_url),
     )

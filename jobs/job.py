@@ -78,13 +78,24 @@ def job_configuration(settings: JobSettings) -> dict[str, str]:
     return config
 
 
+def local_configuration(settings: JobSettings) -> dict[str, str]:
+    """``job_configuration`` for an in-process mini-cluster.
+
+    Its dashboard takes the first free port from 8081 up, so a local run, the tests and a
+    standalone cluster can run side by side.
+    """
+    config = job_configuration(settings)
+    config.setdefault("rest.bind-port", "8081-8180")
+    return config
+
+
 def create_environment(settings: JobSettings) -> Any:
     """A StreamExecutionEnvironment configured for this job (local or inside ``flink run``)."""
     from pyflink.common import Configuration
     from pyflink.datastream import StreamExecutionEnvironment
 
     configuration = Configuration()
-    for key, value in job_configuration(settings).items():
+    for key, value in local_configuration(settings).items():
         configuration.set_string(key, value)
     env = StreamExecutionEnvironment.get_execution_environment(configuration)
     if settings.parallelism:
@@ -125,6 +136,14 @@ def attach_job(env: Any, settings: JobSettings) -> None:
         parallelism=chdb_parallelism,
     )
     attach_sink(streams.bars, RedisBarSink(settings.sinks), "redis-klines")
+    if settings.signals.enabled:
+        from jobs.signals import attach_signal_sink, build_signals
+
+        attach_signal_sink(
+            build_signals(streams.bars, settings.signals),
+            settings.sinks,
+            parallelism=chdb_parallelism,
+        )
 
 
 def prepare_services(settings: JobSettings) -> None:

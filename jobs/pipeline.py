@@ -19,7 +19,17 @@ from udfs.flink_functions import (
     ParseKlineFunction,
     UpsertBarFunction,
 )
-from udfs.record import Kline
+from udfs.record import TIMEFRAME_MS, Kline, VersionedBar
+from udfs.rollup import validate_rollup_timeframes
+from udfs.rollup_functions import (
+    LATE_ROLLUP_INPUT,
+    LateRollupInputToDeadLetter,
+    RollupAggregateFunction,
+    RollupGateFunction,
+    RollupTrigger,
+    RollupWindowAssigner,
+    RollupWindowFunction,
+)
 
 
 class PipelineStreams(NamedTuple):
@@ -33,6 +43,10 @@ def _series_key(kline: Kline) -> str:
     return kline.series_key
 
 
+def _bar_series_key(bar: VersionedBar) -> str:
+    return bar.kline.series_key
+
+
 def watermark_strategy(config: PipelineConfig) -> WatermarkStrategy:
     """Bounded out-of-orderness on bar open times, with idleness so quiet series don't stall."""
     return (
@@ -44,8 +58,56 @@ def watermark_strategy(config: PipelineConfig) -> WatermarkStrategy:
     )
 
 
+def build_rollups(bars: DataStream, config: PipelineConfig) -> PipelineStreams:
+    """Roll the upserted 1m bars up into ``config.rollup_timeframes`` (event time, UTC).
+
+    One window operator serves every timeframe (see ``udfs.rollup_functions``). Lateness is
+    measured against the job-wide watermark, as Flink windows do: a 1m bar whose smallest
+    roll-up window ended more than ``allowed_lateness_ms`` before the watermark is
+    dead-lettered with reason ``late`` (the 1m bar itself is still stored).
+    """
+    timeframes = validate_rollup_timeframes(config.rollup_timeframes)
+    gated = (
+        bars.process(
+            RollupGateFunction(TIMEFRAME_MS[timeframes[0]], config.allowed_lateness_ms),
+            output_type=Types.PICKLED_BYTE_ARRAY(),
+        )
+        .name("rollup-gate")
+        .uid("rollup-gate")
+    )
+    rollups = (
+        gated.key_by(_bar_series_key, key_type=Types.STRING())
+        .window(RollupWindowAssigner(timeframes))
+        .trigger(RollupTrigger(config.rollup_emit_in_progress, config.rollup_idle_close_ms))
+        .allowed_lateness(config.allowed_lateness_ms)
+        .side_output_late_data(LATE_ROLLUP_INPUT)
+        .aggregate(
+            RollupAggregateFunction(),
+            RollupWindowFunction(config.rollup_idle_close_ms),
+            accumulator_type=Types.PICKLED_BYTE_ARRAY(),
+            output_type=Types.PICKLED_BYTE_ARRAY(),
+        )
+        .name("rollups")
+        .uid("rollups")
+    )
+    late = (
+        rollups.get_side_output(LATE_ROLLUP_INPUT)
+        .map(LateRollupInputToDeadLetter(), output_type=Types.PRIMITIVE_ARRAY(Types.BYTE()))
+        .name("rollup-late-dead-letters")
+        .uid("rollup-late-dead-letters")
+    )
+    return PipelineStreams(
+        bars=rollups, dead_letters=gated.get_side_output(DEAD_LETTERS).union(late)
+    )
+
+
 def build_pipeline(raw: DataStream, config: PipelineConfig) -> PipelineStreams:
-    """Parse and validate, assign event time, and upsert 1m bars per series."""
+    """Parse and validate, assign event time, upsert bars per series, roll 1m bars up.
+
+    ``bars`` holds the upserted bars of every input timeframe followed through unchanged, and
+    the roll-ups of the 1m bars when ``config.rollup_timeframes`` is not empty. Input of
+    another timeframe (a replayed 1h archive) is upserted and stored as it is, never rolled up.
+    """
     klines = (
         raw.process(ParseKlineFunction(), output_type=Types.PICKLED_BYTE_ARRAY())
         .name("parse-validate")
@@ -66,4 +128,9 @@ def build_pipeline(raw: DataStream, config: PipelineConfig) -> PipelineStreams:
         .uid("upsert-bars")
     )
     dead_letters = klines.get_side_output(DEAD_LETTERS).union(bars.get_side_output(DEAD_LETTERS))
-    return PipelineStreams(bars=bars, dead_letters=dead_letters)
+    if not config.rollup_timeframes:
+        return PipelineStreams(bars=bars, dead_letters=dead_letters)
+    rollups = build_rollups(bars, config)
+    return PipelineStreams(
+        bars=bars.union(rollups.bars), dead_letters=dead_letters.union(rollups.dead_letters)
+    )

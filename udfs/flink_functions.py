@@ -25,8 +25,8 @@ from udfs.record import (
     timeframe_ms,
 )
 from udfs.upsert import (
-    BarState,
     SeriesClock,
+    SeriesMirror,
     UpsertOutcome,
     decide_upsert,
     is_beyond_lateness,
@@ -74,6 +74,11 @@ class UpsertBarFunction(KeyedProcessFunction):
     job-wide watermark, so a replay that sends one series after another, or a series that
     lags others, loses nothing. Bars older than the allowed lateness are forgotten as the
     clock advances; an update for such a bar goes to the dead letters with reason ``late``.
+
+    Reads from PyFlink state are synchronous round trips to the JVM, so each instance keeps
+    a mirror of its series' state in Python (``SeriesMirror``): Flink state is written on
+    every change (that is what checkpoints see), but only read once per series, when this
+    instance first meets it (after a start or a restore).
     """
 
     def __init__(self, allowed_lateness_ms: int) -> None:
@@ -86,15 +91,27 @@ class UpsertBarFunction(KeyedProcessFunction):
         self.clock = runtime_context.get_state(
             ValueStateDescriptor("series-clock", Types.PICKLED_BYTE_ARRAY())
         )
+        self.mirrors: dict[str, SeriesMirror] = {}
         metrics = runtime_context.get_metrics_group()
         self.upserts_emitted = metrics.counter("upserts_emitted")
         self.updates_dropped = metrics.counter("updates_dropped")
         self.late_rejected = metrics.counter("late_rejected")
 
+    def _mirror(self, value: Kline) -> SeriesMirror:
+        mirror = self.mirrors.get(value.series_key)
+        if mirror is None:
+            stored: SeriesClock | None = self.clock.value()
+            if stored is None:
+                mirror = SeriesMirror(SeriesClock(value.open_time, value.open_time), {})
+                self.clock.update(mirror.clock)
+            else:
+                mirror = SeriesMirror(stored, dict(self.bars.items()))
+            self.mirrors[value.series_key] = mirror
+        return mirror
+
     def process_element(self, value: Kline, ctx: KeyedProcessFunction.Context) -> Iterator[Any]:
-        stored: SeriesClock | None = self.clock.value()
-        clock = stored or SeriesClock(value.open_time, value.open_time)
-        if is_beyond_lateness(value, clock.newest_open_time, self.allowed_lateness_ms):
+        mirror = self._mirror(value)
+        if is_beyond_lateness(value, mirror.clock.newest_open_time, self.allowed_lateness_ms):
             self.late_rejected.inc()
             yield (
                 DEAD_LETTERS,
@@ -103,7 +120,7 @@ class UpsertBarFunction(KeyedProcessFunction):
                         reason=(
                             f"late: bar {value.open_time} closed more than "
                             f"{self.allowed_lateness_ms} ms before the newest bar of its series "
-                            f"({clock.newest_open_time})"
+                            f"({mirror.clock.newest_open_time})"
                         ),
                         stage="upsert",
                         original=encode_kline(value),
@@ -112,17 +129,19 @@ class UpsertBarFunction(KeyedProcessFunction):
                 ),
             )
             return
-        advanced = clock.advance(value.open_time, timeframe_ms(value.timeframe),
-                                 self.allowed_lateness_ms)  # fmt: skip
-        if advanced.expire_before is not None:
-            expired = [t for t in self.bars.keys() if t < advanced.expire_before]  # noqa: SIM118 (MapState)
-            for open_time in expired:
-                self.bars.remove(open_time)
-        if advanced.clock != stored:
+        advanced = mirror.clock.advance(
+            value.open_time, timeframe_ms(value.timeframe), self.allowed_lateness_ms
+        )
+        if advanced.clock != mirror.clock:
+            mirror.clock = advanced.clock
             self.clock.update(advanced.clock)
-        previous: BarState | None = self.bars.get(value.open_time)
+        if advanced.expire_before is not None:
+            for open_time in mirror.expire(advanced.expire_before):
+                self.bars.remove(open_time)
+        previous = mirror.bars.get(value.open_time)
         decision = decide_upsert(previous, value)
         if decision.state != previous:
+            mirror.bars[value.open_time] = decision.state
             self.bars.put(value.open_time, decision.state)
         if decision.outcome.emits:
             self.upserts_emitted.inc()

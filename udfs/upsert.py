@@ -146,3 +146,22 @@ class SeriesClock:
         return ClockAdvance(
             SeriesClock(open_time, open_time), open_time - allowed_lateness_ms - bar_ms
         )
+
+
+@dataclass(slots=True)
+class SeriesMirror:
+    """A series' upsert state as the Flink function holds it in memory.
+
+    Mutable on purpose: it mirrors the series' MapState (one ``BarState`` per open_time)
+    and clock so that reads never go to the state backend.
+    """
+
+    clock: SeriesClock
+    bars: dict[int, BarState]
+
+    def expire(self, before_open_time: int) -> list[int]:
+        """Drop the bars that opened before ``before_open_time``; return their open times."""
+        expired = [open_time for open_time in self.bars if open_time < before_open_time]
+        for open_time in expired:
+            del self.bars[open_time]
+        return expired

@@ -6,7 +6,9 @@
 -- ARGV[1]  open_time (decimal integer, epoch ms)      ARGV[2]  version (decimal integer)
 -- ARGV[3]  cap: members the sorted set keeps (the highest scores)
 -- ARGV[4]  ttl in seconds, 0 = keys never expire       ARGV[5]  sorted-set member ('' = none)
--- ARGV[6..] field, value, field, value, ... of the hash
+-- ARGV[6]  pub/sub channel announcing applied updates ('' = none)
+-- ARGV[7]  the message published there
+-- ARGV[8..] field, value, field, value, ... of the hash
 --
 -- The hash is replaced only when (open_time, version) is newer than or equal to the stored
 -- pair: open_time greater, or equal with version >= (equal = idempotent rewrite). In the
@@ -14,6 +16,9 @@
 -- stored member's at that score. Integers are compared as decimal strings, so versions of
 -- any size compare exactly. Returns which keys changed: 1 = the hash, 2 = the sorted set,
 -- 3 = both, 0 = neither (an equal (open_time, version) rewrites the hash, no change).
+-- The message is published only when the hash changed, so a subscriber sees each series'
+-- updates in (open_time, version) order and never a stale one. A script may publish: the
+-- message goes out when the script ends, atomically with the write.
 
 -- -1, 0, 1 as a <, =, > b for canonical non-negative decimal strings (no leading zeros).
 local function compare_int(a, b)
@@ -31,6 +36,7 @@ end
 
 local open_time, version = ARGV[1], ARGV[2]
 local cap, ttl, member = tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
+local channel, message = ARGV[6], ARGV[7]
 local changed = 0
 
 local stored = redis.call('HMGET', KEYS[1], 'open_time', 'version')
@@ -43,7 +49,7 @@ if stored[1] and stored[2] then
 end
 if newer then
   local fields = {}
-  for i = 6, #ARGV do
+  for i = 8, #ARGV do
     fields[#fields + 1] = ARGV[i]
   end
   fields[#fields + 1] = 'open_time'
@@ -57,6 +63,9 @@ if newer then
   end
   if not same then
     changed = changed + 1
+    if channel ~= '' then
+      redis.call('PUBLISH', channel, message)
+    end
   end
 end
 

@@ -152,7 +152,7 @@ class FakeConnection:
     last_client_message_at: float = 0.0
     pong_waiters: dict[bytes, asyncio.Future[None]] = field(default_factory=dict)
     client_pings: int = 0
-    transport: asyncio.BaseTransport | None = None
+    transport: asyncio.Transport | None = None
 
 
 @dataclass(slots=True)
@@ -231,7 +231,7 @@ class FakeExchange:
         await site.start()
         server = site._server
         assert server is not None
-        self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
         if not ticking:
             self.paused.set()
         self._tasks.append(asyncio.create_task(self._ticker()))
@@ -457,10 +457,13 @@ class FakeExchange:
             await self._send(connection, frame)
             noticed.append(connection.conn_id)
             asyncio.get_running_loop().call_later(
-                self.shutdown_grace_s,
-                lambda ws=connection.ws: asyncio.ensure_future(ws.close(code=1001)),
+                self.shutdown_grace_s, self._close_later, connection.ws
             )
         return noticed
+
+    @staticmethod
+    def _close_later(ws: web.WebSocketResponse) -> None:
+        asyncio.ensure_future(ws.close(code=1001))  # noqa: RUF006  (the fake does not await it)
 
     def skip_final(self, symbol_index: int, bar: int) -> None:
         """Never send the final update of ``bar`` (the next bar reveals the gap)."""

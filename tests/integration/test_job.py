@@ -121,7 +121,10 @@ def settings(
         consumer_group=f"test-{kafka_topics.raw}",
         bounded=True,
         parallelism=2,
-        pipeline=PipelineConfig(max_out_of_orderness_ms=60_000, idleness_ms=5_000),
+        # Roll-ups off: this test counts 1m rows; tests/integration/test_rollups.py covers them.
+        pipeline=PipelineConfig(
+            max_out_of_orderness_ms=60_000, idleness_ms=5_000, rollup_timeframes=()
+        ),
         sinks=SinkConfig(
             clickhouse_url=f"chdb://{tmp_path / 'chdb'}",
             redis_url=redis_url,

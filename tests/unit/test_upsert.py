@@ -12,6 +12,7 @@ from udfs.upsert import (
     BarState,
     ClockAdvance,
     SeriesClock,
+    SeriesMirror,
     UpsertOutcome,
     base_version,
     decide_upsert,
@@ -170,3 +171,10 @@ def test_series_clock_moves_forward_only_and_prunes_behind_the_lateness() -> Non
     # Everything still inside the lateness survives the prune.
     assert pruned.expire_before is not None
     assert not is_beyond_lateness(bar(1.0, 0), later, lateness)
+
+
+def test_series_mirror_expires_only_bars_before_the_cut() -> None:
+    state = BarState(0, True, (), 1)
+    mirror = SeriesMirror(SeriesClock(OPEN_TIME, OPEN_TIME), {t: state for t in (10, 20, 30)})
+    assert mirror.expire(25) == [10, 20]
+    assert list(mirror.bars) == [30]

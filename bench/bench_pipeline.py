@@ -1,0 +1,299 @@
+"""Benchmark: N bars replayed through Kafka and the job into chdb and Redis; prints JSON.
+
+    .venv/bin/python bench/bench_pipeline.py [--bars 1000000] [--series 100] [--parallelism 1]
+
+It starts its own Kafka broker and Redis on free loopback ports (like the tests), writes the
+bars as a JSONL recording, replays it with ``klineflow replay``'s code path, runs the job
+bounded on a local mini-cluster, and reports:
+
+- ``replay_bars_per_s``: parse + validate + produce (acks=all) throughput of ``replay``;
+- ``job_bars_per_s``: bars / job wall time (start-up of the mini-cluster included) and
+  ``job_bars_per_s_steady`` (start-up excluded: from the first row in Redis to the end);
+- ``end_to_end_s``: replay + job;
+- ``peak_rss_mb``: the peak resident memory of this process tree (Python, the Flink JVM and
+  its Python workers; the broker and Redis are measured separately).
+
+``--rollups compare`` runs the job twice on the same topic in the same run, roll-ups off
+then on (fresh consumer group, chdb directory and Redis each time), and reports
+``rollups_off``/``rollups_on`` (job_s, job_bars_per_s, job_bars_per_s_steady, rows) and
+``rollups_on_vs_off`` (ratios of bars/s). ``--rollups on|off`` runs only one side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import redis
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(PROJECT_ROOT))
+
+from connectors.clickhouse import open_writer  # noqa: E402
+from connectors.replay import replay_files  # noqa: E402
+from jobs.config import JobSettings, PipelineConfig, SinkConfig  # noqa: E402
+from jobs.job import run_job  # noqa: E402
+from jobs.sample_data import iter_bench_klines  # noqa: E402
+from jobs.stack import KafkaBroker, RedisServer, StackConfig  # noqa: E402
+from udfs.record import encode_kline  # noqa: E402
+
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(child) for child in text.split()]
+
+
+def tree_rss_bytes(root: int, exclude: frozenset[int] = frozenset()) -> int:
+    """Resident memory of ``root`` and all its descendants (Linux /proc)."""
+    total, stack = 0, [root]
+    while stack:
+        pid = stack.pop()
+        if pid in exclude:
+            continue
+        try:
+            total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE_SIZE
+        except (OSError, IndexError, ValueError):
+            continue
+        stack.extend(_children(pid))
+    return total
+
+
+@dataclass
+class PeakSampler:
+    """Samples a process tree's RSS in a thread and keeps the peak."""
+
+    root: int
+    exclude: frozenset[int]
+    peak: int = 0
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.wait(0.2):
+            self.peak = max(self.peak, tree_rss_bytes(self.root, self.exclude))
+
+
+@contextmanager
+def sampling(root: int, exclude: frozenset[int]) -> Iterator[PeakSampler]:
+    sampler = PeakSampler(root, exclude)
+    stop = threading.Event()
+    thread = threading.Thread(target=sampler.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        yield sampler
+    finally:
+        stop.set()
+        thread.join()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def write_recording(path: Path, bars: int, series: int) -> int:
+    """The bars as a JSONL recording in the wire format; returns how many were written."""
+    count = 0
+    with path.open("wb") as handle:
+        for kline in iter_bench_klines(bars, series):
+            handle.write(encode_kline(kline) + b"\n")
+            count += 1
+    return count
+
+
+def first_redis_write(client: redis.Redis, stop: threading.Event, seen: list[float]) -> None:
+    """Record when the first bar reaches Redis (the job's start-up is over)."""
+    while not stop.is_set():
+        if int(client.dbsize()) > 0:  # type: ignore[arg-type]
+            seen.append(time.monotonic())
+            return
+        time.sleep(0.05)
+
+
+def measure_job(settings: JobSettings, redis_url: str) -> dict[str, Any]:
+    """Run the bounded job once: wall time, steady rate (from the first Redis write), rows."""
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    stop = threading.Event()
+    seen: list[float] = []
+    watcher = threading.Thread(target=first_redis_write, args=(client, stop, seen))
+    watcher.start()
+    job_started = time.monotonic()
+    run_job(settings)
+    job_s = time.monotonic() - job_started
+    stop.set()
+    watcher.join()
+    with open_writer(settings.sinks.clickhouse_url, migrate_schema=False) as writer:
+        rows = writer.table_counts()["klines"]
+    steady_s = job_s - (seen[0] - job_started) if seen else job_s
+    return {"job_s": job_s, "steady_s": steady_s, "rows": rows, "redis_keys": client.dbsize()}
+
+
+def compare_rollups(
+    args: argparse.Namespace, settings: JobSettings, work: Path, bars: int
+) -> dict[str, Any]:
+    """The job with roll-ups off and/or on over the same topic, each with fresh outputs."""
+    result: dict[str, Any] = {}
+    sides = {"compare": (False, True), "on": (True,), "off": (False,)}[args.rollups]
+    for on in sides:
+        name = "on" if on else "off"
+        variant = settings.with_overrides(
+            consumer_group=f"bench-rollups-{name}",
+            pipeline=PipelineConfig() if on else PipelineConfig(rollup_timeframes=()),
+            sinks=replace(settings.sinks, clickhouse_url=f"chdb://{work / f'chdb-{name}'}"),
+            checkpoint_dir=work / f"checkpoints-{name}",
+            job_name=f"bench-pipeline-rollups-{name}",
+        )
+        measured = measure_job(variant, settings.sinks.redis_url)
+        result[f"rollups_{name}"] = {
+            "job_s": round(measured["job_s"], 2),
+            "job_bars_per_s": round(bars / measured["job_s"]),
+            "job_startup_s": round(measured["job_s"] - measured["steady_s"], 2),
+            "job_bars_per_s_steady": round(bars / measured["steady_s"]),
+            "clickhouse_rows": measured["rows"],
+            "redis_keys": measured["redis_keys"],
+        }
+    if len(sides) == 2:
+        on_side, off_side = result["rollups_on"], result["rollups_off"]
+        result["rollups_on_vs_off"] = {
+            "bars_per_s_ratio": round(on_side["job_bars_per_s"] / off_side["job_bars_per_s"], 3),
+            "bars_per_s_steady_ratio": round(
+                on_side["job_bars_per_s_steady"] / off_side["job_bars_per_s_steady"], 3
+            ),
+        }
+    return result
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    work = Path(tempfile.mkdtemp(prefix="klineflow-bench-"))
+    stack = StackConfig(
+        home=work / "stack",
+        kafka_port=free_port(),
+        kafka_controller_port=free_port(),
+        redis_port=free_port(),
+        kafka_libs=PROJECT_ROOT / "build" / "kafka" / "libs",
+        kafka_heap="1g",
+    )
+    broker, redis_server = KafkaBroker(stack), RedisServer(stack)
+    broker.start()
+    redis_server.start()
+    try:
+        recording = work / "bench.jsonl"
+        started = time.monotonic()
+        bars = write_recording(recording, args.bars, args.series)
+        generate_s = time.monotonic() - started
+
+        service_pids = frozenset(
+            pid for pid in (broker.status().pid, redis_server.status().pid) if pid
+        )
+        settings = JobSettings(
+            kafka_bootstrap=broker.bootstrap,
+            klines_topic="bench.raw",
+            dlq_topic="bench.dlq",
+            consumer_group="bench",
+            bounded=True,
+            parallelism=args.parallelism,
+            sinks=SinkConfig(clickhouse_url=f"chdb://{work / 'chdb'}", redis_url=redis_server.url),
+            checkpoint_dir=work / "checkpoints",
+            job_name="bench-pipeline",
+        )
+        with sampling(os.getpid(), service_pids) as sampler:
+            replay_started = time.monotonic()
+            replayed = replay_files(
+                [recording],
+                bootstrap=broker.bootstrap,
+                topic=settings.klines_topic,
+                dlq_topic=settings.dlq_topic,
+                progress=False,
+            )
+            replay_s = time.monotonic() - replay_started
+            if args.rollups != "default":
+                compared = compare_rollups(args, settings, work, bars)
+                return {
+                    "benchmark": "pipeline-rollups",
+                    "bars": bars,
+                    "series": args.series,
+                    "parallelism": args.parallelism,
+                    "replay_bars_per_s": round(replayed.produced / replay_s),
+                    **compared,
+                    "peak_rss_mb": round(sampler.peak / 2**20),
+                    "cpus": os.cpu_count(),
+                }
+
+            client = redis.Redis.from_url(redis_server.url)
+            stop = threading.Event()
+            seen: list[float] = []
+            watcher = threading.Thread(target=first_redis_write, args=(client, stop, seen))
+            watcher.start()
+            job_started = time.monotonic()
+            run_job(settings)
+            job_s = time.monotonic() - job_started
+            stop.set()
+            watcher.join()
+        with open_writer(settings.sinks.clickhouse_url, migrate_schema=False) as writer:
+            rows = writer.table_counts()["klines"]
+        steady_s = job_s - (seen[0] - job_started) if seen else job_s
+        services_rss = sum(tree_rss_bytes(pid) for pid in service_pids)
+        return {
+            "benchmark": "pipeline",
+            "bars": bars,
+            "series": args.series,
+            "parallelism": args.parallelism,
+            "generate_s": round(generate_s, 2),
+            "replay_produced": replayed.produced,
+            "replay_s": round(replay_s, 2),
+            "replay_bars_per_s": round(replayed.produced / replay_s),
+            "job_s": round(job_s, 2),
+            "job_bars_per_s": round(bars / job_s),
+            "job_startup_s": round(job_s - steady_s, 2),
+            "job_bars_per_s_steady": round(bars / steady_s) if steady_s > 0 else None,
+            "end_to_end_s": round(replay_s + job_s, 2),
+            "clickhouse_rows": rows,
+            "redis_keys": client.dbsize(),
+            "peak_rss_mb": round(sampler.peak / 2**20),
+            "kafka_and_redis_rss_mb": round(services_rss / 2**20),
+            "cpus": os.cpu_count(),
+        }
+    finally:
+        broker.stop()
+        redis_server.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--bars", type=int, default=1_000_000)
+    parser.add_argument("--series", type=int, default=100)
+    parser.add_argument("--parallelism", type=int, default=1)
+    parser.add_argument(
+        "--rollups",
+        choices=("default", "compare", "on", "off"),
+        default="default",
+        help="compare: the job with roll-ups off, then on, in the same run",
+    )
+    parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "bench" / "results")
+    args = parser.parse_args()
+    result = run(args)
+    text = json.dumps(result, indent=2)
+    print(text)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"pipeline-{int(time.time())}.json").write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

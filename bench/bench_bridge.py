@@ -114,7 +114,14 @@ class CountingSink:
     def __init__(self) -> None:
         self.records = 0
 
-    async def send(self, topic: str, key: bytes, value: bytes, closed_bar: Kline | None) -> None:
+    async def send(
+        self,
+        topic: str,
+        key: bytes,
+        value: bytes,
+        closed_bar: Kline | None,
+        timestamp_ms: int | None = None,
+    ) -> None:
         """Count one record."""
         self.records += 1
 

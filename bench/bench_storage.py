@@ -37,27 +37,50 @@ def make_bars(count: int, series: int = 20) -> list[VersionedBar]:
         minute, symbol = divmod(index, series)
         open_time = START + minute * 60_000
         price = 100.0 + (index % 997) / 10
-        kline = Kline("binance", f"S{symbol}-USDT", f"S{symbol}USDT", "1m", open_time,
-                      open_time + 59_999, price, price + 1, price - 1, price + 0.5, 10.0,
-                      1000.0, 42, 5.0, 500.0, True, open_time + 60_000, open_time + 60_001)  # fmt: skip
+        kline = Kline(
+            "binance",
+            f"S{symbol}-USDT",
+            f"S{symbol}USDT",
+            "1m",
+            open_time,
+            open_time + 59_999,
+            price,
+            price + 1,
+            price - 1,
+            price + 0.5,
+            10.0,
+            1000.0,
+            42,
+            5.0,
+            500.0,
+            True,
+            open_time + 60_000,
+            open_time + 60_001,
+        )
         bars.append(VersionedBar(kline, open_time * 2 + 1))
     return bars
 
 
-def insert_rate(url: str, bars: Sequence[VersionedBar], batch: int, sql_dir: Path | None) -> dict[str, Any]:  # noqa: E501
+def insert_rate(
+    url: str, bars: Sequence[VersionedBar], batch: int, sql_dir: Path | None
+) -> dict[str, Any]:
     with open_writer(url, migrate_schema=False) as writer:
         writer.migrate(sql_dir)
         started = time.perf_counter()
         for offset in range(0, len(bars), batch):
             writer.insert_bars(bars[offset : offset + batch])
         elapsed = time.perf_counter() - started
-    return {"rows": len(bars), "batch_rows": batch, "seconds": round(elapsed, 3),
-            "rows_per_s": round(len(bars) / elapsed)}  # fmt: skip
+    return {
+        "rows": len(bars),
+        "batch_rows": batch,
+        "seconds": round(elapsed, 3),
+        "rows_per_s": round(len(bars) / elapsed),
+    }
 
 
 def redis_rate(bars: Sequence[VersionedBar], home: Path) -> dict[str, Any]:
-    from jobs.stack import RedisServer, StackConfig
     from connectors.clickhouse_server import free_loopback_port
+    from jobs.stack import RedisServer, StackConfig
 
     server = RedisServer(StackConfig(home=home, redis_port=free_loopback_port()))
     server.start(timeout_s=60)
@@ -69,8 +92,12 @@ def redis_rate(bars: Sequence[VersionedBar], home: Path) -> dict[str, Any]:
             elapsed = time.perf_counter() - started
     finally:
         server.stop()
-    return {"updates": len(bars), "batch": 500, "seconds": round(elapsed, 3),
-            "updates_per_s": round(len(bars) / elapsed)}  # fmt: skip
+    return {
+        "updates": len(bars),
+        "batch": 500,
+        "seconds": round(elapsed, 3),
+        "updates_per_s": round(len(bars) / elapsed),
+    }
 
 
 def run_null_sink_job(rows: int, *, durable: bool, checkpoint_dir: Path) -> float:
@@ -100,8 +127,12 @@ def run_null_sink_job(rows: int, *, durable: bool, checkpoint_dir: Path) -> floa
     env.set_parallelism(1)
     keys = env.from_collection([str(i) for i in range(rows)], type_info=Types.STRING())
     bars = keys.map(lambda i: make_bars(1)[0], output_type=Types.PICKLED_BYTE_ARRAY())
-    attach_sink(bars.name("bars").uid("bars"), NullSink(10_000, 1_000, durable=durable),
-                "null-sink", parallelism=1)  # fmt: skip
+    attach_sink(
+        bars.name("bars").uid("bars"),
+        NullSink(10_000, 1_000, durable=durable),
+        "null-sink",
+        parallelism=1,
+    )
     started = time.perf_counter()
     env.execute(f"bench-null-sink-durable-{durable}")
     return time.perf_counter() - started
@@ -114,7 +145,9 @@ def flink_sink_cost(rows: int, home: Path) -> dict[str, Any]:
     for durable in (False, True):
         seconds = run_null_sink_job(rows, durable=durable, checkpoint_dir=home / f"chk-{durable}")
         result["durable" if durable else "in_memory_only"] = {
-            "seconds": round(seconds, 2), "rows_per_s": round(rows / seconds)}  # fmt: skip
+            "seconds": round(seconds, 2),
+            "rows_per_s": round(rows / seconds),
+        }
     return {"rows": rows, **result}
 
 

@@ -334,8 +334,19 @@ def lag_summary(samples: deque[int] | list[int]) -> dict[str, int | None]:
 class RecordSink(Protocol):
     """Where the bridge sends records (Kafka in production; anything in a benchmark)."""
 
-    async def send(self, topic: str, key: bytes, value: bytes, closed_bar: Kline | None) -> None:
-        """Queue one record; waits (back-pressure) while too many are unacknowledged."""
+    async def send(
+        self,
+        topic: str,
+        key: bytes,
+        value: bytes,
+        closed_bar: Kline | None,
+        timestamp_ms: int | None = None,
+    ) -> None:
+        """Queue one record; waits (back-pressure) while too many are unacknowledged.
+
+        ``timestamp_ms`` is the Kafka record timestamp: a bar's open_time, from which the
+        job's Kafka source derives its per-partition watermarks.
+        """
 
     def healthy(self) -> bool:
         """False while deliveries are failing or the queue is full (repairs wait)."""
@@ -350,6 +361,7 @@ class _Outgoing:
     key: bytes
     value: bytes
     closed_bar: Kline | None
+    timestamp_ms: int | None = None
 
 
 _STOP: Final = object()
@@ -402,7 +414,14 @@ class KafkaSink:
         self._thread = threading.Thread(target=self._run, name="bridge-kafka-sender", daemon=True)
         self._thread.start()
 
-    async def send(self, topic: str, key: bytes, value: bytes, closed_bar: Kline | None) -> None:
+    async def send(
+        self,
+        topic: str,
+        key: bytes,
+        value: bytes,
+        closed_bar: Kline | None,
+        timestamp_ms: int | None = None,
+    ) -> None:
         """Queue one record; waits while ``max_pending`` records are unacknowledged."""
         while self._pending >= self.max_pending:
             self.backpressure_waits += 1
@@ -414,7 +433,7 @@ class KafkaSink:
                 await self._space.wait()
         with self._lock:
             self._pending += 1
-        self._queue.put(_Outgoing(topic, key, value, closed_bar))
+        self._queue.put(_Outgoing(topic, key, value, closed_bar, timestamp_ms))
 
     def healthy(self) -> bool:
         """No delivery failure in the last 10 s and the queue below half full."""
@@ -462,7 +481,9 @@ class KafkaSink:
                 return
             while True:
                 try:
-                    future = self.producer.send(item.topic, key=item.key, value=item.value)
+                    future = self.producer.send(
+                        item.topic, key=item.key, value=item.value, timestamp_ms=item.timestamp_ms
+                    )
                 except KafkaTimeoutError as exc:
                     # No metadata for the topic within max_block_ms: the broker is away. Keep
                     # the record and its order; the bounded queue holds the loop back.
@@ -1027,7 +1048,11 @@ class Bridge:
         """Send one bar to the klines topic, keyed by its series."""
         key = self._key_bytes.get(kline.series_key) or kline.series_key.encode()
         await self.sink.send(
-            self.config.topic, key, encode_kline(kline), kline if kline.is_closed else None
+            self.config.topic,
+            key,
+            encode_kline(kline),
+            kline if kline.is_closed else None,
+            timestamp_ms=kline.open_time,
         )
 
     async def dead_letter(self, rejected: RejectedBar) -> None:

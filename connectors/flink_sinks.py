@@ -173,9 +173,7 @@ class BatchingSinkFunction(KeyedProcessFunction):
             self._unflushed.add(value)
         if self._buffer.add(key, value):
             timers = ctx.timer_service()
-            timers.register_processing_time_timer(
-                timers.current_processing_time() + self.flush_ms
-            )
+            timers.register_processing_time_timer(timers.current_processing_time() + self.flush_ms)
             if self.durable:
                 timers.register_event_time_timer(END_OF_TIME_MS)
         if self._buffer.should_flush():

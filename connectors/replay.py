@@ -150,7 +150,15 @@ def replay_files(
                     result.failed_files.append(row.path)
                     continue
                 if isinstance(row, Kline):
-                    bars.send(producer, topic, encode_kline(row), row.series_key.encode())
+                    # The record timestamp is the bar's open time: the job's Kafka source
+                    # derives its per-partition watermarks from it.
+                    bars.send(
+                        producer,
+                        topic,
+                        encode_kline(row),
+                        row.series_key.encode(),
+                        timestamp_ms=row.open_time,
+                    )
                 else:
                     result.rejected += 1
                     reporter.report(row)

@@ -49,6 +49,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not args.verbose:
+        # kafka-python logs every connection step at INFO.
+        logging.getLogger("kafka").setLevel(logging.WARNING)
     result = args.func(args)
     return int(result or 0)
 

@@ -46,6 +46,16 @@ def _cluster_env() -> dict[str, str]:
     return env
 
 
+def package_java_options() -> str:
+    """``env.java.opts.all`` of the PyFlink package's own config: the ``--add-opens`` and
+    ``--add-exports`` flags Flink needs on Java 17, kept in step with the installed version."""
+    from ruamel.yaml import YAML
+
+    data = YAML(typ="safe").load((pyflink_home() / "conf" / "config.yaml").read_text()) or {}
+    options = data.get("env", {}).get("java", {}).get("opts", {}).get("all", "")
+    return str(options)
+
+
 def prepare_cluster_dirs(settings: JobSettings | None = None) -> None:
     """Render the cluster's conf and lib directories (idempotent)."""
     settings = settings or JobSettings()
@@ -67,6 +77,7 @@ def prepare_cluster_dirs(settings: JobSettings | None = None) -> None:
     conf.joinpath("masters").write_text("localhost:8081\n")
     config = job_configuration(settings)
     config.pop("pipeline.name", None)
+    config.setdefault("env.java.opts.all", package_java_options())
     lines = [f"{key}: {json.dumps(value)}" for key, value in sorted(config.items())]
     conf.joinpath("config.yaml").write_text(
         "# Rendered from flink-conf/config.yaml by `klineflow cluster up`; edit that file.\n"
@@ -84,11 +95,32 @@ def _overview() -> dict[str, object] | None:
         return None
 
 
+def _running_daemons() -> list[int]:
+    """PIDs of this project's JobManager/TaskManager that are alive (from FLINK_PID_DIR)."""
+    alive = []
+    for pid_file in (CLUSTER_DIR / "pid").glob("flink-*.pid"):
+        for line in pid_file.read_text().split():
+            if line.isdigit() and Path(f"/proc/{line}").exists():
+                alive.append(int(line))
+    return alive
+
+
+def _port_in_use(port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
 def cluster_up(timeout_s: float = 90.0) -> str:
     """Start the JobManager and one TaskManager; wait until the TaskManager has registered."""
-    overview = _overview()
-    if overview and int(str(overview.get("taskmanagers", 0))) > 0:
+    if _running_daemons():
         return f"cluster already running: dashboard {REST_URL}"
+    if _port_in_use(8081):
+        raise JobSetupError(
+            "port 8081 is taken by another process (a local `job run` or a test mini-cluster?); "
+            "stop it first: the cluster's dashboard needs 8081"
+        )
     prepare_cluster_dirs()
     subprocess.run(
         [str(pyflink_home() / "bin" / "start-cluster.sh")],
@@ -109,8 +141,8 @@ def cluster_up(timeout_s: float = 90.0) -> str:
 
 def cluster_down() -> str:
     """Stop the cluster started by ``cluster_up``."""
-    if not (CLUSTER_DIR / "conf").is_dir():
-        return "cluster not prepared; nothing to stop"
+    if not _running_daemons():
+        return "cluster not running; nothing to stop"
     subprocess.run(
         [str(pyflink_home() / "bin" / "stop-cluster.sh")],
         env=_cluster_env(),
@@ -122,7 +154,7 @@ def cluster_down() -> str:
 
 def cluster_status() -> str:
     """One line: running with how many TaskManagers/jobs, or not running."""
-    overview = _overview()
+    overview = _overview() if _running_daemons() else None
     if overview is None:
         return "cluster: not running"
     return (

@@ -105,12 +105,13 @@ def create_environment(settings: JobSettings) -> Any:
 
 def attach_job(env: Any, settings: JobSettings) -> None:
     """Source -> pipeline -> sinks on ``env``: everything that touches the outside is here."""
+    from dataclasses import replace
+
     from pyflink.common import Types
-    from pyflink.common.watermark_strategy import WatermarkStrategy
 
     from connectors.flink_kafka import dead_letter_sink, klines_source
     from connectors.flink_sinks import ClickHouseBarSink, RedisBarSink, attach_sink
-    from jobs.pipeline import build_pipeline
+    from jobs.pipeline import build_pipeline, source_watermark_strategy
 
     raw = env.from_source(
         klines_source(
@@ -119,12 +120,11 @@ def attach_job(env: Any, settings: JobSettings) -> None:
             settings.consumer_group,
             bounded=settings.bounded,
         ),
-        # Watermarks come after parsing (event time is the bar's open_time).
-        WatermarkStrategy.no_watermarks(),
+        source_watermark_strategy(settings.pipeline),
         "kafka-klines-raw",
         type_info=Types.PRIMITIVE_ARRAY(Types.BYTE()),
     ).uid("kafka-klines-raw")
-    streams = build_pipeline(raw, settings.pipeline)
+    streams = build_pipeline(raw, replace(settings.pipeline, source_timestamps=True))
     streams.dead_letters.sink_to(
         dead_letter_sink(settings.kafka_bootstrap, settings.dlq_topic)
     ).name("kafka-klines-dlq").uid("kafka-klines-dlq")

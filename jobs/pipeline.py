@@ -47,6 +47,18 @@ def _bar_series_key(bar: VersionedBar) -> str:
     return bar.kline.series_key
 
 
+def source_watermark_strategy(config: PipelineConfig) -> WatermarkStrategy:
+    """Watermarks in the Kafka source, per partition, from the record timestamps (open_time).
+
+    Per partition matters: one source reader alternates between partitions in large
+    fetches, so a single watermark after the source would race ahead of the partitions it
+    has not read yet and make their bars late.
+    """
+    return WatermarkStrategy.for_bounded_out_of_orderness(
+        Duration.of_millis(config.max_out_of_orderness_ms)
+    ).with_idleness(Duration.of_millis(config.idleness_ms))
+
+
 def watermark_strategy(config: PipelineConfig) -> WatermarkStrategy:
     """Bounded out-of-orderness on bar open times, with idleness so quiet series don't stall."""
     return (
@@ -109,12 +121,20 @@ def build_pipeline(raw: DataStream, config: PipelineConfig) -> PipelineStreams:
     another timeframe (a replayed 1h archive) is upserted and stored as it is, never rolled up.
     """
     klines = (
-        raw.process(ParseKlineFunction(), output_type=Types.PICKLED_BYTE_ARRAY())
+        raw.process(
+            ParseKlineFunction(require_open_time_timestamp=config.source_timestamps),
+            output_type=Types.PICKLED_BYTE_ARRAY(),
+        )
         .name("parse-validate")
         .uid("parse-validate")
     )
+    # Event time is the bar's open_time. From Kafka it is the record timestamp already
+    # (checked by parse-validate) and watermarks are made per partition in the source;
+    # otherwise they are assigned here, after parsing.
     timestamped = (
-        klines.assign_timestamps_and_watermarks(watermark_strategy(config))
+        klines
+        if config.source_timestamps
+        else klines.assign_timestamps_and_watermarks(watermark_strategy(config))
         .name("event-time-watermarks")
         .uid("event-time-watermarks")
     )

@@ -35,30 +35,76 @@ SPECS: Final[Mapping[str, TableSpec]] = {
     "klines": TableSpec(
         "klines",
         "open_time",
-        ("open_time", "close_time", "open", "high", "low", "close", "volume", "quote_volume",
-         "trades", "taker_buy_volume", "taker_buy_quote_volume", "is_closed", "bars_present",
-         "bars_expected", "version"),  # fmt: skip
+        (
+            "open_time",
+            "close_time",
+            "open",
+            "high",
+            "low",
+            "close",
+            "volume",
+            "quote_volume",
+            "trades",
+            "taker_buy_volume",
+            "taker_buy_quote_volume",
+            "is_closed",
+            "bars_present",
+            "bars_expected",
+            "version",
+        ),
         ("open_time", "close_time"),
     ),
     "profile": TableSpec(
         "volume_profile",
         "window_start",
-        ("window_start", "window_end", "row_size", "row_low", "volume", "buy_volume", "poc",
-         "value_area_low", "value_area_high", "vwap", "total_volume", "version"),  # fmt: skip
+        (
+            "window_start",
+            "window_end",
+            "row_size",
+            "row_low",
+            "volume",
+            "buy_volume",
+            "poc",
+            "value_area_low",
+            "value_area_high",
+            "vwap",
+            "total_volume",
+            "version",
+        ),
         ("window_start", "window_end"),
     ),
     "indicators": TableSpec(
         "indicators",
         "open_time",
-        ("open_time", "rsi_14", "macd", "macd_signal", "macd_hist", "bb_middle", "bb_upper",
-         "bb_lower", "version"),  # fmt: skip
+        (
+            "open_time",
+            "rsi_14",
+            "macd",
+            "macd_signal",
+            "macd_hist",
+            "bb_middle",
+            "bb_upper",
+            "bb_lower",
+            "version",
+        ),
         ("open_time",),
     ),
     "signals": TableSpec(
         "signals",
         "open_time",
-        ("open_time", "source", "pattern", "recommendation", "confidence", "key_levels",
-         "latency_ms", "tokens", "cached", "degraded", "version"),  # fmt: skip
+        (
+            "open_time",
+            "source",
+            "pattern",
+            "recommendation",
+            "confidence",
+            "key_levels",
+            "latency_ms",
+            "tokens",
+            "cached",
+            "degraded",
+            "version",
+        ),
         ("open_time",),
     ),
 }
@@ -74,10 +120,11 @@ def build_query(
     as epoch ms; the newest ``limit`` rows when limited, always oldest first.
     """
     selected = ", ".join(
-        f"toUnixTimestamp64Milli(t.{name}) AS {name}" if name in spec.time_columns
+        f"toUnixTimestamp64Milli(t.{name}) AS {name}"
+        if name in spec.time_columns
         else f"t.{name} AS {name}"
         for name in spec.columns
-    )  # fmt: skip
+    )
     conditions = [
         "t.exchange = {exchange:String}",
         "t.symbol = {symbol:String}",
@@ -95,9 +142,7 @@ def build_query(
         f"WHERE {' AND '.join(conditions)} ORDER BY t.{spec.time_column}"
     )
     if limit is not None:
-        sql = (
-            f"SELECT * FROM ({sql} DESC LIMIT {{limit:UInt64}}) ORDER BY {spec.time_column}"
-        )
+        sql = f"SELECT * FROM ({sql} DESC LIMIT {{limit:UInt64}}) ORDER BY {spec.time_column}"
         params["limit"] = limit
     return sql, params
 
@@ -127,9 +172,11 @@ def _cell(value: Any) -> str:
 
 
 def format_rows(
-    rows: Sequence[Mapping[str, Any]], columns: Sequence[str], time_columns: Sequence[str],
+    rows: Sequence[Mapping[str, Any]],
+    columns: Sequence[str],
+    time_columns: Sequence[str],
     output: str,
-) -> str:  # fmt: skip
+) -> str:
     """Rows as ``table`` (aligned text, times ISO-8601 UTC), ``json`` (one array, times in
     epoch ms) or ``csv`` (header row, times ISO-8601 UTC)."""
     if output == "json":
@@ -149,7 +196,9 @@ def format_rows(
     widths = [max([len(name)] + [len(line[i]) for line in table]) for i, name in enumerate(columns)]
     lines = ["  ".join(name.ljust(width) for name, width in zip(columns, widths, strict=True))]
     lines.append("  ".join("-" * width for width in widths))
-    lines += ["  ".join(cell.rjust(w) for cell, w in zip(line, widths, strict=True)) for line in table]
+    lines += [
+        "  ".join(cell.rjust(w) for cell, w in zip(line, widths, strict=True)) for line in table
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -166,10 +215,18 @@ def add_series_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--exchange", required=True, help="binance, okx or bybit")
     parser.add_argument("--symbol", required=True, help="canonical symbol, e.g. BTC-USDT")
     parser.add_argument("--timeframe", default="1m", help="1m 5m 15m 1h 4h 1d (default: 1m)")
-    parser.add_argument("--start", type=parse_time, default=None,
-                        help="first time included: ISO-8601 UTC or epoch s/ms")  # fmt: skip
-    parser.add_argument("--end", type=parse_time, default=None,
-                        help="first time excluded: ISO-8601 UTC or epoch s/ms")  # fmt: skip
+    parser.add_argument(
+        "--start",
+        type=parse_time,
+        default=None,
+        help="first time included: ISO-8601 UTC or epoch s/ms",
+    )
+    parser.add_argument(
+        "--end",
+        type=parse_time,
+        default=None,
+        help="first time excluded: ISO-8601 UTC or epoch s/ms",
+    )
     parser.add_argument("--limit", type=int, default=None, help="at most this many (newest) rows")
 
 

@@ -119,6 +119,10 @@ class InferenceAsyncFunction(AsyncFunction):
         self.settings = settings
 
     def open(self, runtime_context: RuntimeContext) -> None:
+        # Import the HTTP stack now, not inside the first call: a cold first request would
+        # reach the server late and bunch up with the next one the rate budget lets out.
+        import aiohttp  # noqa: F401
+
         settings = self.settings
         l2 = RedisL2Cache(settings.l2_redis_url) if settings.l2_redis_url else None
         self.engine = InferenceEngine(

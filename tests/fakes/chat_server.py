@@ -178,6 +178,16 @@ class ChatServer:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    def stats(self) -> dict[str, float]:
+        """Requests so far and the first / last arrival (``time.monotonic``, system-wide)."""
+        with self._lock:
+            arrivals = [r.arrived_at for r in self.requests]
+        return {
+            "requests": len(arrivals),
+            "first_arrival": min(arrivals, default=0.0),
+            "last_arrival": max(arrivals, default=0.0),
+        }
+
     def recorded(self) -> list[ChatRequest]:
         """A snapshot of the requests so far, in arrival order."""
         with self._lock:
@@ -217,6 +227,8 @@ class ChatServer:
                     return
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
             pass
+        except asyncio.CancelledError:
+            return  # the server is stopping
         finally:
             writer.close()
 
@@ -225,6 +237,9 @@ class ChatServer:
     ) -> bool:
         method, _, rest = request_line.partition(" ")
         path = rest.split(" ", 1)[0]
+        if method == "GET" and path == "/stats":
+            await self._send(writer, 200, orjson.dumps(self.stats()), {})
+            return True
         if method != "POST" or not path.endswith("/chat/completions"):
             await self._send(writer, 404, b'{"error": "not found"}', {})
             return True
@@ -283,3 +298,27 @@ def max_requests_in_window(arrivals: Sequence[float], window_s: float) -> int:
             start += 1
         best = max(best, end - start + 1)
     return best
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m tests.fakes.chat_server --delay-ms 50``: serve valid replies until killed.
+
+    Prints the base URL on the first line of stdout (benchmarks run the server in its own
+    process so it does not share the interpreter with the client under test).
+    """
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--delay-ms", type=float, default=50.0)
+    args = parser.parse_args(argv)
+    server = ChatServer(lambda _request: ok(args.delay_ms / 1000)).start()
+    print(server.url, flush=True)
+    try:
+        sys.stdin.read()  # until the parent closes our stdin
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -99,9 +99,7 @@ def test_migrations_are_recorded_and_idempotent_over_the_wire(url: str) -> None:
         assert writer.server_version.startswith("18.")
         assert writer.schema_version() == 1
         assert writer.migrate(REDUCED_SQL) == []
-        assert writer.query("SELECT count() AS n FROM crypto_kline.schema_migrations") == [
-            {"n": 1}
-        ]
+        assert writer.query("SELECT count() AS n FROM crypto_kline.schema_migrations") == [{"n": 1}]
         # An 18.x server has no query parameters: refused, never pasted into the SQL.
         with pytest.raises(ClickHouseQueryError, match="does not support query parameters"):
             writer.query("SELECT {x:String} AS x", {"x": "' OR 1=1"})
@@ -172,9 +170,7 @@ def test_a_server_restart_mid_stream_loses_nothing_and_doubles_nothing(
     with open_writer(url, migrate_schema=False, retry=PATIENT) as writer:
         rows = final_rows(writer)
         raw = writer.query("SELECT count() AS n FROM crypto_kline.klines")
-    expected = sorted(
-        (bar.kline.symbol, bar.kline.open_time) for batch in batches for bar in batch
-    )
+    expected = sorted((bar.kline.symbol, bar.kline.open_time) for batch in batches for bar in batch)
     assert [(row["symbol"], row["open_time"]) for row in rows] == expected
     # A batch whose insert the server took just before dying may be sent again: raw rows
     # may exceed the count, FINAL never does.

@@ -136,12 +136,20 @@ def settings(
     )
 
 
-def produce(bootstrap: str, topic: str, messages: list[tuple[bytes | None, bytes]]) -> None:
+Message = tuple[bytes | None, bytes, int | None]  # key, value, record timestamp
+
+
+def stamped(kline: Kline) -> Message:
+    """A bar as the bridge and replay send it: keyed by series, timestamped with open_time."""
+    return kline.series_key.encode(), encode_kline(kline), kline.open_time
+
+
+def produce(bootstrap: str, topic: str, messages: list[Message]) -> None:
     # The project's producer settings (zstd compression): the job must read what replay writes.
     producer = create_producer(bootstrap)
     try:
-        for key, value in messages:
-            producer.send(topic, key=key, value=value)
+        for key, value, timestamp_ms in messages:
+            producer.send(topic, key=key, value=value, timestamp_ms=timestamp_ms)
         producer.flush(timeout=30)
     finally:
         producer.close()
@@ -152,14 +160,18 @@ def test_job_upserts_bars_into_chdb_and_redis_and_rejects_bad_input(
 ) -> None:
     rng = random.Random(2025)
     stream: list[Kline] = []
-    messages: list[tuple[bytes | None, bytes]] = []
+    messages: list[Message] = []
     for exchange, symbol, raw, price in SERIES:
         series = build_series_stream(exchange, symbol, raw, price, rng)
         stream += series
-        messages += [(k.series_key.encode(), encode_kline(k)) for k in series]
+        messages += [stamped(k) for k in series]
     # Bad records interleaved with the good ones, on random partitions.
     for value, _ in BAD_RECORDS:
-        messages.insert(rng.randrange(len(messages)), (None, value))
+        messages.insert(rng.randrange(len(messages)), (None, value, None))
+    # A valid bar whose Kafka record timestamp is not its open_time would be mis-windowed.
+    mis_stamped = make_update("bybit", "DOGE-USDT", "DOGEUSDT", 5.0, 0, 0, closed=True)
+    messages.append((mis_stamped.series_key.encode(), encode_kline(mis_stamped), START + 7))
+    bad_records = [*BAD_RECORDS, (encode_kline(mis_stamped), "record timestamp")]
     produce(settings.kafka_bootstrap, settings.klines_topic, messages)
 
     run_job(settings)
@@ -207,12 +219,12 @@ def test_job_upserts_bars_into_chdb_and_redis_and_rejects_bad_input(
     letters = [
         decode_dead_letter(value)
         for _, value in read_topic(
-            settings.kafka_bootstrap, settings.dlq_topic, min_messages=len(BAD_RECORDS)
+            settings.kafka_bootstrap, settings.dlq_topic, min_messages=len(bad_records)
         )
     ]
-    assert sorted(letter.original for letter in letters) == sorted(v for v, _ in BAD_RECORDS)
+    assert sorted(letter.original for letter in letters) == sorted(v for v, _ in bad_records)
     for letter in letters:
-        want_reason = next(reason for value, reason in BAD_RECORDS if value == letter.original)
+        want_reason = next(reason for value, reason in bad_records if value == letter.original)
         assert want_reason in letter.reason
         assert letter.stage == "validate"
 
@@ -224,11 +236,7 @@ def test_rerunning_the_same_input_changes_nothing(
     rng = random.Random(7)
     exchange, symbol, raw, price = SERIES[0]
     series = build_series_stream(exchange, symbol, raw, price, rng)
-    produce(
-        settings.kafka_bootstrap,
-        settings.klines_topic,
-        [(k.series_key.encode(), encode_kline(k)) for k in series],
-    )
+    produce(settings.kafka_bootstrap, settings.klines_topic, [stamped(k) for k in series])
     run_job(settings)
     with open_writer(settings.sinks.clickhouse_url, migrate_schema=False) as writer:
         first = writer.fetch_klines(exchange, symbol, "1m")

@@ -25,30 +25,83 @@ def chdb_url(tmp_path: Path) -> str:
     bars = []
     for minute in range(MINUTES):
         wave = 50 * math.sin(minute / 7)
-        bars.append(make_bar(minute, version=2, open=83_000 + wave, close=83_010 + wave - minute % 5 * 8,
-                             high=83_060 + wave, low=82_950 + wave, volume=1.0 + minute % 11))  # fmt: skip
+        bars.append(
+            make_bar(
+                minute,
+                version=2,
+                open=83_000 + wave,
+                close=83_010 + wave - minute % 5 * 8,
+                high=83_060 + wave,
+                low=82_950 + wave,
+                volume=1.0 + minute % 11,
+            )
+        )
     bars.append(make_bar(3, version=1, close=1.0, low=0.5, open=1.0, high=1.0))  # older: loses
     with open_writer(url) as writer:
         writer.insert_bars(bars)
-        writer.insert_rows("volume_profile", [{
-            "exchange": "binance", "symbol": "BTC-USDT", "timeframe": "1h",
-            "window_start": START, "window_end": START + 3_600_000 - 1, "row_size": 2.5,
-            "row_low": [100.0, 102.5], "volume": [1.5, 0.0], "buy_volume": [0.5, 0.0],
-            "poc": 101.25, "value_area_low": 100.0, "value_area_high": 102.5,
-            "vwap": None, "total_volume": 1.5, "version": 1,
-        }])  # fmt: skip
-        writer.insert_rows("indicators", [{
-            "exchange": "binance", "symbol": "BTC-USDT", "timeframe": "1m",
-            "open_time": START + m * 60_000, "rsi_14": 40.0 + m, "macd": None,
-            "macd_signal": None, "macd_hist": None, "bb_middle": 1.0, "bb_upper": 2.0,
-            "bb_lower": 0.0, "version": 1,
-        } for m in range(3)])  # fmt: skip
-        writer.insert_rows("signals", [{
-            "exchange": "binance", "symbol": "BTC-USDT", "timeframe": "1m", "open_time": START,
-            "source": "rules", "pattern": "hammer, bullish", "recommendation": "buy",
-            "confidence": 0.75, "key_levels": [82_000.0, 84_000.5], "latency_ms": None,
-            "tokens": None, "cached": False, "degraded": False, "version": 1,
-        }])  # fmt: skip
+        writer.insert_rows(
+            "volume_profile",
+            [
+                {
+                    "exchange": "binance",
+                    "symbol": "BTC-USDT",
+                    "timeframe": "1h",
+                    "window_start": START,
+                    "window_end": START + 3_600_000 - 1,
+                    "row_size": 2.5,
+                    "row_low": [100.0, 102.5],
+                    "volume": [1.5, 0.0],
+                    "buy_volume": [0.5, 0.0],
+                    "poc": 101.25,
+                    "value_area_low": 100.0,
+                    "value_area_high": 102.5,
+                    "vwap": None,
+                    "total_volume": 1.5,
+                    "version": 1,
+                }
+            ],
+        )
+        writer.insert_rows(
+            "indicators",
+            [
+                {
+                    "exchange": "binance",
+                    "symbol": "BTC-USDT",
+                    "timeframe": "1m",
+                    "open_time": START + m * 60_000,
+                    "rsi_14": 40.0 + m,
+                    "macd": None,
+                    "macd_signal": None,
+                    "macd_hist": None,
+                    "bb_middle": 1.0,
+                    "bb_upper": 2.0,
+                    "bb_lower": 0.0,
+                    "version": 1,
+                }
+                for m in range(3)
+            ],
+        )
+        writer.insert_rows(
+            "signals",
+            [
+                {
+                    "exchange": "binance",
+                    "symbol": "BTC-USDT",
+                    "timeframe": "1m",
+                    "open_time": START,
+                    "source": "rules",
+                    "pattern": "hammer, bullish",
+                    "recommendation": "buy",
+                    "confidence": 0.75,
+                    "key_levels": [82_000.0, 84_000.5],
+                    "latency_ms": None,
+                    "tokens": None,
+                    "cached": False,
+                    "degraded": False,
+                    "version": 1,
+                }
+            ],
+        )
     return url
 
 
@@ -58,10 +111,22 @@ def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, s
     return code, captured.out, captured.err
 
 
-def test_query_every_kind_in_every_format(chdb_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_query_every_kind_in_every_format(
+    chdb_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     series = ["--clickhouse-url", chdb_url, "--exchange", "binance", "--symbol", "BTC-USDT"]
-    code, out, _ = run_cli(capsys, "query", "klines", *series, "--format", "json",
-                           "--start", "2025-03-14T00:02:00Z", "--end", str(START + 10 * 60_000))  # fmt: skip
+    code, out, _ = run_cli(
+        capsys,
+        "query",
+        "klines",
+        *series,
+        "--format",
+        "json",
+        "--start",
+        "2025-03-14T00:02:00Z",
+        "--end",
+        str(START + 10 * 60_000),
+    )
     assert code == 0
     rows = orjson.loads(out)
     assert [row["open_time"] for row in rows] == [START + m * 60_000 for m in range(2, 10)]
@@ -93,9 +158,21 @@ def test_query_every_kind_in_every_format(chdb_url: str, capsys: pytest.CaptureF
 def test_query_values_are_parameters_never_sql(
     chdb_url: str, capsys: pytest.CaptureFixture[str], hostile: str
 ) -> None:
-    code, out, err = run_cli(capsys, "query", "klines", "--clickhouse-url", chdb_url,
-                             "--exchange", "binance", "--symbol", hostile, "--timeframe", hostile,
-                             "--format", "json")  # fmt: skip
+    code, out, err = run_cli(
+        capsys,
+        "query",
+        "klines",
+        "--clickhouse-url",
+        chdb_url,
+        "--exchange",
+        "binance",
+        "--symbol",
+        hostile,
+        "--timeframe",
+        hostile,
+        "--format",
+        "json",
+    )
     assert (code, orjson.loads(out), err) == (0, [], "")
     with open_writer(chdb_url, migrate_schema=False) as writer:
         assert writer.table_counts()["klines"] == MINUTES
@@ -103,8 +180,20 @@ def test_query_values_are_parameters_never_sql(
 
 def test_query_refuses_a_bad_time(chdb_url: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
-        klineflow_main(["query", "klines", "--clickhouse-url", chdb_url, "--exchange", "binance",
-                        "--symbol", "BTC-USDT", "--start", "yesterday-ish"])  # fmt: skip
+        klineflow_main(
+            [
+                "query",
+                "klines",
+                "--clickhouse-url",
+                chdb_url,
+                "--exchange",
+                "binance",
+                "--symbol",
+                "BTC-USDT",
+                "--start",
+                "yesterday-ish",
+            ]
+        )
     assert "time" in capsys.readouterr().err
 
 
@@ -112,8 +201,18 @@ def test_plot_writes_a_png_and_a_self_contained_html(
     chdb_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "charts" / "btc"
-    code, printed, _ = run_cli(capsys, "plot", "--clickhouse-url", chdb_url, "--exchange",
-                               "binance", "--symbol", "BTC-USDT", "--out", str(out))  # fmt: skip
+    code, printed, _ = run_cli(
+        capsys,
+        "plot",
+        "--clickhouse-url",
+        chdb_url,
+        "--exchange",
+        "binance",
+        "--symbol",
+        "BTC-USDT",
+        "--out",
+        str(out),
+    )
     assert code == 0
     png, page = (Path(line) for line in printed.split())
     assert png == out.with_name("btc.png") and page == out.with_name("btc.html")
@@ -122,10 +221,20 @@ def test_plot_writes_a_png_and_a_self_contained_html(
     assert len(data) > 20_000  # 90 candles, volume bars and a profile, not an empty canvas
     text = page.read_text()
     assert text.startswith("<!DOCTYPE html>") and "<svg" in text
-    assert "src=\"http" not in text and "href=\"http" not in text.replace('href="http://www.w3', "")
+    assert 'src="http' not in text and 'href="http' not in text.replace('href="http://www.w3', "")
     assert text.count("<path") > 2 * MINUTES  # candle bodies, wicks, volume bars, profile rows
     assert "binance:BTC-USDT 1m" in text and "POC" in text
 
-    code, _, err = run_cli(capsys, "plot", "--clickhouse-url", chdb_url, "--exchange", "okx",
-                           "--symbol", "BTC-USDT", "--out", str(out))  # fmt: skip
+    code, _, err = run_cli(
+        capsys,
+        "plot",
+        "--clickhouse-url",
+        chdb_url,
+        "--exchange",
+        "okx",
+        "--symbol",
+        "BTC-USDT",
+        "--out",
+        str(out),
+    )
     assert code == 1 and "no bars" in err

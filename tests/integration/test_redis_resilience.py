@@ -42,8 +42,10 @@ def test_each_applied_update_is_announced_once_and_stale_ones_never(
     messages = collect_messages(pubsub, 4)
     # Applied: (0,2), (1,1), (1,3). Stale (0,1), (0,9) after minute 1, (1,2); repeat (0,2).
     assert [(m["open_time"] - make_bar(0, 1).kline.open_time, m["version"]) for m in messages] == [
-        (0, 2), (60_000, 1), (60_000, 3)
-    ]  # fmt: skip
+        (0, 2),
+        (60_000, 1),
+        (60_000, 3),
+    ]
     assert messages[-1]["close"] == make_bar(1, 3).kline.close
     assert collect_messages(pubsub, 1, timeout_s=0.5) == []
     pubsub.close()

@@ -56,14 +56,15 @@ class Series:
 
 def final_values(series: Series, minute: int, rng: random.Random) -> dict[str, Any]:
     """Random but valid closed values of one 1m bar."""
-    base = series.price * (1 + 0.01 * math.sin(minute / 97.0)) + rng.uniform(-1, 1)
-    open_, close = base + rng.uniform(-0.5, 0.5), base + rng.uniform(-0.5, 0.5)
+    unit = series.price / 1000  # price moves relative to the price: never negative
+    base = series.price * (1 + 0.01 * math.sin(minute / 97.0)) + rng.uniform(-1, 1) * unit
+    open_, close = base + rng.uniform(-0.5, 0.5) * unit, base + rng.uniform(-0.5, 0.5) * unit
     volume = rng.uniform(0.001, 50.0)
     return {
-        "open": round(open_, 6),
-        "close": round(close, 6),
-        "high": round(max(open_, close) + rng.uniform(0, 1), 6),
-        "low": round(min(open_, close) - rng.uniform(0, 1), 6),
+        "open": open_,
+        "close": close,
+        "high": max(open_, close) + rng.uniform(0, 1) * unit,
+        "low": min(open_, close) - rng.uniform(0, 1) * unit,
         "volume": volume,
         "quote_volume": volume * base if series.has_quote else None,
         "trades": rng.randint(0, 500) if series.has_quote else None,
@@ -280,7 +281,8 @@ def test_rollups_match_pandas_through_shuffles_gaps_and_corrections(
     corrected_series, corrected_minute = CLEAN[0], TOTAL_MINUTES - 30
     corrected = dict(scenario.finals[(corrected_series, corrected_minute)])
     corrected["close"] += 0.125
-    corrected["high"] = max(corrected["high"], corrected["close"]) + 50.0
+    # 5 % above the price: the new high of every window holding the bar.
+    corrected["high"] = max(corrected["high"], corrected["close"]) + 0.05 * corrected_series.price
     corrected["volume"] *= 3
     scenario.finals[(corrected_series, corrected_minute)] = corrected
     stream.append(

@@ -200,8 +200,9 @@ def test_async_operator_one_signal_per_bar_under_faults(
         bars += [VersionedBar(kline(symbol, m), 1) for m in range(4)]
     bars += [VersionedBar(kline(FLAKY_SYMBOL, m), 1) for m in range(3)]
     bars.append(VersionedBar(kline(SLOW_SYMBOL, 0), 1))
-    # A re-emitted bar with the same values (version 2): a repeated context -> cache.
-    bars.append(VersionedBar(kline("AAA-USDT", 3), 2))
+    # A bar re-emitted with the same values (version 2): a repeated context -> cache. (A
+    # one-bar series, so its context does not depend on the order bars arrive in.)
+    bars += [VersionedBar(kline("REPEAT-USDT", 0), 1), VersionedBar(kline("REPEAT-USDT", 0), 2)]
     # Not analysed: an in-progress bar and a 5m bar (timeframe not configured).
     bars.append(VersionedBar(kline("AAA-USDT", 4, closed=False), 1))
     five = kline("CCC-USDT", 0)
@@ -232,7 +233,7 @@ def test_async_operator_one_signal_per_bar_under_faults(
         stream = env.from_collection(
             [f"{b.version}|{encode_kline(b.kline).decode()}" for b in bars],
             type_info=Types.STRING(),
-        ).map(decode_versioned_bar, output_type=Types.PICKLED_BYTE_ARRAY()).set_parallelism(1)
+        ).map(decode_versioned_bar, output_type=Types.PICKLED_BYTE_ARRAY())
         started = time.monotonic()
         with build_signals(stream, config).execute_and_collect("test-signals") as results:
             signals: list[Signal] = list(results)
@@ -265,26 +266,32 @@ def test_async_operator_one_signal_per_bar_under_faults(
     shape = sorted(by_symbol["SHAPE-USDT"], key=lambda s: s.open_time)
     assert shape[0].degraded and shape[0].reason == "invalid_reply"
     # The repeated context came from the cache, without a second request.
-    repeated = [s for s in by_symbol["AAA-USDT"] if s.open_time == START + 3 * 60_000]
-    assert sorted(s.cached for s in repeated) == [False, True], [r.user_content for r in seen if symbol_of(r) == "AAA-USDT"]
-    aaa_contexts = Counter(r.user_content for r in seen if symbol_of(r) == "AAA-USDT")
-    assert len(aaa_contexts) == 4 and set(aaa_contexts.values()) == {1}
+    repeated = by_symbol["REPEAT-USDT"]
+    assert sorted((s.version, s.cached) for s in repeated) in (
+        [(1, False), (2, True)], [(1, True), (2, False)],
+    ), repeated  # fmt: skip
+    assert sum(1 for r in seen if symbol_of(r) == "REPEAT-USDT") == 1
     # The request rate at the server stays within the budget (token bucket: burst 1 per
-    # subtask, so any span holds at most rate * span + parallelism requests).
+    # subtask, so any span holds at most rate * span + parallelism requests; 50 ms allowance
+    # for the time between taking a token and the request's arrival).
     arrivals = sorted(r.arrived_at for r in seen)
     for i in range(len(arrivals)):
         for j in range(i + 1, len(arrivals)):
             span = arrivals[j] - arrivals[i]
-            assert j - i + 1 <= RATE * (span + 0.02) + 2, (i, j, span)
+            assert j - i + 1 <= RATE * (span + 0.05) + 2, (i, j, span)
     assert len(arrivals) >= 30
     assert elapsed < 60
     print(f"signals={len(signals)} requests={len(seen)} elapsed={elapsed:.1f}s")
 
-    # The key appears in no log line (Flink's and the Python workers' logs).
+    # The key appears in no log line (Flink's and the Python workers' logs), though the
+    # workers did log this run's retries there.
+    new_log = b""
     for path, offset in log_marks.items():
         with path.open("rb") as handle:
             handle.seek(offset)
-            assert API_KEY.encode() not in handle.read(), path
+            new_log += handle.read()
+    assert b"inference attempt 1/3 failed (http_500)" in new_log
+    assert API_KEY.encode() not in new_log
     for path in PYFLINK_LOG_DIR.glob("*.log"):
         if path not in log_marks:
             assert API_KEY.encode() not in path.read_bytes(), path

@@ -1,11 +1,12 @@
 """At-least-once sinks: a job that fails mid-stream loses no row and doubles none under FINAL.
 
 Kafka (unbounded) -> decode -> ClickHouse sink on chdb, checkpoints every 300 ms, one
-restart allowed; the test cancels the job once the sink reports every row written. The sink holds every row until its time flush (4 s), while checkpoints record the Kafka
-offsets past the rows read so far together with the sink's state; then its first write
-fails on purpose. After the restart the source resumes from the last checkpoint's offsets,
-so rows read before it can only come back from the sink's Flink state, and rows read after
-it come again from Kafka: together every row, each once.
+restart allowed; the test cancels the job once the sink reports every row written. The sink
+holds every row until its time flush (4 s), while checkpoints record the Kafka offsets past
+the rows read so far together with the sink's state; then its first write fails on purpose.
+After the restart the source resumes from the last checkpoint's offsets, so rows read before
+it can only come back from the sink's Flink state, and rows read after it come again from
+Kafka: together every row, each once.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ import cloudpickle
 import orjson
 
 from connectors.clickhouse import ClickHouseUnavailable, ClickHouseWriter, open_writer
-from connectors.flink_sinks import ClickHouseBarSink, attach_sink
 from connectors.flink_kafka import klines_source
+from connectors.flink_sinks import ClickHouseBarSink, attach_sink
 from connectors.kafka_producer import create_producer
 from jobs.config import JobSettings, SinkConfig
 from jobs.job import create_environment
@@ -119,7 +120,9 @@ def test_a_failure_after_checkpoints_loses_nothing_and_doubles_nothing(
     producer = create_producer(kafka_bootstrap)
     try:
         for kline in klines:
-            producer.send(kafka_topics.raw, key=kline.series_key.encode(), value=encode_kline(kline))
+            producer.send(
+                kafka_topics.raw, key=kline.series_key.encode(), value=encode_kline(kline)
+            )
         producer.flush(timeout=30)
     finally:
         producer.close()
@@ -187,4 +190,3 @@ def test_a_failure_after_checkpoints_loses_nothing_and_doubles_nothing(
                 START + m * 60_000 for m in range(MINUTES)
             ]
             assert [row["close"] for row in rows] == [101.0 + m for m in range(MINUTES)]
-

@@ -10,13 +10,13 @@ PY := $(VENV)/bin/python
 KLINEFLOW := $(VENV)/bin/klineflow
 PYTEST_ARGS ?=
 
-.PHONY: help setup stack-up stack-down stack-status demo test test-unit lint format \
+.PHONY: system-packages help setup stack-up stack-down stack-status demo test test-unit lint format \
         cluster-up cluster-down submit bench clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-setup: $(VENV)/.installed build/.jars-fetched redis-server ## Create the venv, fetch jars and the Kafka broker (mvn), install redis-server
+setup: $(VENV)/.installed build/.jars-fetched system-packages ## Create the venv, fetch jars and the Kafka broker (mvn), install redis-server and clickhouse-server
 	@echo "setup: ok"
 
 $(VENV)/.installed: pyproject.toml
@@ -31,13 +31,21 @@ build/.jars-fetched: pom.xml
 	mvn -B -q -f pom.xml package
 	@touch $@
 
-redis-server:
-	@if ! command -v redis-server >/dev/null; then \
+# Debian packages: redis-server (the local stack) and clickhouse-server 18.16 (only for the
+# wire-level tests of the native ClickHouse writer; the project itself uses chdb).
+SYSTEM_PACKAGES := redis-server:redis-server clickhouse-server:/usr/sbin/clickhouse-server
+
+system-packages:
+	@missing=""; for entry in $(SYSTEM_PACKAGES); do \
+	  package=$${entry%%:*}; binary=$${entry#*:}; \
+	  command -v $$binary >/dev/null || missing="$$missing $$package"; \
+	done; \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
-	    echo "installing redis-server (apt-get)"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
+	    echo "installing$$missing (apt-get)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	  else \
-	    echo "redis-server is missing: run 'sudo apt-get install redis-server' (or make setup as root)"; exit 1; \
+	    echo "missing:$$missing -- run 'sudo apt-get install$$missing' (or make setup as root)"; exit 1; \
 	  fi; \
 	fi
 

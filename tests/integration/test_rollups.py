@@ -375,7 +375,12 @@ def produce(bootstrap: str, topic: str, klines: list[Kline]) -> None:
     producer = create_producer(bootstrap)
     try:
         for kline in klines:
-            producer.send(topic, key=kline.series_key.encode(), value=encode_kline(kline))
+            producer.send(
+                topic,
+                key=kline.series_key.encode(),
+                value=encode_kline(kline),
+                timestamp_ms=kline.open_time,
+            )
         producer.flush(timeout=30)
     finally:
         producer.close()
@@ -414,6 +419,10 @@ def test_job_writes_the_last_version_of_every_rollup_to_clickhouse_and_redis(
 
     expected = reference_rollups(scenario.finals)
     with open_writer(settings.sinks.clickhouse_url, migrate_schema=False) as writer:
+        by_timeframe = writer.query(
+            "SELECT timeframe, count() AS n FROM crypto_kline.klines FINAL GROUP BY timeframe", {}
+        )
+        assert {row["timeframe"] for row in by_timeframe} == {"1m", *TIMEFRAMES}, by_timeframe
         for series in job_series:
             for timeframe in TIMEFRAMES:
                 rows = writer.fetch_klines(series.exchange, series.symbol, timeframe)

@@ -17,6 +17,11 @@ bounded on a local mini-cluster, and reports:
 then on (fresh consumer group, chdb directory and Redis each time), and reports
 ``rollups_off``/``rollups_on`` (job_s, job_bars_per_s, job_bars_per_s_steady, rows) and
 ``rollups_on_vs_off`` (ratios of bars/s). ``--rollups on|off`` runs only one side.
+
+``--analytics compare`` does the same for the analytics branch (volume profiles 15m/1h/4h/1d
+and indicators on every timeframe; roll-ups on in both runs): ``analytics_off``,
+``analytics_on`` (with the rows written to ``volume_profile`` and ``indicators``) and
+``analytics_on_vs_off``. ``--analytics on|off`` runs only one side.
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ sys.path.insert(0, str(PROJECT_ROOT))
 
 from connectors.clickhouse import open_writer  # noqa: E402
 from connectors.replay import replay_files  # noqa: E402
-from jobs.config import JobSettings, PipelineConfig, SinkConfig  # noqa: E402
+from jobs.config import AnalyticsConfig, JobSettings, PipelineConfig, SinkConfig  # noqa: E402
 from jobs.job import run_job  # noqa: E402
 from jobs.sample_data import iter_bench_klines  # noqa: E402
 from jobs.stack import KafkaBroker, RedisServer, StackConfig  # noqa: E402
@@ -140,9 +145,15 @@ def measure_job(settings: JobSettings, redis_url: str) -> dict[str, Any]:
     stop.set()
     watcher.join()
     with open_writer(settings.sinks.clickhouse_url, migrate_schema=False) as writer:
-        rows = writer.table_counts()["klines"]
+        counts = writer.table_counts()
     steady_s = job_s - (seen[0] - job_started) if seen else job_s
-    return {"job_s": job_s, "steady_s": steady_s, "rows": rows, "redis_keys": client.dbsize()}
+    return {
+        "job_s": job_s,
+        "steady_s": steady_s,
+        "rows": counts["klines"],
+        "counts": counts,
+        "redis_keys": client.dbsize(),
+    }
 
 
 def compare_rollups(
@@ -172,6 +183,42 @@ def compare_rollups(
     if len(sides) == 2:
         on_side, off_side = result["rollups_on"], result["rollups_off"]
         result["rollups_on_vs_off"] = {
+            "bars_per_s_ratio": round(on_side["job_bars_per_s"] / off_side["job_bars_per_s"], 3),
+            "bars_per_s_steady_ratio": round(
+                on_side["job_bars_per_s_steady"] / off_side["job_bars_per_s_steady"], 3
+            ),
+        }
+    return result
+
+
+def compare_analytics(
+    args: argparse.Namespace, settings: JobSettings, work: Path, bars: int
+) -> dict[str, Any]:
+    """The job with the analytics branch off and/or on over the same topic, fresh outputs."""
+    result: dict[str, Any] = {}
+    sides = {"compare": (False, True), "on": (True,), "off": (False,)}[args.analytics]
+    off = AnalyticsConfig(profile_timeframes=(), indicators=False)
+    for on in sides:
+        name = "on" if on else "off"
+        variant = settings.with_overrides(
+            consumer_group=f"bench-analytics-{name}",
+            analytics=AnalyticsConfig() if on else off,
+            sinks=replace(settings.sinks, clickhouse_url=f"chdb://{work / f'chdb-a-{name}'}"),
+            checkpoint_dir=work / f"checkpoints-a-{name}",
+            job_name=f"bench-pipeline-analytics-{name}",
+        )
+        measured = measure_job(variant, settings.sinks.redis_url)
+        result[f"analytics_{name}"] = {
+            "job_s": round(measured["job_s"], 2),
+            "job_bars_per_s": round(bars / measured["job_s"]),
+            "job_startup_s": round(measured["job_s"] - measured["steady_s"], 2),
+            "job_bars_per_s_steady": round(bars / measured["steady_s"]),
+            "clickhouse_rows": measured["counts"],
+            "redis_keys": measured["redis_keys"],
+        }
+    if len(sides) == 2:
+        on_side, off_side = result["analytics_on"], result["analytics_off"]
+        result["analytics_on_vs_off"] = {
             "bars_per_s_ratio": round(on_side["job_bars_per_s"] / off_side["job_bars_per_s"], 3),
             "bars_per_s_steady_ratio": round(
                 on_side["job_bars_per_s_steady"] / off_side["job_bars_per_s_steady"], 3
@@ -223,6 +270,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 progress=False,
             )
             replay_s = time.monotonic() - replay_started
+            if args.analytics != "default":
+                compared = compare_analytics(args, settings, work, bars)
+                return {
+                    "benchmark": "pipeline-analytics",
+                    "bars": bars,
+                    "series": args.series,
+                    "parallelism": args.parallelism,
+                    "replay_bars_per_s": round(replayed.produced / replay_s),
+                    **compared,
+                    "peak_rss_mb": round(sampler.peak / 2**20),
+                    "cpus": os.cpu_count(),
+                }
             if args.rollups != "default":
                 compared = compare_rollups(args, settings, work, bars)
                 return {
@@ -285,6 +344,12 @@ def main() -> None:
         choices=("default", "compare", "on", "off"),
         default="default",
         help="compare: the job with roll-ups off, then on, in the same run",
+    )
+    parser.add_argument(
+        "--analytics",
+        choices=("default", "compare", "on", "off"),
+        default="default",
+        help="compare: the job with profiles and indicators off, then on, in the same run",
     )
     parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "bench" / "results")
     args = parser.parse_args()

@@ -20,17 +20,20 @@ def env_flag(
 ) -> None:
     """Add an option whose default comes from ``env``, else ``default``.
 
-    The help text names the variable and the built-in default; a ``secret`` option never
-    shows the value it picked up from the environment.
+    The help text names the variable and the built-in default, or says that the environment
+    set it (showing the value unless the option is ``secret``).
     """
     from_env = os.environ.get(env)
     value = type(from_env) if from_env not in (None, "") else default
-    shown = "***" if secret and value else default
+    if from_env in (None, ""):
+        shown = f"default: {default}"
+    else:
+        shown = "set from the environment" if secret else f"now: {from_env}"
     parser.add_argument(
         *flags,
         default=value,
         type=type,
-        help=f"{help} (env {env}; default: {shown})",
+        help=f"{help} (env {env}; {shown})",
         **kwargs,
     )
 

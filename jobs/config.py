@@ -13,7 +13,13 @@ from typing import Any
 
 from jobs.cliutil import env_bool_flag, env_flag
 from jobs.signals import SignalConfig, add_signal_arguments, signal_config_from_args
-from udfs.rollup import DEFAULT_ROLLUP_TIMEFRAMES, parse_rollup_timeframes
+from udfs.analytics import DEFAULT_PROFILE_TIMEFRAMES
+from udfs.rollup import (
+    DEFAULT_ROLLUP_TIMEFRAMES,
+    parse_rollup_timeframes,
+    validate_rollup_timeframes,
+)
+from udfs.volume_profile import DEFAULT_MAX_ROWS, DEFAULT_ROWS
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 STATE_DIR = PROJECT_ROOT / ".klineflow"
@@ -48,6 +54,60 @@ class PipelineConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AnalyticsConfig:
+    """Volume profiles and indicators (``jobs.analytics``); see ``add_job_arguments``.
+
+    ``profile_timeframes`` are the profile windows over the 1m bars (empty: no profiles);
+    ``profile_rows`` equal-width rows per profile, or rows of ``profile_row_size`` aligned to
+    its multiples when that is set (at most ``profile_max_rows``); ``indicators`` turns RSI,
+    MACD and Bollinger bands on the closed bars of every timeframe on or off.
+    """
+
+    profile_timeframes: tuple[str, ...] = DEFAULT_PROFILE_TIMEFRAMES
+    profile_rows: int = DEFAULT_ROWS
+    profile_row_size: float | None = None
+    profile_max_rows: int = DEFAULT_MAX_ROWS
+    indicators: bool = True
+
+    def __post_init__(self) -> None:
+        try:
+            validate_rollup_timeframes(self.profile_timeframes)
+        except ValueError as exc:
+            raise ValueError(f"profile timeframes: {exc}") from None
+        if isinstance(self.profile_rows, bool) or self.profile_rows < 1:
+            raise ValueError(f"profile_rows must be >= 1, got {self.profile_rows!r}")
+        if self.profile_max_rows < 1:
+            raise ValueError(f"profile_max_rows must be >= 1, got {self.profile_max_rows!r}")
+        size = self.profile_row_size
+        if size is not None and not (size > 0 and size != float("inf")):
+            raise ValueError(f"profile_row_size must be a finite number > 0, got {size!r}")
+
+    @property
+    def enabled(self) -> bool:
+        """Whether the job computes anything analytic at all."""
+        return bool(self.profile_timeframes) or self.indicators
+
+
+def parse_profile_timeframes(text: str) -> tuple[str, ...]:
+    """``"15m,1h"`` -> ``("15m", "1h")``; ``"none"`` (or empty) -> ``()``: no profiles."""
+    try:
+        return parse_rollup_timeframes(text)
+    except ValueError as exc:
+        raise ValueError(str(exc).replace("roll-up", "profile")) from None
+
+
+def parse_row_size(text: str) -> float | None:
+    """A profile row size: a finite number > 0, or ``none``/empty for equal-width rows."""
+    cleaned = text.strip().lower()
+    if cleaned in ("", "none", "off"):
+        return None
+    size = float(cleaned)
+    if not (size > 0 and size != float("inf")):
+        raise ValueError(f"row size must be a finite number > 0, got {text!r}")
+    return size
+
+
+@dataclass(frozen=True, slots=True)
 class SinkConfig:
     """How the sinks batch: ClickHouse by size and time, Redis per update in short batches."""
 
@@ -79,6 +139,7 @@ class JobSettings:
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     sinks: SinkConfig = field(default_factory=SinkConfig)
     signals: SignalConfig = field(default_factory=SignalConfig)
+    analytics: AnalyticsConfig = field(default_factory=AnalyticsConfig)
     flink_conf_dir: Path = PROJECT_ROOT / "flink-conf"
     flink_jars_dir: Path = PROJECT_ROOT / "build" / "flink-jars"
     checkpoint_dir: Path = STATE_DIR / "checkpoints"
@@ -193,6 +254,45 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
     )
     env_flag(
         parser,
+        "--profile-timeframes",
+        env="KLINEFLOW_PROFILE_TIMEFRAMES",
+        type=parse_profile_timeframes,
+        default=",".join(DEFAULT_PROFILE_TIMEFRAMES),
+        help="volume profile windows over the 1m bars, comma separated; 'none' turns them off",
+    )
+    env_flag(
+        parser,
+        "--profile-rows",
+        env="KLINEFLOW_PROFILE_ROWS",
+        type=int,
+        default=DEFAULT_ROWS,
+        help="equal-width price rows per volume profile",
+    )
+    env_flag(
+        parser,
+        "--profile-row-size",
+        env="KLINEFLOW_PROFILE_ROW_SIZE",
+        type=parse_row_size,
+        default=None,
+        help="fixed price height of a profile row (rows aligned to its multiples) instead of "
+        "--profile-rows",
+    )
+    env_flag(
+        parser,
+        "--profile-max-rows",
+        env="KLINEFLOW_PROFILE_MAX_ROWS",
+        type=int,
+        default=DEFAULT_MAX_ROWS,
+        help="with --profile-row-size: at most this many rows (the size is scaled up to fit)",
+    )
+    env_bool_flag(
+        parser,
+        "--no-indicators",
+        env="KLINEFLOW_NO_INDICATORS",
+        help="do not compute RSI 14, MACD 12/26/9 and Bollinger 20/2 on closed bars",
+    )
+    env_flag(
+        parser,
         "--clickhouse-batch-rows",
         env="KLINEFLOW_CLICKHOUSE_BATCH_ROWS",
         type=int,
@@ -292,4 +392,11 @@ def settings_from_args(args: argparse.Namespace) -> JobSettings:
             redis_publish=not args.no_redis_publish,
         ),
         signals=signal_config_from_args(args, redis_url=args.redis_url),
+        analytics=AnalyticsConfig(
+            profile_timeframes=tuple(args.profile_timeframes),
+            profile_rows=args.profile_rows,
+            profile_row_size=args.profile_row_size,
+            profile_max_rows=args.profile_max_rows,
+            indicators=not args.no_indicators,
+        ),
     )

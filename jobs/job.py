@@ -124,11 +124,20 @@ def attach_job(env: Any, settings: JobSettings) -> None:
         "kafka-klines-raw",
         type_info=Types.PRIMITIVE_ARRAY(Types.BYTE()),
     ).uid("kafka-klines-raw")
-    streams = build_pipeline(raw, replace(settings.pipeline, source_timestamps=True))
-    streams.dead_letters.sink_to(
-        dead_letter_sink(settings.kafka_bootstrap, settings.dlq_topic)
-    ).name("kafka-klines-dlq").uid("kafka-klines-dlq")
+    pipeline = replace(settings.pipeline, source_timestamps=True)
+    streams = build_pipeline(raw, pipeline)
+    dead_letters = streams.dead_letters
     chdb_parallelism = 1 if settings.sinks.clickhouse_url.startswith("chdb:") else None
+    if settings.analytics.enabled:
+        from jobs.analytics import attach_analytics_sinks, build_analytics
+
+        analytics = build_analytics(streams.bars, pipeline, settings.analytics)
+        if analytics.dead_letters is not None:
+            dead_letters = dead_letters.union(analytics.dead_letters)
+        attach_analytics_sinks(analytics, settings.sinks, parallelism=chdb_parallelism)
+    dead_letters.sink_to(dead_letter_sink(settings.kafka_bootstrap, settings.dlq_topic)).name(
+        "kafka-klines-dlq"
+    ).uid("kafka-klines-dlq")
     attach_sink(
         streams.bars,
         ClickHouseBarSink(settings.sinks),

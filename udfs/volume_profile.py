@@ -426,8 +426,17 @@ class ProfileAccumulator:
 
     def upsert(self, bar: Kline) -> None:
         """Add ``bar`` or replace the bar with the same open time."""
-        values = bar_values(bar)
-        slot = self._slots.get(bar.open_time)
+        self._put(bar.open_time, bar_values(bar))
+
+    def copy_bar(self, other: ProfileAccumulator, open_time: int) -> None:
+        """Add or replace the bar of ``open_time`` with ``other``'s (merging accumulators).
+
+        Raises KeyError when ``other`` holds no bar of ``open_time``.
+        """
+        self._put(open_time, other._table[other._slots[open_time]].copy())
+
+    def _put(self, open_time: int, values: Any) -> None:
+        slot = self._slots.get(open_time)
         if slot is None:
             slot = self._count
             if slot == len(self._open_times):
@@ -435,8 +444,8 @@ class ProfileAccumulator:
                     [self._open_times, np.zeros_like(self._open_times)]
                 )
                 self._table = np.concatenate([self._table, np.zeros_like(self._table)])
-            self._slots[bar.open_time] = slot
-            self._open_times[slot] = bar.open_time
+            self._slots[open_time] = slot
+            self._open_times[slot] = open_time
             self._count += 1
         self._table[slot] = values
 

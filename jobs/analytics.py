@@ -1,0 +1,161 @@
+"""The analytics branch of the job: volume profiles per window and indicators per series.
+
+``build_analytics(bars, pipeline, config)`` is pure like ``jobs.pipeline.build_pipeline``:
+it takes the pipeline's ``bars`` (the upserted bars of every timeframe and the roll-ups) and
+returns the streams of :class:`~udfs.analytics.ProfileRecord` and
+:class:`~udfs.analytics.IndicatorRecord` and their dead letters; tests read them with
+``execute_and_collect()``. ``attach_analytics_sinks`` writes them to ClickHouse
+(``volume_profile``, ``indicators``) and Redis (``vp:``, ``ind:``); ``jobs.job`` calls both.
+
+Operators (each with ``.name()`` = ``.uid()``):
+
+- ``profile-gate`` -> ``volume-profiles`` (window operator over the 1m bars, one window per
+  series and profile timeframe, fired like the roll-up windows) and
+  ``profile-late-dead-letters``;
+- ``indicator-closed-bars`` -> ``indicators`` (keyed by series);
+- sinks ``profiles-sink`` and ``indicators-sink``.
+
+Why a second window operator instead of emitting profiles from the roll-up one: the roll-up
+operator's state and output stay as they are (savepoints keep working, roll-ups can be off
+while profiles are on and the other way round), profiles get their own timeframes and row
+settings, and its cost shows on its own in the dashboard. The price is a second copy of the
+window's 1m bars in state (six floats per minute, compact numpy) and a second keyed
+exchange; ``bench/bench_pipeline.py --analytics compare`` measures it.
+
+This module imports PyFlink only inside its functions, so ``jobs.config`` stays cheap.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, NamedTuple
+
+from udfs.record import TIMEFRAME_MS
+
+if TYPE_CHECKING:
+    from pyflink.datastream import DataStream
+
+    from jobs.config import AnalyticsConfig, PipelineConfig, SinkConfig
+
+
+class AnalyticsStreams(NamedTuple):
+    """``profiles`` (ProfileRecord), ``indicators`` (IndicatorRecord), ``dead_letters``
+    (encoded bytes); each None when that part is off."""
+
+    profiles: DataStream | None
+    indicators: DataStream | None
+    dead_letters: DataStream | None
+
+
+def _series_key(value: object) -> str:
+    return value.kline.series_key  # type: ignore[attr-defined]
+
+
+def build_profiles(
+    bars: DataStream, pipeline: PipelineConfig, config: AnalyticsConfig
+) -> tuple[DataStream, DataStream]:
+    """The profile windows of ``config.profile_timeframes`` -> (profiles, dead letters)."""
+    from pyflink.common import Types
+
+    from udfs.analytics_functions import (
+        LATE_PROFILE_INPUT,
+        LateProfileInputToDeadLetter,
+        ProfileAggregateFunction,
+        ProfileGateFunction,
+        ProfileWindowFunction,
+    )
+    from udfs.flink_functions import DEAD_LETTERS
+    from udfs.rollup import validate_rollup_timeframes
+    from udfs.rollup_functions import RollupTrigger, RollupWindowAssigner
+
+    timeframes = validate_rollup_timeframes(config.profile_timeframes)
+    gated = (
+        bars.process(
+            ProfileGateFunction(TIMEFRAME_MS[timeframes[0]], pipeline.allowed_lateness_ms),
+            output_type=Types.PICKLED_BYTE_ARRAY(),
+        )
+        .name("profile-gate")
+        .uid("profile-gate")
+    )
+    profiles = (
+        gated.key_by(_series_key, key_type=Types.STRING())
+        .window(RollupWindowAssigner(timeframes))
+        .trigger(RollupTrigger(pipeline.rollup_emit_in_progress, pipeline.rollup_idle_close_ms))
+        .allowed_lateness(pipeline.allowed_lateness_ms)
+        .side_output_late_data(LATE_PROFILE_INPUT)
+        .aggregate(
+            ProfileAggregateFunction(
+                config.profile_rows, config.profile_row_size, config.profile_max_rows
+            ),
+            ProfileWindowFunction(pipeline.rollup_idle_close_ms),
+            accumulator_type=Types.PICKLED_BYTE_ARRAY(),
+            output_type=Types.PICKLED_BYTE_ARRAY(),
+        )
+        .name("volume-profiles")
+        .uid("volume-profiles")
+    )
+    late = (
+        profiles.get_side_output(LATE_PROFILE_INPUT)
+        .map(LateProfileInputToDeadLetter(), output_type=Types.PRIMITIVE_ARRAY(Types.BYTE()))
+        .name("profile-late-dead-letters")
+        .uid("profile-late-dead-letters")
+    )
+    dead_letters = (
+        gated.get_side_output(DEAD_LETTERS)
+        .union(profiles.get_side_output(DEAD_LETTERS))
+        .union(late)
+    )
+    return profiles, dead_letters
+
+
+def build_indicators(bars: DataStream, pipeline: PipelineConfig) -> tuple[DataStream, DataStream]:
+    """Indicators of the closed bars of every series -> (indicators, dead letters)."""
+    from pyflink.common import Types
+
+    from udfs.analytics_functions import ClosedBarsFilter, IndicatorFunction
+    from udfs.flink_functions import DEAD_LETTERS
+
+    closed = (
+        bars.filter(ClosedBarsFilter()).name("indicator-closed-bars").uid("indicator-closed-bars")
+    )
+    indicators = (
+        closed.key_by(_series_key, key_type=Types.STRING())
+        .process(
+            IndicatorFunction(pipeline.allowed_lateness_ms),
+            output_type=Types.PICKLED_BYTE_ARRAY(),
+        )
+        .name("indicators")
+        .uid("indicators")
+    )
+    return indicators, indicators.get_side_output(DEAD_LETTERS)
+
+
+def build_analytics(
+    bars: DataStream, pipeline: PipelineConfig, config: AnalyticsConfig
+) -> AnalyticsStreams:
+    """Profiles and indicators of ``bars`` (the output of ``build_pipeline``), per ``config``."""
+    profiles = indicators = dead_letters = None
+    if config.profile_timeframes:
+        profiles, dead_letters = build_profiles(bars, pipeline, config)
+    if config.indicators:
+        indicators, indicator_letters = build_indicators(bars, pipeline)
+        dead_letters = (
+            indicator_letters if dead_letters is None else dead_letters.union(indicator_letters)
+        )
+    return AnalyticsStreams(profiles=profiles, indicators=indicators, dead_letters=dead_letters)
+
+
+def attach_analytics_sinks(
+    streams: AnalyticsStreams, sinks: SinkConfig, *, parallelism: int | None = None
+) -> None:
+    """Write profiles and indicators through batching, at-least-once sink operators
+    (``profiles-sink``, ``indicators-sink``); give ``parallelism=1`` for a ``chdb://`` target.
+    """
+    from connectors.flink_sinks import attach_sink
+    from udfs.analytics_functions import IndicatorSink, ProfileSink
+
+    if streams.profiles is not None:
+        attach_sink(streams.profiles, ProfileSink(sinks), "profiles-sink", parallelism=parallelism)
+    if streams.indicators is not None:
+        attach_sink(
+            streams.indicators, IndicatorSink(sinks), "indicators-sink", parallelism=parallelism
+        )

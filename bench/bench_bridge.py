@@ -114,14 +114,7 @@ class CountingSink:
     def __init__(self) -> None:
         self.records = 0
 
-    async def send(
-        self,
-        topic: str,
-        key: bytes,
-        value: bytes,
-        closed_bar: Kline | None,
-        timestamp_ms: int | None = None,
-    ) -> None:
+    async def send(self, topic: str, key: bytes, value: bytes, closed_bar: Kline | None) -> None:
         """Count one record."""
         self.records += 1
 

@@ -334,19 +334,8 @@ def lag_summary(samples: deque[int] | list[int]) -> dict[str, int | None]:
 class RecordSink(Protocol):
     """Where the bridge sends records (Kafka in production; anything in a benchmark)."""
 
-    async def send(
-        self,
-        topic: str,
-        key: bytes,
-        value: bytes,
-        closed_bar: Kline | None,
-        timestamp_ms: int | None = None,
-    ) -> None:
-        """Queue one record; waits (back-pressure) while too many are unacknowledged.
-
-        ``timestamp_ms`` is the Kafka record timestamp: a bar's open_time, from which the
-        job's Kafka source derives its per-partition watermarks.
-        """
+    async def send(self, topic: str, key: bytes, value: bytes, closed_bar: Kline | None) -> None:
+        """Queue one record; waits (back-pressure) while too many are unacknowledged."""
 
     def healthy(self) -> bool:
         """False while deliveries are failing or the queue is full (repairs wait)."""
@@ -361,7 +350,6 @@ class _Outgoing:
     key: bytes
     value: bytes
     closed_bar: Kline | None
-    timestamp_ms: int | None = None
 
 
 _STOP: Final = object()
@@ -414,14 +402,7 @@ class KafkaSink:
         self._thread = threading.Thread(target=self._run, name="bridge-kafka-sender", daemon=True)
         self._thread.start()
 
-    async def send(
-        self,
-        topic: str,
-        key: bytes,
-        value: bytes,
-        closed_bar: Kline | None,
-        timestamp_ms: int | None = None,
-    ) -> None:
+    async def send(self, topic: str, key: bytes, value: bytes, closed_bar: Kline | None) -> None:
         """Queue one record; waits while ``max_pending`` records are unacknowledged."""
         while self._pending >= self.max_pending:
             self.backpressure_waits += 1
@@ -433,7 +414,7 @@ class KafkaSink:
                 await self._space.wait()
         with self._lock:
             self._pending += 1
-        self._queue.put(_Outgoing(topic, key, value, closed_bar, timestamp_ms))
+        self._queue.put(_Outgoing(topic, key, value, closed_bar))
 
     def healthy(self) -> bool:
         """No delivery failure in the last 10 s and the queue below half full."""
@@ -481,9 +462,7 @@ class KafkaSink:
                 return
             while True:
                 try:
-                    future = self.producer.send(
-                        item.topic, key=item.key, value=item.value, timestamp_ms=item.timestamp_ms
-                    )
+                    future = self.producer.send(item.topic, key=item.key, value=item.value)
                 except KafkaTimeoutError as exc:
                     # No metadata for the topic within max_block_ms: the broker is away. Keep
                     # the record and its order; the bounded queue holds the loop back.
@@ -1052,7 +1031,6 @@ class Bridge:
             key,
             encode_kline(kline),
             kline if kline.is_closed else None,
-            timestamp_ms=kline.open_time,
         )
 
     async def dead_letter(self, rejected: RejectedBar) -> None:

@@ -111,6 +111,15 @@ def _topic_partitions(consumer: KafkaConsumer, topic: str, deadline: float) -> l
         time.sleep(POLL_TIMEOUT_MS / 1000)
 
 
+def partition_count(bootstrap: str, topic: str, *, timeout_s: float = 30.0) -> int:
+    """How many partitions ``topic`` has; raises TopicError if it does not show up in time."""
+    with _consumer(bootstrap, isolation_level="read_uncommitted") as consumer:
+        partitions = _topic_partitions(consumer, topic, deadline=time.monotonic() + timeout_s)
+    if not partitions:
+        raise TopicError(f"topic {topic!r} has no partitions after {timeout_s:.0f}s")
+    return len(partitions)
+
+
 def end_offsets_total(
     bootstrap: str, topic: str, *, isolation_level: str = "read_committed"
 ) -> int:

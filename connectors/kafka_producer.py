@@ -115,12 +115,7 @@ class DeliveryCounter:
         future.add_errback(self._on_error)
 
     def send(
-        self,
-        producer: KafkaProducer,
-        topic: str,
-        value: bytes,
-        key: bytes | None = None,
-        timestamp_ms: int | None = None,
+        self, producer: KafkaProducer, topic: str, value: bytes, key: bytes | None = None
     ) -> None:
         """``producer.send`` with back-pressure and counting.
 
@@ -131,7 +126,7 @@ class DeliveryCounter:
         """
         if self._pending >= self.max_pending:
             self.wait_below(max(1, self.max_pending // 2))
-        self.track(producer.send(topic, value=value, key=key, timestamp_ms=timestamp_ms))
+        self.track(producer.send(topic, value=value, key=key))
 
     def wait_below(self, limit: int) -> None:
         """Block until fewer than ``limit`` records are pending (at most ``max_block_ms``)."""

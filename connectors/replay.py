@@ -150,15 +150,10 @@ def replay_files(
                     result.failed_files.append(row.path)
                     continue
                 if isinstance(row, Kline):
-                    # The record timestamp is the bar's open time: the job's Kafka source
-                    # derives its per-partition watermarks from it.
-                    bars.send(
-                        producer,
-                        topic,
-                        encode_kline(row),
-                        row.series_key.encode(),
-                        timestamp_ms=row.open_time,
-                    )
+                    # No record timestamp: the broker's CreateTime keeps time-based retention
+                    # working. Stamping historical open times would make the broker delete
+                    # a replay as soon as it is written (retention looks at record times).
+                    bars.send(producer, topic, encode_kline(row), row.series_key.encode())
                 else:
                     result.rejected += 1
                     reporter.report(row)

@@ -40,10 +40,10 @@ class PipelineConfig:
     max_out_of_orderness_ms: int = 60_000
     idleness_ms: int = 60_000
     allowed_lateness_ms: int = 3_600_000
-    # True when the source already stamps each record with its bar's open_time and emits
-    # watermarks (the Kafka source: per partition, from the record timestamp). False (tests
-    # fed by from_collection) assigns timestamps and watermarks after parsing instead.
-    source_timestamps: bool = False
+    # Parallelism of the source -> parse-validate -> event-time-watermarks chain. The job
+    # sets it to the topic's partition count so that each subtask reads one partition and
+    # the watermarks are per partition (None: the job's parallelism).
+    source_parallelism: int | None = None
     # Roll-ups of 1m bars (udfs/rollup.py); an empty tuple turns them off.
     rollup_timeframes: tuple[str, ...] = DEFAULT_ROLLUP_TIMEFRAMES
     # Re-emit the open roll-up bar on in-progress 1m updates too, not only on closed 1m bars.

@@ -82,10 +82,13 @@ def local_configuration(settings: JobSettings) -> dict[str, str]:
     """``job_configuration`` for an in-process mini-cluster.
 
     Its dashboard takes the first free port from 8081 up, so a local run, the tests and a
-    standalone cluster can run side by side.
+    standalone cluster can run side by side; its slot count follows the job.
     """
     config = job_configuration(settings)
     config.setdefault("rest.bind-port", "8081-8180")
+    # The mini-cluster gives itself as many slots as the job's widest operator needs (the
+    # source runs one subtask per Kafka partition).
+    config.pop("taskmanager.numberOfTaskSlots", None)
     return config
 
 
@@ -108,23 +111,34 @@ def attach_job(env: Any, settings: JobSettings) -> None:
     from dataclasses import replace
 
     from pyflink.common import Types
+    from pyflink.common.watermark_strategy import WatermarkStrategy
 
     from connectors.flink_kafka import dead_letter_sink, klines_source
     from connectors.flink_sinks import ClickHouseBarSink, RedisBarSink, attach_sink
-    from jobs.pipeline import build_pipeline, source_watermark_strategy
+    from connectors.kafka_admin import partition_count
+    from jobs.pipeline import build_pipeline
 
-    raw = env.from_source(
-        klines_source(
-            settings.kafka_bootstrap,
-            settings.klines_topic,
-            settings.consumer_group,
-            bounded=settings.bounded,
-        ),
-        source_watermark_strategy(settings.pipeline),
-        "kafka-klines-raw",
-        type_info=Types.PRIMITIVE_ARRAY(Types.BYTE()),
-    ).uid("kafka-klines-raw")
-    pipeline = replace(settings.pipeline, source_timestamps=True)
+    source_parallelism = settings.pipeline.source_parallelism or partition_count(
+        settings.kafka_bootstrap, settings.klines_topic
+    )
+    raw = (
+        env.from_source(
+            klines_source(
+                settings.kafka_bootstrap,
+                settings.klines_topic,
+                settings.consumer_group,
+                bounded=settings.bounded,
+            ),
+            # Watermarks come right after parsing (event time is the bar's open_time), in
+            # one source subtask per partition: see build_pipeline.
+            WatermarkStrategy.no_watermarks(),
+            "kafka-klines-raw",
+            type_info=Types.PRIMITIVE_ARRAY(Types.BYTE()),
+        )
+        .uid("kafka-klines-raw")
+        .set_parallelism(source_parallelism)
+    )
+    pipeline = replace(settings.pipeline, source_parallelism=source_parallelism)
     streams = build_pipeline(raw, pipeline)
     dead_letters = streams.dead_letters
     chdb_parallelism = 1 if settings.sinks.clickhouse_url.startswith("chdb:") else None

@@ -47,16 +47,20 @@ def _bar_series_key(bar: VersionedBar) -> str:
     return bar.kline.series_key
 
 
-def source_watermark_strategy(config: PipelineConfig) -> WatermarkStrategy:
-    """Watermarks in the Kafka source, per partition, from the record timestamps (open_time).
+def set_parallelism_back_to(stream: DataStream, first: DataStream, parallelism: int) -> None:
+    """Set ``parallelism`` on every transformation from ``first`` down to ``stream``.
 
-    Per partition matters: one source reader alternates between partitions in large
-    fetches, so a single watermark after the source would race ahead of the partitions it
-    has not read yet and make their bars late.
+    ``assign_timestamps_and_watermarks`` with a Python assigner builds three transformations
+    (Extract-Timestamp, the watermark assigner, Remove-Timestamp), and ``set_parallelism`` on
+    its result reaches only the last one.
     """
-    return WatermarkStrategy.for_bounded_out_of_orderness(
-        Duration.of_millis(config.max_out_of_orderness_ms)
-    ).with_idleness(Duration.of_millis(config.idleness_ms))
+    stop = first._j_data_stream.getTransformation().getId()
+    transformation = stream._j_data_stream.getTransformation()
+    while True:
+        transformation.setParallelism(parallelism)
+        if transformation.getId() == stop:
+            return
+        transformation = transformation.getInputs().get(0)
 
 
 def watermark_strategy(config: PipelineConfig) -> WatermarkStrategy:
@@ -121,23 +125,21 @@ def build_pipeline(raw: DataStream, config: PipelineConfig) -> PipelineStreams:
     another timeframe (a replayed 1h archive) is upserted and stored as it is, never rolled up.
     """
     klines = (
-        raw.process(
-            ParseKlineFunction(require_open_time_timestamp=config.source_timestamps),
-            output_type=Types.PICKLED_BYTE_ARRAY(),
-        )
+        raw.process(ParseKlineFunction(), output_type=Types.PICKLED_BYTE_ARRAY())
         .name("parse-validate")
         .uid("parse-validate")
     )
-    # Event time is the bar's open_time. From Kafka it is the record timestamp already
-    # (checked by parse-validate) and watermarks are made per partition in the source;
-    # otherwise they are assigned here, after parsing.
+    # Event time is the bar's open_time. The watermark is made right after parsing, in the
+    # source's own subtasks: with one subtask per Kafka partition (``source_parallelism``)
+    # each watermark covers one partition, and downstream operators take the minimum, so a
+    # partition read later than the others never makes their bars late.
     timestamped = (
-        klines
-        if config.source_timestamps
-        else klines.assign_timestamps_and_watermarks(watermark_strategy(config))
+        klines.assign_timestamps_and_watermarks(watermark_strategy(config))
         .name("event-time-watermarks")
         .uid("event-time-watermarks")
     )
+    if config.source_parallelism:
+        set_parallelism_back_to(timestamped, klines, config.source_parallelism)
     bars = (
         timestamped.key_by(_series_key, key_type=Types.STRING())
         .process(

@@ -36,15 +36,7 @@ DEAD_LETTERS = OutputTag("dead-letters", Types.PRIMITIVE_ARRAY(Types.BYTE()))
 
 
 class ParseKlineFunction(ProcessFunction):
-    """Bytes from Kafka -> validated ``Kline``; anything invalid -> dead letter with its reason.
-
-    With ``require_open_time_timestamp`` the element timestamp (the Kafka record timestamp)
-    must equal the bar's open_time: the source's watermarks and every event-time window
-    rely on it, so a record stamped otherwise is rejected rather than mis-windowed.
-    """
-
-    def __init__(self, require_open_time_timestamp: bool = False) -> None:
-        self.require_open_time_timestamp = require_open_time_timestamp
+    """Bytes from Kafka -> validated ``Kline``; anything invalid -> dead letter with its reason."""
 
     def open(self, runtime_context: RuntimeContext) -> None:
         metrics = runtime_context.get_metrics_group()
@@ -55,12 +47,7 @@ class ParseKlineFunction(ProcessFunction):
         # Kafka delivers bytes; ``from_collection`` in tests can only carry str.
         self.records_in.inc()
         try:
-            kline = decode_kline(value)
-            if self.require_open_time_timestamp and ctx.timestamp() != kline.open_time:
-                raise InvalidKline(
-                    f"record timestamp {ctx.timestamp()} != open_time {kline.open_time}: "
-                    "producers must set the Kafka record timestamp to the bar's open_time"
-                )
+            yield decode_kline(value)
         except InvalidKline as exc:
             self.records_rejected.inc()
             original = value.encode("utf-8") if isinstance(value, str) else bytes(value)
@@ -70,8 +57,6 @@ class ParseKlineFunction(ProcessFunction):
                     DeadLetter(reason=exc.reason, stage="validate", original=original)
                 ),
             )
-            return
-        yield kline
 
 
 class KlineTimestampAssigner(TimestampAssigner):

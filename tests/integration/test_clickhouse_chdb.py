@@ -102,14 +102,15 @@ def _without_updated_at(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def test_migrating_twice_is_harmless_and_records_the_version(chdb_url: str) -> None:
     before = now_ms()
-    assert migrate(chdb_url) == ["001_schema.sql"]
+    assert migrate(chdb_url) == ["001_schema.sql", "002_profile_nullables.sql"]
     assert migrate(chdb_url) == []
     with open_writer(chdb_url) as writer:  # migrate_schema=True a third time
-        assert writer.schema_version() == 1
+        assert writer.schema_version() == 2
         recorded = writer.query(
-            "SELECT version, name, checksum, applied_at FROM crypto_kline.schema_migrations"
+            "SELECT version, name, checksum, applied_at FROM crypto_kline.schema_migrations "
+            "ORDER BY version"
         )
-        assert len(recorded) == 1
+        assert len(recorded) == 2
         row = recorded[0]
         assert (row["version"], row["name"]) == (1, "001_schema.sql")
         data = (DEFAULT_SQL_DIR / "001_schema.sql").read_bytes()
@@ -202,10 +203,10 @@ def test_cli_db_migrate_and_status(chdb_url: str, capsys: pytest.CaptureFixture[
     assert klineflow_main(["db", "migrate", "--clickhouse-url", chdb_url]) == 0
     assert "applied 001_schema.sql" in capsys.readouterr().out
     assert klineflow_main(["db", "migrate", "--clickhouse-url", chdb_url]) == 0
-    assert "up to date; schema version 1" in capsys.readouterr().out
+    assert "up to date; schema version 2" in capsys.readouterr().out
     assert klineflow_main(["db", "status", "--clickhouse-url", chdb_url]) == 0
     out = capsys.readouterr().out
-    assert "schema version 1" in out
+    assert "schema version 2" in out
     assert "klines" in out and "signals" in out
     assert klineflow_main(["db", "migrate", "--clickhouse-url", "chdb://"]) == 1
     assert "needs a data directory" in capsys.readouterr().err

@@ -136,20 +136,20 @@ def settings(
     )
 
 
-Message = tuple[bytes | None, bytes, int | None]  # key, value, record timestamp
+Message = tuple[bytes | None, bytes]  # key, value
 
 
 def stamped(kline: Kline) -> Message:
-    """A bar as the bridge and replay send it: keyed by series, timestamped with open_time."""
-    return kline.series_key.encode(), encode_kline(kline), kline.open_time
+    """A bar as the bridge and replay send it: keyed by its series."""
+    return kline.series_key.encode(), encode_kline(kline)
 
 
 def produce(bootstrap: str, topic: str, messages: list[Message]) -> None:
     # The project's producer settings (zstd compression): the job must read what replay writes.
     producer = create_producer(bootstrap)
     try:
-        for key, value, timestamp_ms in messages:
-            producer.send(topic, key=key, value=value, timestamp_ms=timestamp_ms)
+        for key, value in messages:
+            producer.send(topic, key=key, value=value)
         producer.flush(timeout=30)
     finally:
         producer.close()
@@ -167,11 +167,8 @@ def test_job_upserts_bars_into_chdb_and_redis_and_rejects_bad_input(
         messages += [stamped(k) for k in series]
     # Bad records interleaved with the good ones, on random partitions.
     for value, _ in BAD_RECORDS:
-        messages.insert(rng.randrange(len(messages)), (None, value, None))
-    # A valid bar whose Kafka record timestamp is not its open_time would be mis-windowed.
-    mis_stamped = make_update("bybit", "DOGE-USDT", "DOGEUSDT", 5.0, 0, 0, closed=True)
-    messages.append((mis_stamped.series_key.encode(), encode_kline(mis_stamped), START + 7))
-    bad_records = [*BAD_RECORDS, (encode_kline(mis_stamped), "record timestamp")]
+        messages.insert(rng.randrange(len(messages)), (None, value))
+    bad_records = BAD_RECORDS
     produce(settings.kafka_bootstrap, settings.klines_topic, messages)
 
     run_job(settings)

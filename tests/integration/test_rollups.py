@@ -375,12 +375,7 @@ def produce(bootstrap: str, topic: str, klines: list[Kline]) -> None:
     producer = create_producer(bootstrap)
     try:
         for kline in klines:
-            producer.send(
-                topic,
-                key=kline.series_key.encode(),
-                value=encode_kline(kline),
-                timestamp_ms=kline.open_time,
-            )
+            producer.send(topic, key=kline.series_key.encode(), value=encode_kline(kline))
         producer.flush(timeout=30)
     finally:
         producer.close()

@@ -321,9 +321,7 @@ def test_job_writes_rules_signals_to_clickhouse_and_redis(
     producer = create_producer(kafka_bootstrap)
     try:
         for k in klines:
-            # The job requires the record timestamp to be the bar's open_time.
-            producer.send(kafka_topics.raw, key=k.series_key.encode(), value=encode_kline(k),
-                          timestamp_ms=k.open_time)  # fmt: skip
+            producer.send(kafka_topics.raw, key=k.series_key.encode(), value=encode_kline(k))
         producer.flush(timeout=30)
     finally:
         producer.close()

@@ -20,9 +20,7 @@ class FakeProducer:
         self.futures: list[Future] = []
         self.sent: list[tuple[str, bytes, bytes | None]] = []
 
-    def send(
-        self, topic: str, value: bytes, key: bytes | None = None, timestamp_ms: int | None = None
-    ) -> Future:
+    def send(self, topic: str, value: bytes, key: bytes | None = None) -> Future:
         self.sent.append((topic, value, key))
         future = Future()
         self.futures.append(future)

@@ -17,7 +17,7 @@ from typing import Any, Final
 
 import orjson
 
-from connectors.clickhouse import DEFAULT_URL
+from connectors.clickhouse import DEFAULT_URL, KLINE_COLUMNS
 from jobs.cliutil import env_flag
 
 
@@ -35,22 +35,12 @@ SPECS: Final[Mapping[str, TableSpec]] = {
     "klines": TableSpec(
         "klines",
         "open_time",
-        (
-            "open_time",
-            "close_time",
-            "open",
-            "high",
-            "low",
-            "close",
-            "volume",
-            "quote_volume",
-            "trades",
-            "taker_buy_volume",
-            "taker_buy_quote_volume",
-            "is_closed",
-            "bars_present",
-            "bars_expected",
-            "version",
+        # Every klines column but the series columns (they are the query's filter) and
+        # updated_at (bookkeeping).
+        tuple(
+            column
+            for column in KLINE_COLUMNS
+            if column not in ("exchange", "symbol", "timeframe", "updated_at")
         ),
         ("open_time", "close_time"),
     ),

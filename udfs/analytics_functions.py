@@ -295,13 +295,16 @@ class IndicatorFunction(KeyedProcessFunction):
 _MAX_ANALYTICS_BATCH = 5000
 
 
-class ProfileSink(BatchingSinkFunction):
-    """Profiles into ClickHouse ``volume_profile`` and Redis ``vp:`` hashes.
+class _AnalyticsSink(BatchingSinkFunction):
+    """Records into one ClickHouse table and one kind of Redis hash (compare-and-set).
 
-    Of several emissions of one window in a batch only the newest version is written (what
-    ReplacingMergeTree and the compare-and-set keep anyway).
+    Of several emissions of one window or bar in a batch only the newest version is written
+    (what ReplacingMergeTree and the compare-and-set keep anyway).
     """
 
+    table: str
+    redis_kind: str
+
     def __init__(self, config: SinkConfig) -> None:
         super().__init__(
             min(config.clickhouse_batch_rows, _MAX_ANALYTICS_BATCH), config.clickhouse_flush_ms
@@ -317,15 +320,23 @@ class ProfileSink(BatchingSinkFunction):
             self.clickhouse_url, self.retry_s, self.redis_url, self.ttl_s, self.publish
         )
 
-    def write_batch(self, batch: Sequence[ProfileRecord]) -> int:
+    def newest(self, batch: Sequence[Any]) -> list[Any]:
+        """The newest version of each window or bar in ``batch``."""
+        raise NotImplementedError
+
+    def bar_time(self, record: Any) -> int:
+        """The time the Redis compare-and-set orders by (with the version)."""
+        raise NotImplementedError
+
+    def write_batch(self, batch: Sequence[Any]) -> int:
         from connectors.redis_store import CasItem
 
-        newest = newest_per_window(batch)
-        written = self.clickhouse.insert_rows("volume_profile", [r.row() for r in newest])
+        newest = self.newest(batch)
+        written = self.clickhouse.insert_rows(self.table, [r.row() for r in newest])
         self.redis.write_hashes(
-            "vp",
+            self.redis_kind,
             [
-                CasItem(r.exchange, r.symbol, r.timeframe, r.window_start, r.version,
+                CasItem(r.exchange, r.symbol, r.timeframe, self.bar_time(r), r.version,
                         r.hash_fields())
                 for r in newest
             ],
@@ -336,41 +347,30 @@ class ProfileSink(BatchingSinkFunction):
         _close_writers(self)
 
 
-class IndicatorSink(BatchingSinkFunction):
+class ProfileSink(_AnalyticsSink):
+    """Profiles into ClickHouse ``volume_profile`` and Redis ``vp:`` hashes."""
+
+    table = "volume_profile"
+    redis_kind = "vp"
+
+    def newest(self, batch: Sequence[ProfileRecord]) -> list[ProfileRecord]:
+        return list(newest_per_window(batch))
+
+    def bar_time(self, record: ProfileRecord) -> int:
+        return record.window_start
+
+
+class IndicatorSink(_AnalyticsSink):
     """Indicators into ClickHouse ``indicators`` and Redis ``ind:`` hashes."""
 
-    def __init__(self, config: SinkConfig) -> None:
-        super().__init__(
-            min(config.clickhouse_batch_rows, _MAX_ANALYTICS_BATCH), config.clickhouse_flush_ms
-        )
-        self.clickhouse_url = config.clickhouse_url
-        self.retry_s = config.clickhouse_retry_s
-        self.redis_url = config.redis_url
-        self.ttl_s = config.redis_ttl_s
-        self.publish = config.redis_publish
+    table = "indicators"
+    redis_kind = "ind"
 
-    def connect(self) -> None:
-        self.clickhouse, self.redis = _open_writers(
-            self.clickhouse_url, self.retry_s, self.redis_url, self.ttl_s, self.publish
-        )
+    def newest(self, batch: Sequence[IndicatorRecord]) -> list[IndicatorRecord]:
+        return list(newest_per_bar(batch))
 
-    def write_batch(self, batch: Sequence[IndicatorRecord]) -> int:
-        from connectors.redis_store import CasItem
-
-        newest = newest_per_bar(batch)
-        written = self.clickhouse.insert_rows("indicators", [r.row() for r in newest])
-        self.redis.write_hashes(
-            "ind",
-            [
-                CasItem(r.exchange, r.symbol, r.timeframe, r.open_time, r.version,
-                        r.hash_fields())
-                for r in newest
-            ],
-        )  # fmt: skip
-        return written
-
-    def disconnect(self) -> None:
-        _close_writers(self)
+    def bar_time(self, record: IndicatorRecord) -> int:
+        return record.open_time
 
 
 def _open_writers(

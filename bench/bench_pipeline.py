@@ -150,65 +150,55 @@ def measure_job(settings: JobSettings, redis_url: str) -> dict[str, Any]:
     return {
         "job_s": job_s,
         "steady_s": steady_s,
-        "rows": counts["klines"],
         "counts": counts,
         "redis_keys": client.dbsize(),
     }
 
 
-def compare_rollups(
-    args: argparse.Namespace, settings: JobSettings, work: Path, bars: int
-) -> dict[str, Any]:
-    """The job with roll-ups off and/or on over the same topic, each with fresh outputs."""
-    result: dict[str, Any] = {}
-    sides = {"compare": (False, True), "on": (True,), "off": (False,)}[args.rollups]
-    for on in sides:
-        name = "on" if on else "off"
-        variant = settings.with_overrides(
-            consumer_group=f"bench-rollups-{name}",
-            pipeline=PipelineConfig() if on else PipelineConfig(rollup_timeframes=()),
-            sinks=replace(settings.sinks, clickhouse_url=f"chdb://{work / f'chdb-{name}'}"),
-            checkpoint_dir=work / f"checkpoints-{name}",
-            job_name=f"bench-pipeline-rollups-{name}",
-        )
-        measured = measure_job(variant, settings.sinks.redis_url)
-        result[f"rollups_{name}"] = {
-            "job_s": round(measured["job_s"], 2),
-            "job_bars_per_s": round(bars / measured["job_s"]),
-            "job_startup_s": round(measured["job_s"] - measured["steady_s"], 2),
-            "job_bars_per_s_steady": round(bars / measured["steady_s"]),
-            "clickhouse_rows": measured["rows"],
-            "redis_keys": measured["redis_keys"],
-        }
-    if len(sides) == 2:
-        on_side, off_side = result["rollups_on"], result["rollups_off"]
-        result["rollups_on_vs_off"] = {
-            "bars_per_s_ratio": round(on_side["job_bars_per_s"] / off_side["job_bars_per_s"], 3),
-            "bars_per_s_steady_ratio": round(
-                on_side["job_bars_per_s_steady"] / off_side["job_bars_per_s_steady"], 3
-            ),
-        }
-    return result
+_SIDES: dict[str, tuple[bool, ...]] = {"compare": (False, True), "on": (True,), "off": (False,)}
 
 
-def compare_analytics(
-    args: argparse.Namespace, settings: JobSettings, work: Path, bars: int
+def _variant(
+    settings: JobSettings, work: Path, *, rollups: bool, analytics: bool, name: str
+) -> JobSettings:
+    """The job with roll-ups and analytics on or off, with its own group and outputs."""
+    return settings.with_overrides(
+        consumer_group=f"bench-{name}",
+        pipeline=PipelineConfig() if rollups else PipelineConfig(rollup_timeframes=()),
+        analytics=(
+            AnalyticsConfig()
+            if analytics
+            else AnalyticsConfig(profile_timeframes=(), indicators=False)
+        ),
+        sinks=replace(settings.sinks, clickhouse_url=f"chdb://{work / f'chdb-{name}'}"),
+        checkpoint_dir=work / f"checkpoints-{name}",
+        job_name=f"bench-pipeline-{name}",
+    )
+
+
+def compare_feature(
+    feature: str, args: argparse.Namespace, settings: JobSettings, work: Path, bars: int
 ) -> dict[str, Any]:
-    """The job with the analytics branch off and/or on over the same topic, fresh outputs."""
+    """The job with ``feature`` (``rollups`` or ``analytics``) off and/or on, same topic.
+
+    The other feature follows its own flag (``default`` counts as on for roll-ups, off for
+    analytics), so ``--rollups off --analytics compare`` really runs without roll-ups.
+    """
+    others = {
+        "rollups": args.rollups != "off",
+        "analytics": args.analytics == "on",
+    }
     result: dict[str, Any] = {}
-    sides = {"compare": (False, True), "on": (True,), "off": (False,)}[args.analytics]
-    off = AnalyticsConfig(profile_timeframes=(), indicators=False)
+    sides = _SIDES[getattr(args, feature)]
     for on in sides:
-        name = "on" if on else "off"
-        variant = settings.with_overrides(
-            consumer_group=f"bench-analytics-{name}",
-            analytics=AnalyticsConfig() if on else off,
-            sinks=replace(settings.sinks, clickhouse_url=f"chdb://{work / f'chdb-a-{name}'}"),
-            checkpoint_dir=work / f"checkpoints-a-{name}",
-            job_name=f"bench-pipeline-analytics-{name}",
+        name = f"{feature}-{'on' if on else 'off'}"
+        switches = {**others, feature: on}
+        measured = measure_job(
+            _variant(settings, work, name=name, **switches), settings.sinks.redis_url
         )
-        measured = measure_job(variant, settings.sinks.redis_url)
-        result[f"analytics_{name}"] = {
+        result[name.replace("-", "_")] = {
+            "rollups": switches["rollups"],
+            "analytics": switches["analytics"],
             "job_s": round(measured["job_s"], 2),
             "job_bars_per_s": round(bars / measured["job_s"]),
             "job_startup_s": round(measured["job_s"] - measured["steady_s"], 2),
@@ -217,8 +207,8 @@ def compare_analytics(
             "redis_keys": measured["redis_keys"],
         }
     if len(sides) == 2:
-        on_side, off_side = result["analytics_on"], result["analytics_off"]
-        result["analytics_on_vs_off"] = {
+        on_side, off_side = result[f"{feature}_on"], result[f"{feature}_off"]
+        result[f"{feature}_on_vs_off"] = {
             "bars_per_s_ratio": round(on_side["job_bars_per_s"] / off_side["job_bars_per_s"], 3),
             "bars_per_s_steady_ratio": round(
                 on_side["job_bars_per_s_steady"] / off_side["job_bars_per_s_steady"], 3
@@ -270,27 +260,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 progress=False,
             )
             replay_s = time.monotonic() - replay_started
-            if args.analytics != "default":
-                compared = compare_analytics(args, settings, work, bars)
+            feature = next(
+                (name for name in ("analytics", "rollups") if getattr(args, name) != "default"),
+                None,
+            )
+            if feature is not None:
                 return {
-                    "benchmark": "pipeline-analytics",
+                    "benchmark": f"pipeline-{feature}",
                     "bars": bars,
                     "series": args.series,
                     "parallelism": args.parallelism,
                     "replay_bars_per_s": round(replayed.produced / replay_s),
-                    **compared,
-                    "peak_rss_mb": round(sampler.peak / 2**20),
-                    "cpus": os.cpu_count(),
-                }
-            if args.rollups != "default":
-                compared = compare_rollups(args, settings, work, bars)
-                return {
-                    "benchmark": "pipeline-rollups",
-                    "bars": bars,
-                    "series": args.series,
-                    "parallelism": args.parallelism,
-                    "replay_bars_per_s": round(replayed.produced / replay_s),
-                    **compared,
+                    **compare_feature(feature, args, settings, work, bars),
                     "peak_rss_mb": round(sampler.peak / 2**20),
                     "cpus": os.cpu_count(),
                 }

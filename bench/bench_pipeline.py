@@ -14,7 +14,8 @@ bounded on a local mini-cluster, and reports:
   its Python workers; the broker and Redis are measured separately).
 
 ``--rollups compare`` runs the job twice on the same topic in the same run, roll-ups off
-then on (fresh consumer group, chdb directory and Redis each time), and reports
+then on (fresh consumer group, chdb directory and Redis each time; each job in a Python
+process of its own, as PyFlink keeps per-process state between jobs), and reports
 ``rollups_off``/``rollups_on`` (job_s, job_bars_per_s, job_bars_per_s_steady, rows) and
 ``rollups_on_vs_off`` (ratios of bars/s). ``--rollups on|off`` runs only one side.
 
@@ -28,7 +29,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
+import subprocess
 import sys
 import tempfile
 import threading
@@ -176,6 +179,42 @@ def _variant(
     )
 
 
+def measure_variant_in_subprocess(spec: dict[str, Any]) -> dict[str, Any]:
+    """``measure_job`` of one variant in a fresh Python process (see ``--variant``)."""
+    completed = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), "--variant", json.dumps(spec)],
+        check=True,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    return dict(json.loads(completed.stdout.strip().splitlines()[-1]))
+
+
+def run_variant(spec: dict[str, Any]) -> dict[str, Any]:
+    """The child side of ``measure_variant_in_subprocess``: one job, its measurements."""
+    settings = JobSettings(
+        kafka_bootstrap=spec["bootstrap"],
+        klines_topic=spec["topic"],
+        dlq_topic=spec["dlq_topic"],
+        consumer_group="bench",
+        bounded=True,
+        parallelism=spec["parallelism"],
+        sinks=SinkConfig(clickhouse_url="chdb://unused", redis_url=spec["redis_url"]),
+        checkpoint_dir=Path(spec["work"]) / "checkpoints",
+        job_name="bench-pipeline",
+    )
+    variant = _variant(
+        settings,
+        Path(spec["work"]),
+        name=spec["name"],
+        rollups=spec["rollups"],
+        analytics=spec["analytics"],
+    )
+    measured = measure_job(variant, spec["redis_url"])
+    measured["redis_keys"] = int(measured["redis_keys"])
+    return measured
+
+
 def compare_feature(
     feature: str, args: argparse.Namespace, settings: JobSettings, work: Path, bars: int
 ) -> dict[str, Any]:
@@ -193,8 +232,17 @@ def compare_feature(
     for on in sides:
         name = f"{feature}-{'on' if on else 'off'}"
         switches = {**others, feature: on}
-        measured = measure_job(
-            _variant(settings, work, name=name, **switches), settings.sinks.redis_url
+        measured = measure_variant_in_subprocess(
+            {
+                "bootstrap": settings.kafka_bootstrap,
+                "topic": settings.klines_topic,
+                "dlq_topic": settings.dlq_topic,
+                "redis_url": settings.sinks.redis_url,
+                "parallelism": settings.parallelism,
+                "work": str(work),
+                "name": name,
+                **switches,
+            }
         )
         result[name.replace("-", "_")] = {
             "rollups": switches["rollups"],
@@ -333,7 +381,12 @@ def main() -> None:
         help="compare: the job with profiles and indicators off, then on, in the same run",
     )
     parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "bench" / "results")
+    parser.add_argument("--variant", help=argparse.SUPPRESS)  # internal: one compare side
     args = parser.parse_args()
+    if args.variant:
+        logging.basicConfig(level=logging.WARNING)
+        print(json.dumps(run_variant(json.loads(args.variant))))
+        return
     result = run(args)
     text = json.dumps(result, indent=2)
     print(text)

@@ -36,7 +36,7 @@ import itertools
 import logging
 import time
 from abc import abstractmethod
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Final
 
 from pyflink.common import Types
@@ -318,15 +318,36 @@ def attach_sink(
     The stream is keyed by a bounded set of bucket keys (see the module docstring). chdb
     allows one process per data directory, so its sink must run with parallelism 1.
     """
-    sink_parallelism = parallelism or bars.get_execution_environment().get_parallelism()
-    writer = (
-        bars.key_by(RoundRobinBucket(state_buckets(sink_parallelism)), key_type=Types.STRING())
-        .process(function, output_type=Types.PICKLED_BYTE_ARRAY())
-        .name(name)
-        .uid(name)
-    )
+    attach_sinks(bars, {name: function}, parallelism=parallelism)
+
+
+def attach_sinks(
+    stream: DataStream,
+    functions: Mapping[str, BatchingSinkFunction],
+    *,
+    parallelism: int | None = None,
+) -> None:
+    """Run each sink function (by operator name) on one bucket-keyed copy of ``stream``.
+
+    The sinks share one key-extracting hop. Every sink runs in the ``sinks`` slot sharing
+    group: one Python worker process per sink subtask slot, apart from the compute
+    operators, and all chdb sinks of a job in the same process.
+    """
+    from jobs.pipeline import SINKS_GROUP, key_by_in_group
+
+    sink_parallelism = parallelism or stream.get_execution_environment().get_parallelism()
+    keyed = key_by_in_group(stream, RoundRobinBucket(state_buckets(sink_parallelism)), SINKS_GROUP)
     if parallelism is not None:
-        writer = writer.set_parallelism(parallelism)
-    end = writer.sink_to(Sink(_DISCARDING_SINK)).name(f"{name}-end").uid(f"{name}-end")
-    if parallelism is not None:
-        end.set_parallelism(parallelism)
+        keyed._j_data_stream.getTransformation().getInputs().get(0).setParallelism(parallelism)
+    for name, function in functions.items():
+        writer = (
+            keyed.process(function, output_type=Types.PICKLED_BYTE_ARRAY())
+            .name(name)
+            .uid(name)
+            .slot_sharing_group(SINKS_GROUP)
+        )
+        if parallelism is not None:
+            writer = writer.set_parallelism(parallelism)
+        end = writer.sink_to(Sink(_DISCARDING_SINK)).name(f"{name}-end").uid(f"{name}-end")
+        if parallelism is not None:
+            end.set_parallelism(parallelism)

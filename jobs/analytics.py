@@ -1,9 +1,10 @@
 """The analytics branch of the job: volume profiles per window and indicators per series.
 
-``build_analytics(bars, pipeline, config)`` is pure like ``jobs.pipeline.build_pipeline``:
-it takes the pipeline's ``bars`` (the upserted bars of every timeframe and the roll-ups) and
-returns the streams of :class:`~udfs.analytics.ProfileRecord` and
-:class:`~udfs.analytics.IndicatorRecord` and their dead letters; tests read them with
+``build_analytics(streams, pipeline, config)`` is pure like ``jobs.pipeline.build_pipeline``:
+it takes the pipeline's streams (profiles read the upserted 1m bars, indicators the closed
+bars of every timeframe, roll-ups included) and returns the streams of
+:class:`~udfs.analytics.ProfileRecord` and :class:`~udfs.analytics.IndicatorRecord` and
+their dead letters; tests read them with
 ``execute_and_collect()``. ``attach_analytics_sinks`` writes them to ClickHouse
 (``volume_profile``, ``indicators``) and Redis (``vp:``, ``ind:``); ``jobs.job`` calls both.
 
@@ -12,7 +13,8 @@ Operators (each with ``.name()`` = ``.uid()``):
 - ``profile-gate`` -> ``volume-profiles`` (window operator over the 1m bars, one window per
   series and profile timeframe, fired like the roll-up windows) and
   ``profile-late-dead-letters``;
-- ``indicator-closed-bars`` -> ``indicators`` (keyed by series);
+- ``indicator-closed-bars`` (one filter per part of the pipeline's output, chained into its
+  producer) -> ``indicators`` (keyed by series);
 - sinks ``profiles-sink`` and ``indicators-sink``.
 
 Why a second window operator instead of emitting profiles from the roll-up one: the roll-up
@@ -35,6 +37,7 @@ if TYPE_CHECKING:
     from pyflink.datastream import DataStream
 
     from jobs.config import AnalyticsConfig, PipelineConfig, SinkConfig
+    from jobs.pipeline import PipelineStreams
 
 
 class AnalyticsStreams(NamedTuple):
@@ -56,6 +59,7 @@ def build_profiles(
     """The profile windows of ``config.profile_timeframes`` -> (profiles, dead letters)."""
     from pyflink.common import Types
 
+    from jobs.pipeline import ANALYTICS_GROUP
     from udfs.analytics_functions import (
         LATE_PROFILE_INPUT,
         LateProfileInputToDeadLetter,
@@ -79,7 +83,13 @@ def build_profiles(
     profiles = (
         gated.key_by(_series_key, key_type=Types.STRING())
         .window(RollupWindowAssigner(timeframes))
-        .trigger(RollupTrigger(pipeline.rollup_emit_in_progress, pipeline.rollup_idle_close_ms))
+        .trigger(
+            RollupTrigger(
+                pipeline.rollup_emit_in_progress,
+                pipeline.rollup_idle_close_ms,
+                pipeline.rollup_live_horizon_ms,
+            )
+        )
         .allowed_lateness(pipeline.allowed_lateness_ms)
         .side_output_late_data(LATE_PROFILE_INPUT)
         .aggregate(
@@ -92,6 +102,7 @@ def build_profiles(
         )
         .name("volume-profiles")
         .uid("volume-profiles")
+        .slot_sharing_group(ANALYTICS_GROUP)
     )
     late = (
         profiles.get_side_output(LATE_PROFILE_INPUT)
@@ -107,37 +118,39 @@ def build_profiles(
     return profiles, dead_letters
 
 
-def build_indicators(bars: DataStream, pipeline: PipelineConfig) -> tuple[DataStream, DataStream]:
+def build_indicators(
+    streams: PipelineStreams, pipeline: PipelineConfig
+) -> tuple[DataStream, DataStream]:
     """Indicators of the closed bars of every series -> (indicators, dead letters)."""
     from pyflink.common import Types
 
+    from jobs.pipeline import ANALYTICS_GROUP, filter_each, key_by_in_group
     from udfs.analytics_functions import ClosedBarsFilter, IndicatorFunction
     from udfs.flink_functions import DEAD_LETTERS
 
-    closed = (
-        bars.filter(ClosedBarsFilter()).name("indicator-closed-bars").uid("indicator-closed-bars")
-    )
+    closed = filter_each(streams.parts(), ClosedBarsFilter(), "indicator-closed-bars")
     indicators = (
-        closed.key_by(_series_key, key_type=Types.STRING())
+        key_by_in_group(closed, _series_key, ANALYTICS_GROUP)
         .process(
             IndicatorFunction(pipeline.allowed_lateness_ms),
             output_type=Types.PICKLED_BYTE_ARRAY(),
         )
         .name("indicators")
         .uid("indicators")
+        .slot_sharing_group(ANALYTICS_GROUP)
     )
     return indicators, indicators.get_side_output(DEAD_LETTERS)
 
 
 def build_analytics(
-    bars: DataStream, pipeline: PipelineConfig, config: AnalyticsConfig
+    streams: PipelineStreams, pipeline: PipelineConfig, config: AnalyticsConfig
 ) -> AnalyticsStreams:
-    """Profiles and indicators of ``bars`` (the output of ``build_pipeline``), per ``config``."""
+    """Profiles and indicators of the output of ``build_pipeline``, per ``config``."""
     profiles = indicators = dead_letters = None
     if config.profile_timeframes:
-        profiles, dead_letters = build_profiles(bars, pipeline, config)
+        profiles, dead_letters = build_profiles(streams.upserted, pipeline, config)
     if config.indicators:
-        indicators, indicator_letters = build_indicators(bars, pipeline)
+        indicators, indicator_letters = build_indicators(streams, pipeline)
         dead_letters = (
             indicator_letters if dead_letters is None else dead_letters.union(indicator_letters)
         )

@@ -51,6 +51,10 @@ class PipelineConfig:
     # Close a live roll-up window this long after its end by the wall clock when no
     # watermark has come (all input stopped); 0 turns the fallback off.
     rollup_idle_close_ms: int = 180_000
+    # Live (early) emissions only for windows whose end is at most this far behind the wall
+    # clock; older windows (replays, backfills) emit once when closed, then on corrections.
+    # Negative: every window fires early, however old its data.
+    rollup_live_horizon_ms: int = 3_600_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,6 +258,15 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
     )
     env_flag(
         parser,
+        "--rollup-live-horizon-ms",
+        env="KLINEFLOW_ROLLUP_LIVE_HORIZON_MS",
+        type=int,
+        default=3_600_000,
+        help="re-emit open roll-up and profile windows only if they ended at most this long "
+        "ago by the wall clock, so replays emit each window once (-1: always)",
+    )
+    env_flag(
+        parser,
         "--profile-timeframes",
         env="KLINEFLOW_PROFILE_TIMEFRAMES",
         type=parse_profile_timeframes,
@@ -378,6 +391,7 @@ def settings_from_args(args: argparse.Namespace) -> JobSettings:
             rollup_timeframes=tuple(args.rollup_timeframes),
             rollup_emit_in_progress=args.rollup_emit_in_progress,
             rollup_idle_close_ms=args.rollup_idle_close_ms,
+            rollup_live_horizon_ms=args.rollup_live_horizon_ms,
         ),
         sinks=SinkConfig(
             clickhouse_url=resolve_clickhouse_url(args.clickhouse_url),

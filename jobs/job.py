@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,9 @@ from jobs.config import JobSettings, add_job_arguments, settings_from_args
 log = logging.getLogger(__name__)
 
 KAFKA_CONNECTOR_JAR_GLOB = "flink-sql-connector-kafka-*.jar"
+# Read by PyFlink when a job starts from Python: "process" or "loopback" (its default for
+# mini-clusters). Private to PyFlink, but it is how PyFlink's own tests choose.
+PYTHON_WORKER_MODE_VARIABLE = "_python_worker_execution_mode"
 
 
 BOUNDED_RESTART_STRATEGY = {
@@ -82,45 +87,72 @@ def local_configuration(settings: JobSettings) -> dict[str, str]:
     """``job_configuration`` for an in-process mini-cluster.
 
     Its dashboard takes the first free port from 8081 up, so a local run, the tests and a
-    standalone cluster can run side by side; its slot count follows the job.
+    standalone cluster can run side by side. Its slot count follows the job: one per source
+    subtask (``pipeline.source_parallelism``, when known) plus one per subtask of each
+    other slot sharing group (``jobs.pipeline.required_slots``).
     """
+    from jobs.pipeline import required_slots
+
     config = job_configuration(settings)
     config.setdefault("rest.bind-port", "8081-8180")
-    # The mini-cluster gives itself as many slots as the job's widest operator needs (the
-    # source runs one subtask per Kafka partition).
-    config.pop("taskmanager.numberOfTaskSlots", None)
+    parallelism = settings.parallelism or int(config.get("parallelism.default", "1"))
+    source_parallelism = settings.pipeline.source_parallelism or parallelism
+    config["taskmanager.numberOfTaskSlots"] = str(required_slots(source_parallelism, parallelism))
     return config
 
 
+def use_python_worker_processes() -> None:
+    """Run a local mini-cluster's Python operators in worker processes, as a cluster does.
+
+    Without this PyFlink runs every Python operator of a job started from Python inside the
+    calling process ("loopback" mode): one GIL, so the whole job gets one core. PyFlink
+    reads this variable when the job starts.
+    """
+    os.environ[PYTHON_WORKER_MODE_VARIABLE] = "process"
+
+
 def create_environment(settings: JobSettings) -> Any:
-    """A StreamExecutionEnvironment configured for this job (local or inside ``flink run``)."""
+    """A StreamExecutionEnvironment configured for this job (local or inside ``flink run``).
+
+    Local runs get Python worker processes (``use_python_worker_processes``).
+    """
     from pyflink.common import Configuration
     from pyflink.datastream import StreamExecutionEnvironment
 
     configuration = Configuration()
     for key, value in local_configuration(settings).items():
         configuration.set_string(key, value)
+    use_python_worker_processes()
     env = StreamExecutionEnvironment.get_execution_environment(configuration)
     if settings.parallelism:
         env.set_parallelism(settings.parallelism)
     return env
 
 
+def with_source_parallelism(settings: JobSettings) -> JobSettings:
+    """``settings`` with ``pipeline.source_parallelism`` set: one source subtask per
+    partition of the klines topic unless given (it decides the slots a job needs)."""
+    from connectors.kafka_admin import partition_count
+
+    if settings.pipeline.source_parallelism:
+        return settings
+    partitions = partition_count(settings.kafka_bootstrap, settings.klines_topic)
+    return settings.with_overrides(
+        pipeline=replace(settings.pipeline, source_parallelism=partitions)
+    )
+
+
 def attach_job(env: Any, settings: JobSettings) -> None:
     """Source -> pipeline -> sinks on ``env``: everything that touches the outside is here."""
-    from dataclasses import replace
-
     from pyflink.common import Types
     from pyflink.common.watermark_strategy import WatermarkStrategy
 
     from connectors.flink_kafka import dead_letter_sink, klines_source
-    from connectors.flink_sinks import ClickHouseBarSink, RedisBarSink, attach_sink
-    from connectors.kafka_admin import partition_count
+    from connectors.flink_sinks import ClickHouseBarSink, RedisBarSink, attach_sinks
     from jobs.pipeline import build_pipeline
 
-    source_parallelism = settings.pipeline.source_parallelism or partition_count(
-        settings.kafka_bootstrap, settings.klines_topic
-    )
+    settings = with_source_parallelism(settings)
+    pipeline = settings.pipeline
     raw = (
         env.from_source(
             klines_source(
@@ -136,34 +168,34 @@ def attach_job(env: Any, settings: JobSettings) -> None:
             type_info=Types.PRIMITIVE_ARRAY(Types.BYTE()),
         )
         .uid("kafka-klines-raw")
-        .set_parallelism(source_parallelism)
+        .set_parallelism(pipeline.source_parallelism)
     )
-    pipeline = replace(settings.pipeline, source_parallelism=source_parallelism)
     streams = build_pipeline(raw, pipeline)
     dead_letters = streams.dead_letters
     chdb_parallelism = 1 if settings.sinks.clickhouse_url.startswith("chdb:") else None
     if settings.analytics.enabled:
         from jobs.analytics import attach_analytics_sinks, build_analytics
 
-        analytics = build_analytics(streams.bars, pipeline, settings.analytics)
+        analytics = build_analytics(streams, pipeline, settings.analytics)
         if analytics.dead_letters is not None:
             dead_letters = dead_letters.union(analytics.dead_letters)
         attach_analytics_sinks(analytics, settings.sinks, parallelism=chdb_parallelism)
     dead_letters.sink_to(dead_letter_sink(settings.kafka_bootstrap, settings.dlq_topic)).name(
         "kafka-klines-dlq"
     ).uid("kafka-klines-dlq")
-    attach_sink(
+    attach_sinks(
         streams.bars,
-        ClickHouseBarSink(settings.sinks),
-        "clickhouse-klines",
+        {
+            "clickhouse-klines": ClickHouseBarSink(settings.sinks),
+            "redis-klines": RedisBarSink(settings.sinks),
+        },
         parallelism=chdb_parallelism,
     )
-    attach_sink(streams.bars, RedisBarSink(settings.sinks), "redis-klines")
     if settings.signals.enabled:
         from jobs.signals import attach_signal_sink, build_signals
 
         attach_signal_sink(
-            build_signals(streams.bars, settings.signals),
+            build_signals(streams, settings.signals),
             settings.sinks,
             parallelism=chdb_parallelism,
         )
@@ -181,6 +213,7 @@ def prepare_services(settings: JobSettings) -> None:
 def run_job(settings: JobSettings) -> None:
     """Build and run the job, blocking until it ends (bounded) or is cancelled."""
     prepare_services(settings)
+    settings = with_source_parallelism(settings)
     env = create_environment(settings)
     attach_job(env, settings)
     log.info("starting job %s (bounded=%s)", settings.job_name, settings.bounded)

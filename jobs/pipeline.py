@@ -6,11 +6,12 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Sequence
+from typing import Any, Final, NamedTuple
 
 from pyflink.common import Duration, Types
 from pyflink.common.watermark_strategy import WatermarkStrategy
-from pyflink.datastream import DataStream
+from pyflink.datastream import DataStream, FilterFunction, KeyedStream
 
 from jobs.config import PipelineConfig
 from udfs.flink_functions import (
@@ -31,12 +32,69 @@ from udfs.rollup_functions import (
     RollupWindowFunction,
 )
 
+# Slot sharing groups. PyFlink runs the Python operators of one slot in one Python worker
+# process (one GIL), so every operator left in the default group shares a single core. The
+# job spreads its Python work over one process per group; a mini-cluster or a standalone
+# cluster needs ``required_slots`` slots for that.
+ROLLUPS_GROUP: Final = "rollups"
+ANALYTICS_GROUP: Final = "analytics"
+SINKS_GROUP: Final = "sinks"
+EXTRA_SLOT_GROUPS: Final = (ROLLUPS_GROUP, ANALYTICS_GROUP, SINKS_GROUP)
+
+
+def required_slots(source_parallelism: int, parallelism: int) -> int:
+    """Task slots the job needs: its default group (the source chain, one subtask per Kafka
+    partition, and the upsert) plus one slot per subtask of each other group."""
+    return max(source_parallelism, parallelism) + len(EXTRA_SLOT_GROUPS) * parallelism
+
 
 class PipelineStreams(NamedTuple):
-    """The pipeline's outputs: ``bars`` (VersionedBar) and ``dead_letters`` (encoded bytes)."""
+    """The pipeline's outputs.
+
+    ``bars`` (VersionedBar) is everything to store: ``upserted`` (the upserted bars of every
+    input timeframe) and ``rollups`` (None when roll-ups are off). Branches that need only
+    one of them (signals, profiles) take it, so their filters chain into its producer
+    instead of running as another hop over every bar. ``dead_letters`` are encoded bytes.
+    """
 
     bars: DataStream
     dead_letters: DataStream
+    upserted: DataStream
+    rollups: DataStream | None = None
+
+    def parts(self) -> list[tuple[str, DataStream]]:
+        """``bars`` as its parts, each with the suffix its filters' names get."""
+        parts = [("", self.upserted)]
+        if self.rollups is not None:
+            parts.append(("-rollups", self.rollups))
+        return parts
+
+
+def filter_each(
+    parts: Sequence[tuple[str, DataStream]], function: FilterFunction, name: str
+) -> DataStream:
+    """``function`` on each part, chained into the part's producer, then one union.
+
+    Filtering before the union keeps the filter off a hop of its own: after a union a
+    Python operator cannot chain, so it would see (and deserialise) every bar again.
+    Each filter is named and uid'd ``name`` + the part's suffix.
+    """
+    filtered = [
+        stream.filter(function).name(name + suffix).uid(name + suffix) for suffix, stream in parts
+    ]
+    return filtered[0].union(*filtered[1:]) if len(filtered) > 1 else filtered[0]
+
+
+def key_by_in_group(stream: DataStream, key_selector: Any, group: str) -> KeyedStream:
+    """``stream.key_by(key_selector)`` with PyFlink's key-extracting map in slot ``group``.
+
+    A Python key selector becomes a map operator ahead of the keyed exchange; after a union
+    it cannot chain into the producer, and left alone it would land in the default group.
+    """
+    keyed = stream.key_by(key_selector, key_type=Types.STRING())
+    key_map = keyed._j_data_stream.getTransformation().getInputs().get(0)
+    key_map.setSlotSharingGroup(group)
+    return keyed
 
 
 def _series_key(kline: Kline) -> str:
@@ -94,7 +152,13 @@ def build_rollups(bars: DataStream, config: PipelineConfig) -> PipelineStreams:
     rollups = (
         gated.key_by(_bar_series_key, key_type=Types.STRING())
         .window(RollupWindowAssigner(timeframes))
-        .trigger(RollupTrigger(config.rollup_emit_in_progress, config.rollup_idle_close_ms))
+        .trigger(
+            RollupTrigger(
+                config.rollup_emit_in_progress,
+                config.rollup_idle_close_ms,
+                config.rollup_live_horizon_ms,
+            )
+        )
         .allowed_lateness(config.allowed_lateness_ms)
         .side_output_late_data(LATE_ROLLUP_INPUT)
         .aggregate(
@@ -105,6 +169,7 @@ def build_rollups(bars: DataStream, config: PipelineConfig) -> PipelineStreams:
         )
         .name("rollups")
         .uid("rollups")
+        .slot_sharing_group(ROLLUPS_GROUP)
     )
     late = (
         rollups.get_side_output(LATE_ROLLUP_INPUT)
@@ -113,7 +178,10 @@ def build_rollups(bars: DataStream, config: PipelineConfig) -> PipelineStreams:
         .uid("rollup-late-dead-letters")
     )
     return PipelineStreams(
-        bars=rollups, dead_letters=gated.get_side_output(DEAD_LETTERS).union(late)
+        bars=rollups,
+        dead_letters=gated.get_side_output(DEAD_LETTERS).union(late),
+        upserted=bars,
+        rollups=rollups,
     )
 
 
@@ -151,8 +219,11 @@ def build_pipeline(raw: DataStream, config: PipelineConfig) -> PipelineStreams:
     )
     dead_letters = klines.get_side_output(DEAD_LETTERS).union(bars.get_side_output(DEAD_LETTERS))
     if not config.rollup_timeframes:
-        return PipelineStreams(bars=bars, dead_letters=dead_letters)
+        return PipelineStreams(bars=bars, dead_letters=dead_letters, upserted=bars)
     rollups = build_rollups(bars, config)
     return PipelineStreams(
-        bars=bars.union(rollups.bars), dead_letters=dead_letters.union(rollups.dead_letters)
+        bars=bars.union(rollups.bars),
+        dead_letters=dead_letters.union(rollups.dead_letters),
+        upserted=bars,
+        rollups=rollups.bars,
     )

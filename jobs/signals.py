@@ -1,7 +1,7 @@
 """The signals branch of the job: closed bars -> context -> async inference (or rules) -> sinks.
 
-``build_signals(bars, config)`` takes the stream of ``VersionedBar`` (today the upserted 1m
-bars; the roll-ups add 15m / 1h) and returns a stream of ``udfs.signals.Signal``: exactly one
+``build_signals(bars, config)`` takes the pipeline's streams (or any stream of
+``VersionedBar``) and returns a stream of ``udfs.signals.Signal``: exactly one
 per closed bar version of the configured timeframes. With ``config.inference.url`` set it runs
 :class:`udfs.inference_functions.InferenceAsyncFunction` on ``AsyncDataStream.unordered_wait``
 (bounded ``capacity``, a per-element timeout); without, the rules analyser.
@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from pyflink.datastream import DataStream
 
     from jobs.config import SinkConfig
+    from jobs.pipeline import PipelineStreams
 
 DEFAULT_TIMEFRAMES = ("15m", "1h")
 
@@ -68,11 +69,16 @@ def _series_key(value: object) -> str:
     return value.kline.series_key  # type: ignore[attr-defined]
 
 
-def build_signals(bars: DataStream, config: SignalConfig) -> DataStream:
-    """Closed bars of ``config.timeframes`` -> one ``Signal`` per bar version."""
+def build_signals(bars: DataStream | PipelineStreams, config: SignalConfig) -> DataStream:
+    """Closed bars of ``config.timeframes`` -> one ``Signal`` per bar version.
+
+    ``bars`` is a stream of ``VersionedBar`` or the pipeline's streams, whose parts are
+    filtered before they are joined (see ``jobs.pipeline.filter_each``).
+    """
     from pyflink.common import Time, Types
     from pyflink.datastream.async_data_stream import AsyncDataStream
 
+    from jobs.pipeline import PipelineStreams, filter_each
     from udfs.inference_functions import (
         ClosedBarFilter,
         InferenceAsyncFunction,
@@ -80,11 +86,8 @@ def build_signals(bars: DataStream, config: SignalConfig) -> DataStream:
         SignalContextFunction,
     )
 
-    closed = (
-        bars.filter(ClosedBarFilter(config.timeframes))
-        .name("signal-closed-bars")
-        .uid("signal-closed-bars")
-    )
+    parts = bars.parts() if isinstance(bars, PipelineStreams) else [("", bars)]
+    closed = filter_each(parts, ClosedBarFilter(config.timeframes), "signal-closed-bars")
     requests = (
         closed.key_by(_series_key, key_type=Types.STRING())
         .process(

@@ -141,7 +141,7 @@ class RollupWindowAssigner(WindowAssigner):
         ]
 
     def get_default_trigger(self, env: Any) -> Trigger:
-        return RollupTrigger(fire_on_in_progress=False, idle_close_ms=0)
+        return RollupTrigger(fire_on_in_progress=False, idle_close_ms=0, live_horizon_ms=-1)
 
     def get_window_serializer(self) -> TimeWindowSerializer:
         return TimeWindowSerializer()
@@ -157,8 +157,11 @@ class RollupWindowAssigner(WindowAssigner):
 class RollupTrigger(Trigger):
     """When a roll-up window emits.
 
-    - early: on each closed 1m bar (and on each in-progress update if
-      ``fire_on_in_progress``), while the watermark is before the window end;
+    - early (live): on each closed 1m bar (and on each in-progress update if
+      ``fire_on_in_progress``), while the watermark is before the window end, for a window
+      that is live by the wall clock: its end is at most ``live_horizon_ms`` in the past
+      (``live_horizon_ms`` < 0: every window). A replay of old data thus emits each window
+      once, when the watermark closes it, instead of once per 1m bar it holds;
     - final: when the watermark passes the window end (an event-time timer);
     - correction: on every 1m bar that arrives after that, within the allowed lateness;
     - fallback: ``idle_close_ms`` after the window end by the wall clock, if the watermark has
@@ -166,9 +169,12 @@ class RollupTrigger(Trigger):
       wall clock when a bar arrives (live data) get this timer; replays of old data never do.
     """
 
-    def __init__(self, fire_on_in_progress: bool, idle_close_ms: int) -> None:
+    def __init__(
+        self, fire_on_in_progress: bool, idle_close_ms: int, live_horizon_ms: int = -1
+    ) -> None:
         self.fire_on_in_progress = fire_on_in_progress
         self.idle_close_ms = idle_close_ms
+        self.live_horizon_ms = live_horizon_ms
 
     def on_element(
         self,
@@ -181,11 +187,14 @@ class RollupTrigger(Trigger):
         if max_timestamp <= ctx.get_current_watermark():
             return TriggerResult.FIRE
         ctx.register_event_time_timer(max_timestamp)
+        now = ctx.get_current_processing_time()
         if self.idle_close_ms > 0:
             due = max_timestamp + self.idle_close_ms
-            if due > ctx.get_current_processing_time():
+            if due > now:
                 ctx.register_processing_time_timer(due)
-        if element.kline.is_closed or self.fire_on_in_progress:
+        if not (element.kline.is_closed or self.fire_on_in_progress):
+            return TriggerResult.CONTINUE
+        if self.live_horizon_ms < 0 or max_timestamp + self.live_horizon_ms >= now:
             return TriggerResult.FIRE
         return TriggerResult.CONTINUE
 

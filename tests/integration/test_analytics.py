@@ -223,10 +223,11 @@ def test_streaming_profiles_and_indicators_equal_batch(env: StreamExecutionEnvir
                           closed=True, event_offset=59_999) for m in range(10, 13)]  # fmt: skip
     stream += lagging  # a day behind the watermark: too late for every window
 
-    pipeline = PipelineConfig()
+    # Historical data: fire early whatever the wall clock says, to check live emissions.
+    pipeline = PipelineConfig(rollup_live_horizon_ms=-1)
     raw = env.from_collection([encode_kline(k).decode() for k in stream], type_info=Types.STRING())
     streams = build_pipeline(raw, pipeline)
-    analytics = build_analytics(streams.bars, pipeline, AnalyticsConfig())
+    analytics = build_analytics(streams, pipeline, AnalyticsConfig())
     assert analytics.profiles is not None and analytics.indicators is not None
     assert analytics.dead_letters is not None
     pickled = Types.PICKLED_BYTE_ARRAY()

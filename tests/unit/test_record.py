@@ -16,6 +16,7 @@ from udfs.record import (
     MIN_EPOCH_MS,
     InvalidKline,
     Kline,
+    VersionedBar,
     align_open_time,
     decode_kline,
     encode_kline,
@@ -84,6 +85,17 @@ def test_round_trip_with_nulls_and_open_bar() -> None:
         is_closed=False,
     )
     assert decode_kline(encode_kline(bar)) == bar
+
+
+def test_pickle_round_trip_keeps_every_field() -> None:
+    """Flink operators exchange bars pickled; Kline pickles by its FIELDS order."""
+    import pickle
+    from dataclasses import fields
+
+    assert tuple(field.name for field in fields(Kline)) == FIELDS
+    kline = good_bar(quote_volume=None, is_closed=False)
+    bar = VersionedBar(kline=kline, version=7, bars_present=3, bars_expected=5)
+    assert pickle.loads(pickle.dumps(bar)) == bar
 
 
 def test_encoding_is_contract_field_order() -> None:

@@ -29,6 +29,7 @@ from udfs.rollup_functions import RollupTrigger, RollupWindowAssigner
 
 DAY = 1_735_689_600_000  # 2025-01-01T00:00:00Z
 MINUTE = 60_000
+HOUR = 60 * MINUTE
 
 
 def bar(
@@ -295,6 +296,22 @@ def test_trigger_fires_early_on_closed_bars_finally_at_the_end_and_on_late_bars(
     eager = RollupTrigger(fire_on_in_progress=True, idle_close_ms=180_000)
     assert eager.on_element(in_progress, 0, window, replay) is TriggerResult.FIRE
     assert not replay.processing_timers
+
+
+def test_trigger_fires_early_only_for_windows_live_by_the_wall_clock() -> None:
+    window = TimeWindow(DAY, DAY + 5 * MINUTE)
+    trigger = RollupTrigger(fire_on_in_progress=False, idle_close_ms=0, live_horizon_ms=HOUR)
+    ended_within_horizon = FakeTriggerContext(watermark=DAY, now=window.end + HOUR - 1)
+    assert trigger.on_element(bar(1), 0, window, ended_within_horizon) is TriggerResult.FIRE
+    replay = FakeTriggerContext(watermark=DAY, now=window.end + HOUR + 1)
+    assert trigger.on_element(bar(1), 0, window, replay) is TriggerResult.CONTINUE
+    # Still closed by the watermark, and still corrected after that.
+    assert replay.event_timers == {window.max_timestamp()}
+    assert trigger.on_event_time(window.max_timestamp(), window, replay) is TriggerResult.FIRE
+    closed = FakeTriggerContext(watermark=window.max_timestamp(), now=window.end + 10 * HOUR)
+    assert trigger.on_element(bar(1), 0, window, closed) is TriggerResult.FIRE
+    always = RollupTrigger(fire_on_in_progress=False, idle_close_ms=0, live_horizon_ms=-1)
+    assert always.on_element(bar(1), 0, window, replay) is TriggerResult.FIRE
 
 
 def test_assigner_gives_one_window_per_timeframe() -> None:

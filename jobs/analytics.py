@@ -59,7 +59,7 @@ def build_profiles(
     """The profile windows of ``config.profile_timeframes`` -> (profiles, dead letters)."""
     from pyflink.common import Types
 
-    from jobs.pipeline import ANALYTICS_GROUP
+    from jobs.pipeline import ANALYTICS_GROUP, timeframe_windows
     from udfs.analytics_functions import (
         LATE_PROFILE_INPUT,
         LateProfileInputToDeadLetter,
@@ -69,7 +69,6 @@ def build_profiles(
     )
     from udfs.flink_functions import DEAD_LETTERS
     from udfs.rollup import validate_rollup_timeframes
-    from udfs.rollup_functions import RollupTrigger, RollupWindowAssigner
 
     timeframes = validate_rollup_timeframes(config.profile_timeframes)
     gated = (
@@ -80,29 +79,17 @@ def build_profiles(
         .name("profile-gate")
         .uid("profile-gate")
     )
-    profiles = (
-        gated.key_by(_series_key, key_type=Types.STRING())
-        .window(RollupWindowAssigner(timeframes))
-        .trigger(
-            RollupTrigger(
-                pipeline.rollup_emit_in_progress,
-                pipeline.rollup_idle_close_ms,
-                pipeline.rollup_live_horizon_ms,
-            )
-        )
-        .allowed_lateness(pipeline.allowed_lateness_ms)
-        .side_output_late_data(LATE_PROFILE_INPUT)
-        .aggregate(
-            ProfileAggregateFunction(
-                config.profile_rows, config.profile_row_size, config.profile_max_rows
-            ),
-            ProfileWindowFunction(pipeline.rollup_idle_close_ms),
-            accumulator_type=Types.PICKLED_BYTE_ARRAY(),
-            output_type=Types.PICKLED_BYTE_ARRAY(),
-        )
-        .name("volume-profiles")
-        .uid("volume-profiles")
-        .slot_sharing_group(ANALYTICS_GROUP)
+    profiles = timeframe_windows(
+        gated,
+        timeframes,
+        pipeline,
+        ProfileAggregateFunction(
+            config.profile_rows, config.profile_row_size, config.profile_max_rows
+        ),
+        ProfileWindowFunction(pipeline.rollup_idle_close_ms),
+        late_tag=LATE_PROFILE_INPUT,
+        name="volume-profiles",
+        group=ANALYTICS_GROUP,
     )
     late = (
         profiles.get_side_output(LATE_PROFILE_INPUT)

@@ -11,7 +11,14 @@ from typing import Any, Final, NamedTuple
 
 from pyflink.common import Duration, Types
 from pyflink.common.watermark_strategy import WatermarkStrategy
-from pyflink.datastream import DataStream, FilterFunction, KeyedStream
+from pyflink.datastream import (
+    AggregateFunction,
+    DataStream,
+    FilterFunction,
+    KeyedStream,
+    OutputTag,
+    ProcessWindowFunction,
+)
 
 from jobs.config import PipelineConfig
 from udfs.flink_functions import (
@@ -132,6 +139,47 @@ def watermark_strategy(config: PipelineConfig) -> WatermarkStrategy:
     )
 
 
+def timeframe_windows(
+    gated: DataStream,
+    timeframes: Sequence[str],
+    config: PipelineConfig,
+    aggregate: AggregateFunction,
+    window_function: ProcessWindowFunction,
+    *,
+    late_tag: OutputTag,
+    name: str,
+    group: str,
+) -> DataStream:
+    """One window operator over the 1m bars for all ``timeframes`` (roll-ups, profiles).
+
+    UTC-aligned windows per series (``RollupWindowAssigner``), fired live, final and on
+    corrections by ``RollupTrigger``, kept for the allowed lateness; later input goes to
+    ``late_tag``. The operator is named and uid'd ``name`` and runs in slot ``group``.
+    """
+    return (
+        gated.key_by(_bar_series_key, key_type=Types.STRING())
+        .window(RollupWindowAssigner(timeframes))
+        .trigger(
+            RollupTrigger(
+                config.rollup_emit_in_progress,
+                config.rollup_idle_close_ms,
+                config.rollup_live_horizon_ms,
+            )
+        )
+        .allowed_lateness(config.allowed_lateness_ms)
+        .side_output_late_data(late_tag)
+        .aggregate(
+            aggregate,
+            window_function,
+            accumulator_type=Types.PICKLED_BYTE_ARRAY(),
+            output_type=Types.PICKLED_BYTE_ARRAY(),
+        )
+        .name(name)
+        .uid(name)
+        .slot_sharing_group(group)
+    )
+
+
 def build_rollups(bars: DataStream, config: PipelineConfig) -> PipelineStreams:
     """Roll the upserted 1m bars up into ``config.rollup_timeframes`` (event time, UTC).
 
@@ -149,27 +197,15 @@ def build_rollups(bars: DataStream, config: PipelineConfig) -> PipelineStreams:
         .name("rollup-gate")
         .uid("rollup-gate")
     )
-    rollups = (
-        gated.key_by(_bar_series_key, key_type=Types.STRING())
-        .window(RollupWindowAssigner(timeframes))
-        .trigger(
-            RollupTrigger(
-                config.rollup_emit_in_progress,
-                config.rollup_idle_close_ms,
-                config.rollup_live_horizon_ms,
-            )
-        )
-        .allowed_lateness(config.allowed_lateness_ms)
-        .side_output_late_data(LATE_ROLLUP_INPUT)
-        .aggregate(
-            RollupAggregateFunction(),
-            RollupWindowFunction(config.rollup_idle_close_ms),
-            accumulator_type=Types.PICKLED_BYTE_ARRAY(),
-            output_type=Types.PICKLED_BYTE_ARRAY(),
-        )
-        .name("rollups")
-        .uid("rollups")
-        .slot_sharing_group(ROLLUPS_GROUP)
+    rollups = timeframe_windows(
+        gated,
+        timeframes,
+        config,
+        RollupAggregateFunction(),
+        RollupWindowFunction(config.rollup_idle_close_ms),
+        late_tag=LATE_ROLLUP_INPUT,
+        name="rollups",
+        group=ROLLUPS_GROUP,
     )
     late = (
         rollups.get_side_output(LATE_ROLLUP_INPUT)

@@ -62,7 +62,8 @@ from udfs.analytics import (
 from udfs.dead_letter import DeadLetter, encode_dead_letter
 from udfs.flink_functions import DEAD_LETTERS
 from udfs.record import VersionedBar, encode_kline
-from udfs.rollup import SOURCE_TIMEFRAME, TIMEFRAME_BY_MS, is_late_for_rollups, is_window_closed
+from udfs.rollup import SOURCE_TIMEFRAME, TIMEFRAME_BY_MS, is_late_for_rollups
+from udfs.rollup_functions import firing_is_final
 
 LATE_PROFILE_INPUT = OutputTag("late-profile-input", Types.PICKLED_BYTE_ARRAY())
 
@@ -175,13 +176,7 @@ class ProfileWindowFunction(ProcessWindowFunction):
         window: TimeWindow = context.window()
         timeframe = TIMEFRAME_BY_MS[window.end - window.start]
         for accumulator in elements:  # exactly one: the aggregate
-            closed = is_window_closed(
-                window.max_timestamp(),
-                context.current_watermark(),
-                context.current_processing_time(),
-                self.idle_close_ms,
-                accumulator.first_arrival_ms,
-            )
+            closed = firing_is_final(context, self.idle_close_ms, accumulator.first_arrival_ms)
             try:
                 record = build_profile_record(accumulator, timeframe, window.start, closed=closed)
             except ValueError as exc:  # e.g. a fixed row size too small for the prices

@@ -240,6 +240,20 @@ class RollupAggregateFunction(AggregateFunction):
         return merge_accumulators(acc_a, acc_b)
 
 
+def firing_is_final(
+    context: ProcessWindowFunction.Context, idle_close_ms: int, first_arrival_ms: int
+) -> bool:
+    """Whether this firing of ``context``'s window emits it closed (``is_window_closed``)."""
+    window: TimeWindow = context.window()
+    return is_window_closed(
+        window.max_timestamp(),
+        context.current_watermark(),
+        context.current_processing_time(),
+        idle_close_ms,
+        first_arrival_ms,
+    )
+
+
 class RollupWindowFunction(ProcessWindowFunction):
     """Aggregate of one window -> the versioned roll-up bar (timeframe from the window size)."""
 
@@ -259,13 +273,7 @@ class RollupWindowFunction(ProcessWindowFunction):
     ) -> Iterator[VersionedBar]:
         window: TimeWindow = context.window()
         for summary in elements:  # exactly one: the aggregate
-            closed = is_window_closed(
-                window.max_timestamp(),
-                context.current_watermark(),
-                context.current_processing_time(),
-                self.idle_close_ms,
-                summary.first_arrival_ms,
-            )
+            closed = firing_is_final(context, self.idle_close_ms, summary.first_arrival_ms)
             self.emitted.inc()
             if closed:
                 self.emitted_closed.inc()
@@ -285,4 +293,5 @@ __all__ = [
     "RollupTrigger",
     "RollupWindowAssigner",
     "RollupWindowFunction",
+    "firing_is_final",
 ]

@@ -273,13 +273,15 @@ def test_async_operator_one_signal_per_bar_under_faults(
     ), repeated  # fmt: skip
     assert sum(1 for r in seen if symbol_of(r) == "REPEAT-USDT") == 1
     # The request rate at the server stays within the budget (token bucket: burst 1 per
-    # subtask, so any span holds at most rate * span + parallelism requests; 50 ms allowance
-    # for the time between taking a token and the request's arrival).
+    # subtask, so any span holds at most rate * span + parallelism requests). The allowance
+    # covers the time between taking a token and the request's arrival, which on a loaded
+    # 2-core machine reaches ~150 ms for a first request (connection set-up); an unlimited
+    # operator would still break the bound many times over (30+ requests within a few ms).
     arrivals = sorted(r.arrived_at for r in seen)
     for i in range(len(arrivals)):
         for j in range(i + 1, len(arrivals)):
             span = arrivals[j] - arrivals[i]
-            assert j - i + 1 <= RATE * (span + 0.05) + 2, (i, j, span)
+            assert j - i + 1 <= RATE * (span + 0.25) + 2, (i, j, span)
     assert len(arrivals) >= 30
     assert elapsed < 60
     print(f"signals={len(signals)} requests={len(seen)} elapsed={elapsed:.1f}s")
@@ -292,12 +294,19 @@ def test_async_operator_one_signal_per_bar_under_faults(
             handle.seek(offset)
             new_log += handle.read()
     assert b"inference attempt 1/3 failed (http_500)" in new_log
-    drawn = [
-        float(d) for d in re.findall(rb"failed \(http_500\); retrying in ([0-9.]+) s", new_log)
-    ]
+    retries = re.findall(
+        rb"attempt (\d+)/\d+ failed \(http_500\); retrying in ([0-9.]+) s", new_log
+    )
+    drawn_by_attempt: dict[int, list[float]] = defaultdict(list)
+    for attempt, delay in retries:
+        drawn_by_attempt[int(attempt)].append(float(delay))
+    drawn = [d for delays in drawn_by_attempt.values() for d in delays]
     assert len(drawn) >= 6, drawn  # 3 flaky contexts x 2 retries
-    assert len(set(drawn)) == len(drawn), f"full jitter draws distinct delays: {drawn}"
     assert all(0.0 <= d <= 1.0 for d in drawn), drawn  # within [0, min(cap, base * 2**n)]
+    # Full jitter: the contexts' delays after the same attempt differ (a plain exponential
+    # backoff would give them all the same delay; equal ms draws for all three: ~1e-4).
+    for attempt, delays in drawn_by_attempt.items():
+        assert len(delays) >= 3 and len(set(delays)) > 1, (attempt, delays)
     assert API_KEY.encode() not in new_log
     for path in PYFLINK_LOG_DIR.glob("*.log"):
         if path not in log_marks:

@@ -31,8 +31,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, NamedTuple
 
-from udfs.record import TIMEFRAME_MS
-
 if TYPE_CHECKING:
     from pyflink.datastream import DataStream
 
@@ -57,52 +55,32 @@ def build_profiles(
     bars: DataStream, pipeline: PipelineConfig, config: AnalyticsConfig
 ) -> tuple[DataStream, DataStream]:
     """The profile windows of ``config.profile_timeframes`` -> (profiles, dead letters)."""
-    from pyflink.common import Types
 
-    from jobs.pipeline import ANALYTICS_GROUP, timeframe_windows
+    from jobs.pipeline import ANALYTICS_GROUP, gated_windows
     from udfs.analytics_functions import (
         LATE_PROFILE_INPUT,
-        LateProfileInputToDeadLetter,
+        PROFILE_WINDOWS,
         ProfileAggregateFunction,
-        ProfileGateFunction,
         ProfileWindowFunction,
     )
     from udfs.flink_functions import DEAD_LETTERS
     from udfs.rollup import validate_rollup_timeframes
 
-    timeframes = validate_rollup_timeframes(config.profile_timeframes)
-    gated = (
-        bars.process(
-            ProfileGateFunction(TIMEFRAME_MS[timeframes[0]], pipeline.allowed_lateness_ms),
-            output_type=Types.PICKLED_BYTE_ARRAY(),
-        )
-        .name("profile-gate")
-        .uid("profile-gate")
-    )
-    profiles = timeframe_windows(
-        gated,
-        timeframes,
+    profiles, dead_letters = gated_windows(
+        bars,
+        validate_rollup_timeframes(config.profile_timeframes),
         pipeline,
-        ProfileAggregateFunction(
+        kind=PROFILE_WINDOWS,
+        aggregate=ProfileAggregateFunction(
             config.profile_rows, config.profile_row_size, config.profile_max_rows
         ),
-        ProfileWindowFunction(pipeline.rollup_idle_close_ms),
+        window_function=ProfileWindowFunction(pipeline.rollup_idle_close_ms),
         late_tag=LATE_PROFILE_INPUT,
         name="volume-profiles",
         group=ANALYTICS_GROUP,
     )
-    late = (
-        profiles.get_side_output(LATE_PROFILE_INPUT)
-        .map(LateProfileInputToDeadLetter(), output_type=Types.PRIMITIVE_ARRAY(Types.BYTE()))
-        .name("profile-late-dead-letters")
-        .uid("profile-late-dead-letters")
-    )
-    dead_letters = (
-        gated.get_side_output(DEAD_LETTERS)
-        .union(profiles.get_side_output(DEAD_LETTERS))
-        .union(late)
-    )
-    return profiles, dead_letters
+    # Profiles that cannot be computed (a fixed row size too small) are dead letters too.
+    return profiles, dead_letters.union(profiles.get_side_output(DEAD_LETTERS))
 
 
 def build_indicators(

@@ -31,12 +31,14 @@ from udfs.record import TIMEFRAME_MS, Kline, VersionedBar
 from udfs.rollup import validate_rollup_timeframes
 from udfs.rollup_functions import (
     LATE_ROLLUP_INPUT,
-    LateRollupInputToDeadLetter,
+    ROLLUP_WINDOWS,
+    LateWindowInputToDeadLetter,
     RollupAggregateFunction,
-    RollupGateFunction,
     RollupTrigger,
     RollupWindowAssigner,
     RollupWindowFunction,
+    WindowGateFunction,
+    WindowKind,
 )
 
 # Slot sharing groups. PyFlink runs the Python operators of one slot in one Python worker
@@ -139,24 +141,37 @@ def watermark_strategy(config: PipelineConfig) -> WatermarkStrategy:
     )
 
 
-def timeframe_windows(
-    gated: DataStream,
+def gated_windows(
+    bars: DataStream,
     timeframes: Sequence[str],
     config: PipelineConfig,
+    *,
+    kind: WindowKind,
     aggregate: AggregateFunction,
     window_function: ProcessWindowFunction,
-    *,
     late_tag: OutputTag,
     name: str,
     group: str,
-) -> DataStream:
-    """One window operator over the 1m bars for all ``timeframes`` (roll-ups, profiles).
+) -> tuple[DataStream, DataStream]:
+    """Gate -> one window operator over the 1m bars for all ``timeframes`` (roll-ups,
+    profiles) -> (window output, dead letters of the gate and of the late side output).
 
-    UTC-aligned windows per series (``RollupWindowAssigner``), fired live, final and on
-    corrections by ``RollupTrigger``, kept for the allowed lateness; later input goes to
-    ``late_tag``. The operator is named and uid'd ``name`` and runs in slot ``group``.
+    ``{kind.stage}-gate`` passes 1m bars and dead-letters those too late for the smallest
+    window. The windows are UTC-aligned per series (``RollupWindowAssigner``), fired live,
+    final and on corrections by ``RollupTrigger`` and kept for the allowed lateness; anything
+    later leaves through ``late_tag`` to ``{kind.stage}-late-dead-letters``. The window
+    operator is named and uid'd ``name`` and runs in slot ``group``. Lateness is measured
+    against the job-wide watermark, as Flink windows do.
     """
-    return (
+    gated = (
+        bars.process(
+            WindowGateFunction(kind, TIMEFRAME_MS[timeframes[0]], config.allowed_lateness_ms),
+            output_type=Types.PICKLED_BYTE_ARRAY(),
+        )
+        .name(f"{kind.stage}-gate")
+        .uid(f"{kind.stage}-gate")
+    )
+    windows = (
         gated.key_by(_bar_series_key, key_type=Types.STRING())
         .window(RollupWindowAssigner(timeframes))
         .trigger(
@@ -178,47 +193,34 @@ def timeframe_windows(
         .uid(name)
         .slot_sharing_group(group)
     )
+    late = (
+        windows.get_side_output(late_tag)
+        .map(LateWindowInputToDeadLetter(kind), output_type=Types.PRIMITIVE_ARRAY(Types.BYTE()))
+        .name(f"{kind.stage}-late-dead-letters")
+        .uid(f"{kind.stage}-late-dead-letters")
+    )
+    return windows, gated.get_side_output(DEAD_LETTERS).union(late)
 
 
 def build_rollups(bars: DataStream, config: PipelineConfig) -> PipelineStreams:
     """Roll the upserted 1m bars up into ``config.rollup_timeframes`` (event time, UTC).
 
-    One window operator serves every timeframe (see ``udfs.rollup_functions``). Lateness is
-    measured against the job-wide watermark, as Flink windows do: a 1m bar whose smallest
-    roll-up window ended more than ``allowed_lateness_ms`` before the watermark is
-    dead-lettered with reason ``late`` (the 1m bar itself is still stored).
+    One window operator serves every timeframe (see ``udfs.rollup_functions``). A 1m bar
+    whose smallest roll-up window ended more than ``allowed_lateness_ms`` before the
+    watermark is dead-lettered with reason ``late`` (the 1m bar itself is still stored).
     """
-    timeframes = validate_rollup_timeframes(config.rollup_timeframes)
-    gated = (
-        bars.process(
-            RollupGateFunction(TIMEFRAME_MS[timeframes[0]], config.allowed_lateness_ms),
-            output_type=Types.PICKLED_BYTE_ARRAY(),
-        )
-        .name("rollup-gate")
-        .uid("rollup-gate")
-    )
-    rollups = timeframe_windows(
-        gated,
-        timeframes,
+    rollups, dead_letters = gated_windows(
+        bars,
+        validate_rollup_timeframes(config.rollup_timeframes),
         config,
-        RollupAggregateFunction(),
-        RollupWindowFunction(config.rollup_idle_close_ms),
+        kind=ROLLUP_WINDOWS,
+        aggregate=RollupAggregateFunction(),
+        window_function=RollupWindowFunction(config.rollup_idle_close_ms),
         late_tag=LATE_ROLLUP_INPUT,
         name="rollups",
         group=ROLLUPS_GROUP,
     )
-    late = (
-        rollups.get_side_output(LATE_ROLLUP_INPUT)
-        .map(LateRollupInputToDeadLetter(), output_type=Types.PRIMITIVE_ARRAY(Types.BYTE()))
-        .name("rollup-late-dead-letters")
-        .uid("rollup-late-dead-letters")
-    )
-    return PipelineStreams(
-        bars=rollups,
-        dead_letters=gated.get_side_output(DEAD_LETTERS).union(late),
-        upserted=bars,
-        rollups=rollups,
-    )
+    return PipelineStreams(bars=rollups, dead_letters=dead_letters, upserted=bars, rollups=rollups)
 
 
 def build_pipeline(raw: DataStream, config: PipelineConfig) -> PipelineStreams:

@@ -10,9 +10,9 @@ UTC-aligned window per profile timeframe and ``RollupTrigger`` fires it like a r
 within the allowed lateness; optionally on the wall clock when no watermark comes).
 :class:`ProfileAggregateFunction` keeps a :class:`~udfs.analytics.ProfileWindow` and
 :class:`ProfileWindowFunction` turns it into a :class:`~udfs.analytics.ProfileRecord`.
-:class:`ProfileGateFunction` runs first, like the roll-ups' gate: a 1m bar too late for the
-smallest profile window is dead-lettered (stage ``profile``), so a bar goes into every
-profile window or into none.
+The roll-ups' gate runs first (``WindowGateFunction`` with :data:`PROFILE_WINDOWS`): a 1m
+bar too late for the smallest profile window is dead-lettered (stage ``profile``), so a bar
+goes into every profile window or into none.
 
 **Indicators**: :class:`IndicatorFunction`, keyed by series, keeps an
 :class:`~udfs.analytics.IndicatorSeries` per series in one ValueState (written once per
@@ -35,9 +35,7 @@ from pyflink.datastream import (
     AggregateFunction,
     FilterFunction,
     KeyedProcessFunction,
-    MapFunction,
     OutputTag,
-    ProcessFunction,
     ProcessWindowFunction,
     RuntimeContext,
 )
@@ -62,10 +60,13 @@ from udfs.analytics import (
 from udfs.dead_letter import DeadLetter, encode_dead_letter
 from udfs.flink_functions import DEAD_LETTERS
 from udfs.record import VersionedBar, encode_kline
-from udfs.rollup import SOURCE_TIMEFRAME, TIMEFRAME_BY_MS, is_late_for_rollups
-from udfs.rollup_functions import firing_is_final
+from udfs.rollup import TIMEFRAME_BY_MS
+from udfs.rollup_functions import WindowKind, firing_is_final
 
 LATE_PROFILE_INPUT = OutputTag("late-profile-input", Types.PICKLED_BYTE_ARRAY())
+PROFILE_WINDOWS = WindowKind(
+    stage="profile", window_noun="volume profile window", output_noun="volume profiles"
+)
 
 
 def _bar_letter(bar: VersionedBar, stage: str, reason: str) -> bytes:
@@ -78,58 +79,6 @@ def _bar_letter(bar: VersionedBar, stage: str, reason: str) -> bytes:
 
 # ---------------------------------------------------------------------------------------
 # Profiles
-
-
-class ProfileGateFunction(ProcessFunction):
-    """1m bars within the profiles' allowed lateness pass; later ones become dead letters.
-
-    Bars of other timeframes are not profiled (profiles are built from 1m bars only).
-    """
-
-    def __init__(self, smallest_length_ms: int, allowed_lateness_ms: int) -> None:
-        self.smallest_length_ms = smallest_length_ms
-        self.allowed_lateness_ms = allowed_lateness_ms
-
-    def open(self, runtime_context: RuntimeContext) -> None:
-        self.late_rejected = runtime_context.get_metrics_group().counter("profile_late_rejected")
-
-    def process_element(self, value: VersionedBar, ctx: ProcessFunction.Context) -> Iterator[Any]:
-        kline = value.kline
-        if kline.timeframe != SOURCE_TIMEFRAME:
-            return
-        watermark = ctx.timer_service().current_watermark()
-        if is_late_for_rollups(
-            kline.open_time, self.smallest_length_ms, watermark, self.allowed_lateness_ms
-        ):
-            self.late_rejected.inc()
-            yield (
-                DEAD_LETTERS,
-                _bar_letter(
-                    value,
-                    "profile",
-                    f"late: 1m bar {kline.open_time} is more than {self.allowed_lateness_ms} ms "
-                    f"behind the end of its volume profile windows (watermark {watermark}); "
-                    "the 1m bar is stored, its volume profiles are not updated",
-                ),
-            )
-            return
-        yield value
-
-
-class LateProfileInputToDeadLetter(MapFunction):
-    """The profile window operator's late 1m bars (side output) -> dead letters."""
-
-    def open(self, runtime_context: RuntimeContext) -> None:
-        self.late_rejected = runtime_context.get_metrics_group().counter("profile_late_rejected")
-
-    def map(self, value: VersionedBar) -> bytes:
-        self.late_rejected.inc()
-        return _bar_letter(
-            value,
-            "profile",
-            f"late: 1m bar {value.kline.open_time} arrived after every volume profile window "
-            "it belongs to was past its allowed lateness",
-        )
 
 
 class ProfileAggregateFunction(AggregateFunction):
@@ -393,12 +342,11 @@ def _close_writers(sink: BatchingSinkFunction) -> None:
 
 __all__ = [
     "LATE_PROFILE_INPUT",
+    "PROFILE_WINDOWS",
     "ClosedBarsFilter",
     "IndicatorFunction",
     "IndicatorSink",
-    "LateProfileInputToDeadLetter",
     "ProfileAggregateFunction",
-    "ProfileGateFunction",
     "ProfileSink",
     "ProfileWindowFunction",
 ]

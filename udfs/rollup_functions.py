@@ -8,16 +8,18 @@ watermark passes the window end, again for each late 1m bar within the allowed l
 and (optionally) on a processing-time fallback when no watermark comes, and
 ``RollupWindowFunction`` turns the aggregate into a versioned bar.
 
-``RollupGateFunction`` runs before the window: it passes only 1m bars and dead-letters a bar
-that is too late for its smallest roll-up window, so a bar is rolled up into all timeframes
-or into none. The window's own late-data side output catches anything else (it cannot happen
-while the gate runs first) and is turned into dead letters as well.
+``WindowGateFunction`` runs before the window: it passes only 1m bars and dead-letters a bar
+that is too late for its smallest window, so a bar is rolled up into all timeframes or into
+none. The window's own late-data side output catches anything else (it cannot happen while
+the gate runs first) and ``LateWindowInputToDeadLetter`` turns it into dead letters as well.
+Both serve the volume-profile windows too (``WindowKind``).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from pyflink.common import Types
@@ -57,69 +59,95 @@ from udfs.rollup import (
 LATE_ROLLUP_INPUT = OutputTag("late-rollup-input", Types.PICKLED_BYTE_ARRAY())
 
 
-def _late_letter(bar: VersionedBar, reason: str) -> bytes:
+@dataclass(frozen=True, slots=True)
+class WindowKind:
+    """What a family of 1m-bar windows (roll-ups, volume profiles) is called.
+
+    ``stage`` names its dead letters and metrics (``{stage}_late_rejected``) and its gate and
+    late-letter operators (``{stage}-gate``, ``{stage}-late-dead-letters``); the nouns go into
+    the dead letters' reasons.
+    """
+
+    stage: str
+    window_noun: str
+    output_noun: str
+
+
+ROLLUP_WINDOWS = WindowKind(stage="rollup", window_noun="roll-up window", output_noun="roll-ups")
+
+
+def _late_letter(bar: VersionedBar, stage: str, reason: str) -> bytes:
     return encode_dead_letter(
         DeadLetter(
             reason=reason,
-            stage="rollup",
+            stage=stage,
             original=encode_kline(bar.kline),
             key=bar.kline.series_key,
         )
     )
 
 
-class RollupGateFunction(ProcessFunction):
-    """1m bars within the roll-ups' allowed lateness pass; later ones become dead letters.
+class WindowGateFunction(ProcessFunction):
+    """1m bars within the windows' allowed lateness pass; later ones become dead letters.
 
-    Other timeframes (replayed archives) are stored by the job as they are but not rolled up.
+    Other timeframes (replayed archives) are stored by the job as they are but not windowed.
     The gate sees a watermark at least as new as the window operator downstream, so a bar it
-    passes is accepted by every roll-up window.
+    passes is accepted by every window of ``kind``.
     """
 
-    def __init__(self, smallest_length_ms: int, allowed_lateness_ms: int) -> None:
+    def __init__(self, kind: WindowKind, smallest_length_ms: int, allowed_lateness_ms: int) -> None:
+        self.kind = kind
         self.smallest_length_ms = smallest_length_ms
         self.allowed_lateness_ms = allowed_lateness_ms
 
     def open(self, runtime_context: RuntimeContext) -> None:
         metrics = runtime_context.get_metrics_group()
-        self.late_rejected = metrics.counter("rollup_late_rejected")
-        self.not_rolled_up = metrics.counter("rollup_skipped_timeframe")
+        self.late_rejected = metrics.counter(f"{self.kind.stage}_late_rejected")
+        self.not_windowed = metrics.counter(f"{self.kind.stage}_skipped_timeframe")
 
     def process_element(self, value: VersionedBar, ctx: ProcessFunction.Context) -> Iterator[Any]:
         kline = value.kline
         if kline.timeframe != SOURCE_TIMEFRAME:
-            self.not_rolled_up.inc()
+            self.not_windowed.inc()
             return
         watermark = ctx.timer_service().current_watermark()
         if is_late_for_rollups(
             kline.open_time, self.smallest_length_ms, watermark, self.allowed_lateness_ms
         ):
             self.late_rejected.inc()
+            kind = self.kind
             yield (
                 DEAD_LETTERS,
                 _late_letter(
                     value,
+                    kind.stage,
                     f"late: 1m bar {kline.open_time} is more than {self.allowed_lateness_ms} ms "
-                    f"behind the end of its roll-up windows (watermark {watermark}); "
-                    "the 1m bar is stored, its roll-ups are not updated",
+                    f"behind the end of its {kind.window_noun}s (watermark {watermark}); "
+                    f"the 1m bar is stored, its {kind.output_noun} are not updated",
                 ),
             )
             return
         yield value
 
 
-class LateRollupInputToDeadLetter(MapFunction):
-    """The window operator's late 1m bars (side output) -> dead letters with reason ``late``."""
+class LateWindowInputToDeadLetter(MapFunction):
+    """A window operator's late 1m bars (side output) -> dead letters with reason ``late``."""
+
+    def __init__(self, kind: WindowKind) -> None:
+        self.kind = kind
 
     def open(self, runtime_context: RuntimeContext) -> None:
-        self.late_rejected = runtime_context.get_metrics_group().counter("rollup_late_rejected")
+        self.late_rejected = runtime_context.get_metrics_group().counter(
+            f"{self.kind.stage}_late_rejected"
+        )
 
     def map(self, value: VersionedBar) -> bytes:
         self.late_rejected.inc()
         return _late_letter(
             value,
-            f"late: 1m bar {value.kline.open_time} arrived after every roll-up window it "
-            "belongs to was past its allowed lateness",
+            self.kind.stage,
+            f"late: 1m bar {value.kline.open_time} arrived after every {self.kind.window_noun} "
+            "it belongs to was past its allowed lateness",
         )
 
 
@@ -287,11 +315,13 @@ class RollupWindowFunction(ProcessWindowFunction):
 
 __all__ = [
     "LATE_ROLLUP_INPUT",
-    "LateRollupInputToDeadLetter",
+    "ROLLUP_WINDOWS",
+    "LateWindowInputToDeadLetter",
     "RollupAggregateFunction",
-    "RollupGateFunction",
     "RollupTrigger",
     "RollupWindowAssigner",
     "RollupWindowFunction",
+    "WindowGateFunction",
+    "WindowKind",
     "firing_is_final",
 ]

@@ -38,7 +38,7 @@ from connectors.inference import (  # noqa: E402
     InferenceEngine,
     InferenceSettings,
 )
-from udfs.record import Kline, VersionedBar, encode_kline  # noqa: E402
+from udfs.record import Kline, encode_kline  # noqa: E402
 from udfs.signals import ContextBar, Signal, SignalRequest, build_context  # noqa: E402
 
 SERVER_DELAY_MS = 50.0
@@ -113,12 +113,6 @@ def bench_kline(i: int) -> Kline:
                  True, open_time + 59_999, open_time + 60_000)  # fmt: skip
 
 
-def to_bar(text: str) -> VersionedBar:
-    from udfs.record import decode_kline
-
-    return VersionedBar(decode_kline(text), 1)
-
-
 def server_stats(url: str) -> dict[str, float]:
     """The fake server's request count and first / last arrival (monotonic clock)."""
     import urllib.request
@@ -133,9 +127,11 @@ def run_flink(url: str, capacity: int, count: int) -> dict[str, Any]:
     from pyflink.common import Configuration, Types
     from pyflink.datastream import StreamExecutionEnvironment
 
-    from jobs.config import JobSettings
+    from jobs.config import JobSettings, PipelineConfig
     from jobs.job import local_configuration
-    from jobs.signals import SignalConfig, build_signals
+    from jobs.pipeline import build_pipeline
+    from jobs.signals import SignalConfig, with_inference
+    from udfs.series import Tag
 
     with tempfile.TemporaryDirectory() as checkpoints:
         configuration = Configuration()
@@ -147,12 +143,14 @@ def run_flink(url: str, capacity: int, count: int) -> dict[str, Any]:
         env.set_parallelism(1)
         config = SignalConfig(timeframes=("1m",), capacity=capacity, timeout_ms=60_000,
                               inference=settings(url, capacity))  # fmt: skip
-        stream = env.from_collection(
+        raw = env.from_collection(
             [encode_kline(bench_kline(i)).decode() for i in range(count)], type_info=Types.STRING()
-        ).map(to_bar, output_type=Types.PICKLED_BYTE_ARRAY())
+        )
+        streams = build_pipeline(raw, PipelineConfig(rollup_timeframes=()), signals=config)
         before = server_stats(url)
-        with build_signals(stream, config).execute_and_collect(f"bench-{capacity}") as results:
-            signals: list[Signal] = list(results)
+        answered = with_inference(streams.records, config)
+        with answered.execute_and_collect(f"bench-{capacity}") as results:
+            signals: list[Signal] = [p for tag, p in results if tag == Tag.SIGNAL]
         after = server_stats(url)
     # Collected results arrive in batches, so the operator's pace is measured at the server:
     # from the first request of this run to the last one, plus one reply.

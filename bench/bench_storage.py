@@ -105,7 +105,7 @@ def run_null_sink_job(rows: int, *, durable: bool, checkpoint_dir: Path) -> floa
     from pyflink.common import Configuration, Types
     from pyflink.datastream import StreamExecutionEnvironment
 
-    from connectors.flink_sinks import BatchingSinkFunction, attach_sink
+    from connectors.flink_sinks import BatchingSinkFunction, attach_sink, discard
 
     class NullSink(BatchingSinkFunction):  # defined in __main__: shipped by value
         def connect(self) -> None:
@@ -127,12 +127,13 @@ def run_null_sink_job(rows: int, *, durable: bool, checkpoint_dir: Path) -> floa
     env.set_parallelism(1)
     keys = env.from_collection([str(i) for i in range(rows)], type_info=Types.STRING())
     bars = keys.map(lambda i: make_bars(1)[0], output_type=Types.PICKLED_BYTE_ARRAY())
-    attach_sink(
+    written = attach_sink(
         bars.name("bars").uid("bars"),
         NullSink(10_000, 1_000, durable=durable),
         "null-sink",
         parallelism=1,
     )
+    discard(written, "null-sink-end")
     started = time.perf_counter()
     env.execute(f"bench-null-sink-durable-{durable}")
     return time.perf_counter() - started

@@ -36,7 +36,7 @@ import itertools
 import logging
 import time
 from abc import abstractmethod
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Final
 
 from pyflink.common import Types
@@ -44,8 +44,8 @@ from pyflink.datastream import DataStream, KeyedProcessFunction, RuntimeContext
 from pyflink.datastream.connectors.base import Sink
 from pyflink.datastream.state import ListStateDescriptor
 
-from jobs.config import SinkConfig
-from udfs.record import VersionedBar
+from connectors.flink_topology import name_key_step
+from udfs.series import Tag
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,8 @@ END_OF_TIME_MS: Final = 2**63 - 1
 BUCKETS_PER_SUBTASK: Final = 4
 MIN_STATE_BUCKETS: Final = 8
 UNFLUSHED_STATE: Final = "unflushed-rows"
+# Rows with arrays (profiles) go to ClickHouse in smaller inserts.
+MAX_ARRAY_ROWS_PER_INSERT: Final = 5000
 
 
 class SinkBuffer:
@@ -226,55 +228,151 @@ class BatchingSinkFunction(KeyedProcessFunction):
         self.disconnect()
 
 
-class ClickHouseBarSink(BatchingSinkFunction):
-    """Upserted bars into ClickHouse ``klines`` (chdb or a server: ``connectors.clickhouse``)."""
+class StoreSinkFunction(BatchingSinkFunction):
+    """The series operator's outputs into ClickHouse and Redis; dead letters pass through.
 
-    def __init__(self, config: SinkConfig) -> None:
-        super().__init__(config.clickhouse_batch_rows, config.clickhouse_flush_ms)
-        self.url = config.clickhouse_url
-        self.retry_s = config.clickhouse_retry_s
+    Takes the ``(Tag, payload)`` records of ``udfs.series``: bars into ``klines`` and
+    ``kline:``/``klines:``, profiles into ``volume_profile`` and ``vp:``, indicators into
+    ``indicators`` and ``ind:``, signals into ``signals`` and ``signal:``. Encoded dead
+    letters are yielded unchanged, for the Kafka dead-letter sink that follows.
+
+    Two cadences: Redis (live state) is written every ``redis_flush_ms`` or
+    ``redis_batch_rows`` rows, ClickHouse (history) every ``clickhouse_flush_ms`` or
+    ``clickhouse_batch_rows`` rows, so live readers are not held back by large history
+    batches. Durability follows the ClickHouse batch (see the module docstring): a row stays
+    in Flink state until ClickHouse has it, and Redis is always written first, so after a
+    failure the restored rows are written to both again (both writes are idempotent).
+    """
+
+    def __init__(
+        self,
+        *,
+        clickhouse_url: str,
+        redis_url: str,
+        clickhouse_batch_rows: int,
+        clickhouse_flush_ms: int,
+        clickhouse_retry_s: float,
+        redis_batch_rows: int,
+        redis_flush_ms: int,
+        redis_recent_bars: int,
+        redis_ttl_s: int | None,
+        redis_publish: bool,
+    ) -> None:
+        super().__init__(clickhouse_batch_rows, clickhouse_flush_ms)
+        self.clickhouse_url = clickhouse_url
+        self.redis_url = redis_url
+        self.retry_s = clickhouse_retry_s
+        self.redis_batch_rows = redis_batch_rows
+        self.redis_flush_ms = redis_flush_ms
+        self.recent_bars = redis_recent_bars
+        self.ttl_s = redis_ttl_s
+        self.publish = redis_publish
 
     def connect(self) -> None:
         from connectors.clickhouse import RetryPolicy, open_writer
+        from connectors.redis_store import RedisBarWriter
 
         # Ride out a server that is down for a while; beyond that the task fails and Flink
         # restarts it from the last checkpoint (the rows wait in state).
         retry = RetryPolicy(attempts=10_000, base_delay_s=0.2, max_delay_s=5.0,
                             deadline_s=self.retry_s)  # fmt: skip
-        self.writer = open_writer(self.url, migrate_schema=True, retry=retry)
+        self.clickhouse = open_writer(self.clickhouse_url, migrate_schema=True, retry=retry)
+        try:
+            self.redis = RedisBarWriter(self.redis_url, recent_bars=self.recent_bars,
+                                        ttl_s=self.ttl_s, publish=self.publish)  # fmt: skip
+        except BaseException:
+            self.clickhouse.close()
+            raise
+        self._live = SinkBuffer(self.redis_batch_rows, self.redis_flush_ms)
+        self._live_timer_due = 0
 
-    def write_batch(self, batch: Sequence[VersionedBar]) -> int:
-        return self.writer.insert_bars(batch)
+    def process_element(self, value: Any, ctx: KeyedProcessFunction.Context) -> Iterator[Any]:
+        tag, payload = value
+        if tag == Tag.DEAD_LETTER:
+            yield payload
+            return
+        self._live.add(None, value)
+        timers = ctx.timer_service()
+        now = timers.current_processing_time()
+        if self._live_timer_due <= now:
+            self._live_timer_due = now + self.redis_flush_ms
+            timers.register_processing_time_timer(self._live_timer_due)
+        if self._live.should_flush():
+            self._flush_live()
+        yield from super().process_element(value, ctx)
+
+    def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterator[Any]:
+        if self._live.should_flush():
+            self._flush_live()
+        yield from super().on_timer(timestamp, ctx)
+
+    def _flush(self) -> None:
+        self._flush_live()
+        super()._flush()
+
+    def _flush_live(self) -> None:
+        batch = self._live.take()
+        if batch:
+            write_live_state(self.redis, batch)
+
+    def write_batch(self, batch: Sequence[Any]) -> int:
+        return write_history(self.clickhouse, batch)
 
     def disconnect(self) -> None:
-        if hasattr(self, "writer"):
-            self.writer.close()
+        for name in ("clickhouse", "redis"):
+            writer = getattr(self, name, None)
+            if writer is not None:
+                writer.close()
 
 
-class RedisBarSink(BatchingSinkFunction):
-    """Upserted bars into Redis ``kline:`` / ``klines:`` keys, never regressing a key."""
+def _by_tag(batch: Sequence[Any]) -> dict[int, list[Any]]:
+    grouped: dict[int, list[Any]] = {}
+    for tag, payload in batch:
+        grouped.setdefault(tag, []).append(payload)
+    return grouped
 
-    def __init__(self, config: SinkConfig) -> None:
-        super().__init__(config.redis_batch_rows, config.redis_flush_ms)
-        self.url = config.redis_url
-        self.recent_bars = config.redis_recent_bars
-        self.ttl_s = config.redis_ttl_s
-        self.publish = config.redis_publish
 
-    def connect(self) -> None:
-        from connectors.redis_store import RedisBarWriter
+def write_live_state(redis_writer: Any, batch: Sequence[Any]) -> None:
+    """Tagged records into Redis: the newest of each key, compare-and-set (never older)."""
+    from connectors.redis_store import CasItem
+    from udfs.analytics import newest_per_bar, newest_per_window
 
-        self.writer = RedisBarWriter(
-            self.url, recent_bars=self.recent_bars, ttl_s=self.ttl_s, publish=self.publish
-        )
+    grouped = _by_tag(batch)
+    if Tag.BAR in grouped:
+        redis_writer.write_bars(grouped[Tag.BAR])
+    for tag, kind, newest, time_of in (
+        (Tag.PROFILE, "vp", newest_per_window, lambda r: r.window_start),
+        (Tag.INDICATOR, "ind", newest_per_bar, lambda r: r.open_time),
+        (Tag.SIGNAL, "signal", list, lambda r: r.open_time),
+    ):
+        if tag in grouped:
+            redis_writer.write_hashes(
+                kind,
+                [CasItem(r.exchange, r.symbol, r.timeframe, time_of(r), r.version,
+                         r.hash_fields()) for r in newest(grouped[tag])],
+            )  # fmt: skip
 
-    def write_batch(self, batch: Sequence[VersionedBar]) -> int:
-        self.writer.write_bars(batch)
-        return len(batch)
 
-    def disconnect(self) -> None:
-        if hasattr(self, "writer"):
-            self.writer.close()
+def write_history(clickhouse_writer: Any, batch: Sequence[Any]) -> int:
+    """Tagged records into their ClickHouse tables; returns the rows written."""
+    from udfs.analytics import newest_per_bar, newest_per_window
+
+    grouped = _by_tag(batch)
+    written = 0
+    if Tag.BAR in grouped:
+        written += clickhouse_writer.insert_bars(grouped[Tag.BAR])
+    for tag, table, newest in (
+        (Tag.PROFILE, "volume_profile", newest_per_window),
+        (Tag.INDICATOR, "indicators", newest_per_bar),
+        (Tag.SIGNAL, "signals", list),
+    ):
+        if tag in grouped:
+            rows = [record.row() for record in newest(grouped[tag])]
+            for start in range(0, len(rows), MAX_ARRAY_ROWS_PER_INSERT):
+                written += clickhouse_writer.insert_rows(
+                    table, rows[start : start + MAX_ARRAY_ROWS_PER_INSERT]
+                )
+    return written
 
 
 class RoundRobinBucket:
@@ -307,47 +405,36 @@ def state_buckets(parallelism: int) -> int:
 
 
 def attach_sink(
-    bars: DataStream,
+    records: DataStream,
     function: BatchingSinkFunction,
     name: str,
     *,
     parallelism: int | None = None,
-) -> None:
-    """Run ``function`` on ``bars`` (any element type) and end the branch in a discarding sink.
+    group: str | None = None,
+    producer_group: str | None = None,
+) -> DataStream:
+    """Run ``function`` on ``records``; returns what it emits (the store sink: dead letters).
 
-    The stream is keyed by a bounded set of bucket keys (see the module docstring). chdb
-    allows one process per data directory, so its sink must run with parallelism 1.
+    The stream is keyed by a bounded set of bucket keys (see the module docstring). The
+    key-extracting step stays with the producer of ``records`` (same parallelism and slot
+    group), so PyFlink chains it into that operator instead of running another hop. chdb
+    allows one process per data directory, so a chdb sink must run with parallelism 1.
+    The writer runs in slot sharing group ``group`` (its own Python worker process); give
+    the producer's group as ``producer_group`` (PyFlink chains only within one group).
     """
-    attach_sinks(bars, {name: function}, parallelism=parallelism)
-
-
-def attach_sinks(
-    stream: DataStream,
-    functions: Mapping[str, BatchingSinkFunction],
-    *,
-    parallelism: int | None = None,
-) -> None:
-    """Run each sink function (by operator name) on one bucket-keyed copy of ``stream``.
-
-    The sinks share one key-extracting hop. Every sink runs in the ``sinks`` slot sharing
-    group: one Python worker process per sink subtask slot, apart from the compute
-    operators, and all chdb sinks of a job in the same process.
-    """
-    from jobs.pipeline import SINKS_GROUP, key_by_in_group
-
-    sink_parallelism = parallelism or stream.get_execution_environment().get_parallelism()
-    keyed = key_by_in_group(stream, RoundRobinBucket(state_buckets(sink_parallelism)), SINKS_GROUP)
+    sink_parallelism = parallelism or records.get_execution_environment().get_parallelism()
+    keyed = records.key_by(RoundRobinBucket(state_buckets(sink_parallelism)),
+                           key_type=Types.STRING())  # fmt: skip
+    name_key_step(keyed, f"{name}-key", group=producer_group)
+    writer = keyed.process(function, output_type=Types.PRIMITIVE_ARRAY(Types.BYTE()))
+    writer = writer.name(name).uid(name)
+    if group is not None:
+        writer = writer.slot_sharing_group(group)
     if parallelism is not None:
-        keyed._j_data_stream.getTransformation().getInputs().get(0).setParallelism(parallelism)
-    for name, function in functions.items():
-        writer = (
-            keyed.process(function, output_type=Types.PICKLED_BYTE_ARRAY())
-            .name(name)
-            .uid(name)
-            .slot_sharing_group(SINKS_GROUP)
-        )
-        if parallelism is not None:
-            writer = writer.set_parallelism(parallelism)
-        end = writer.sink_to(Sink(_DISCARDING_SINK)).name(f"{name}-end").uid(f"{name}-end")
-        if parallelism is not None:
-            end.set_parallelism(parallelism)
+        writer = writer.set_parallelism(parallelism)
+    return writer
+
+
+def discard(stream: DataStream, name: str) -> None:
+    """End ``stream`` in Flink's discarding sink (a branch that only has side effects)."""
+    stream.sink_to(Sink(_DISCARDING_SINK)).name(name).uid(name)

@@ -9,23 +9,18 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from jobs.config import JobSettings, add_job_arguments, settings_from_args
+from connectors.flink_topology import use_python_worker_processes
+from jobs.config import JobSettings, SinkConfig, add_job_arguments, settings_from_args
 
 log = logging.getLogger(__name__)
 
 KAFKA_CONNECTOR_JAR_GLOB = "flink-sql-connector-kafka-*.jar"
-# Read by PyFlink when a job starts from Python: "process" or "loopback" (its default for
-# mini-clusters). Private to PyFlink, but it is how PyFlink's own tests choose.
-PYTHON_WORKER_MODE_VARIABLE = "_python_worker_execution_mode"
-
-
 BOUNDED_RESTART_STRATEGY = {
     "restart-strategy.type": "fixed-delay",
     "restart-strategy.fixed-delay.attempts": "2",
@@ -97,18 +92,11 @@ def local_configuration(settings: JobSettings) -> dict[str, str]:
     config.setdefault("rest.bind-port", "8081-8180")
     parallelism = settings.parallelism or int(config.get("parallelism.default", "1"))
     source_parallelism = settings.pipeline.source_parallelism or parallelism
-    config["taskmanager.numberOfTaskSlots"] = str(required_slots(source_parallelism, parallelism))
+    sinks = sink_parallelism(settings) or parallelism
+    config["taskmanager.numberOfTaskSlots"] = str(
+        required_slots(source_parallelism, parallelism, sinks)
+    )
     return config
-
-
-def use_python_worker_processes() -> None:
-    """Run a local mini-cluster's Python operators in worker processes, as a cluster does.
-
-    Without this PyFlink runs every Python operator of a job started from Python inside the
-    calling process ("loopback" mode): one GIL, so the whole job gets one core. PyFlink
-    reads this variable when the job starts.
-    """
-    os.environ[PYTHON_WORKER_MODE_VARIABLE] = "process"
 
 
 def create_environment(settings: JobSettings) -> Any:
@@ -142,14 +130,36 @@ def with_source_parallelism(settings: JobSettings) -> JobSettings:
     )
 
 
+def store_sink_arguments(sinks: SinkConfig) -> dict[str, Any]:
+    """The plain values ``connectors.flink_sinks.StoreSinkFunction`` is built from."""
+    return dict(
+        clickhouse_url=sinks.clickhouse_url,
+        redis_url=sinks.redis_url,
+        clickhouse_batch_rows=sinks.clickhouse_batch_rows,
+        clickhouse_flush_ms=sinks.clickhouse_flush_ms,
+        clickhouse_retry_s=sinks.clickhouse_retry_s,
+        redis_batch_rows=sinks.redis_batch_rows,
+        redis_flush_ms=sinks.redis_flush_ms,
+        redis_recent_bars=sinks.redis_recent_bars,
+        redis_ttl_s=sinks.redis_ttl_s,
+        redis_publish=sinks.redis_publish,
+    )
+
+
+def sink_parallelism(settings: JobSettings) -> int | None:
+    """chdb allows one process per directory: its sink runs alone (None: the job's)."""
+    return 1 if settings.sinks.clickhouse_url.startswith("chdb:") else settings.parallelism
+
+
 def attach_job(env: Any, settings: JobSettings) -> None:
     """Source -> pipeline -> sinks on ``env``: everything that touches the outside is here."""
     from pyflink.common import Types
     from pyflink.common.watermark_strategy import WatermarkStrategy
 
     from connectors.flink_kafka import dead_letter_sink, klines_source
-    from connectors.flink_sinks import ClickHouseBarSink, RedisBarSink, attach_sinks
-    from jobs.pipeline import build_pipeline
+    from connectors.flink_sinks import StoreSinkFunction, attach_sink
+    from jobs.pipeline import SERIES_GROUP, SINKS_GROUP, build_pipeline
+    from jobs.signals import with_inference
 
     settings = with_source_parallelism(settings)
     pipeline = settings.pipeline
@@ -170,35 +180,25 @@ def attach_job(env: Any, settings: JobSettings) -> None:
         .uid("kafka-klines-raw")
         .set_parallelism(pipeline.source_parallelism)
     )
-    streams = build_pipeline(raw, pipeline)
-    dead_letters = streams.dead_letters
-    chdb_parallelism = 1 if settings.sinks.clickhouse_url.startswith("chdb:") else None
-    if settings.analytics.enabled:
-        from jobs.analytics import attach_analytics_sinks, build_analytics
-
-        analytics = build_analytics(streams, pipeline, settings.analytics)
-        if analytics.dead_letters is not None:
-            dead_letters = dead_letters.union(analytics.dead_letters)
-        attach_analytics_sinks(analytics, settings.sinks, parallelism=chdb_parallelism)
-    dead_letters.sink_to(dead_letter_sink(settings.kafka_bootstrap, settings.dlq_topic)).name(
-        "kafka-klines-dlq"
-    ).uid("kafka-klines-dlq")
-    attach_sinks(
-        streams.bars,
-        {
-            "clickhouse-klines": ClickHouseBarSink(settings.sinks),
-            "redis-klines": RedisBarSink(settings.sinks),
-        },
-        parallelism=chdb_parallelism,
+    analytics = settings.analytics if settings.analytics.enabled else None
+    signals = settings.signals if settings.signals.enabled else None
+    streams = build_pipeline(raw, pipeline, analytics, signals)
+    records = streams.records
+    if signals is not None and signals.inference.url:
+        records = with_inference(records, signals)
+    dead_letters = attach_sink(
+        records,
+        StoreSinkFunction(**store_sink_arguments(settings.sinks)),
+        "store-sink",
+        parallelism=sink_parallelism(settings),
+        group=SINKS_GROUP,
+        producer_group=SERIES_GROUP,
     )
-    if settings.signals.enabled:
-        from jobs.signals import attach_signal_sink, build_signals
-
-        attach_signal_sink(
-            build_signals(streams, settings.signals),
-            settings.sinks,
-            parallelism=chdb_parallelism,
-        )
+    dlq = dead_letters.sink_to(dead_letter_sink(settings.kafka_bootstrap, settings.dlq_topic))
+    dlq.name("kafka-klines-dlq").uid("kafka-klines-dlq")
+    dlq_parallelism = sink_parallelism(settings)
+    if dlq_parallelism is not None:
+        dlq.set_parallelism(dlq_parallelism)
 
 
 def prepare_services(settings: JobSettings) -> None:

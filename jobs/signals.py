@@ -1,11 +1,9 @@
-"""The signals branch of the job: closed bars -> context -> async inference (or rules) -> sinks.
+"""The signals of closed bars: their settings, their flags, and the inference operator.
 
-``build_signals(bars, config)`` takes the pipeline's streams (or any stream of
-``VersionedBar``) and returns a stream of ``udfs.signals.Signal``: exactly one
-per closed bar version of the configured timeframes. With ``config.inference.url`` set it runs
-:class:`udfs.inference_functions.InferenceAsyncFunction` on ``AsyncDataStream.unordered_wait``
-(bounded ``capacity``, a per-element timeout); without, the rules analyser.
-``attach_signal_sink`` writes them to ClickHouse ``signals`` and Redis ``signal:``.
+The series operator (``udfs.series``) turns every closed bar version of the configured
+timeframes into exactly one signal: the rules analyser's, or, with ``config.inference.url``
+set, a request that :func:`with_inference` sends to the model through PyFlink's async
+operator. The store sink writes them to ClickHouse ``signals`` and Redis ``signal:``.
 
 Python async functions need PyFlink's *process* execution mode (thread mode refuses them):
 ``flink-conf/config.yaml`` sets ``python.execution-mode: process``.
@@ -25,9 +23,6 @@ from udfs.record import TIMEFRAME_MS
 
 if TYPE_CHECKING:
     from pyflink.datastream import DataStream
-
-    from jobs.config import SinkConfig
-    from jobs.pipeline import PipelineStreams
 
 DEFAULT_TIMEFRAMES = ("15m", "1h")
 
@@ -65,47 +60,25 @@ class SignalConfig:
         )
 
 
-def _series_key(value: object) -> str:
-    return value.kline.series_key  # type: ignore[attr-defined]
+def with_inference(records: DataStream, config: SignalConfig) -> DataStream:
+    """The series operator's records with each ``SIGNAL_REQUEST`` answered by the model.
 
-
-def build_signals(bars: DataStream | PipelineStreams, config: SignalConfig) -> DataStream:
-    """Closed bars of ``config.timeframes`` -> one ``Signal`` per bar version.
-
-    ``bars`` is a stream of ``VersionedBar`` or the pipeline's streams, whose parts are
-    filtered before they are joined (see ``jobs.pipeline.filter_each``).
+    The requests go through :class:`connectors.flink_inference.InferenceAsyncFunction` on
+    ``AsyncDataStream.unordered_wait`` (bounded ``capacity``, a per-element timeout) and come
+    back as ``SIGNAL`` records, exactly one per request; every other record passes as is.
     """
     from pyflink.common import Time, Types
     from pyflink.datastream.async_data_stream import AsyncDataStream
 
-    from jobs.pipeline import PipelineStreams, filter_each
-    from udfs.inference_functions import (
-        ClosedBarFilter,
-        InferenceAsyncFunction,
-        RulesSignalFunction,
-        SignalContextFunction,
-    )
+    from connectors.flink_inference import InferenceAsyncFunction
+    from jobs.pipeline import TagIs, TagIsNot
+    from udfs.series import Tag
 
-    parts = bars.parts() if isinstance(bars, PipelineStreams) else [("", bars)]
-    closed = filter_each(parts, ClosedBarFilter(config.timeframes), "signal-closed-bars")
-    requests = (
-        closed.key_by(_series_key, key_type=Types.STRING())
-        .process(
-            SignalContextFunction(config.prompt_bars, config.history_bars),
-            output_type=Types.PICKLED_BYTE_ARRAY(),
-        )
-        .name("signal-context")
-        .uid("signal-context")
-    )
-    if not config.inference.url:
-        return (
-            requests.map(RulesSignalFunction(), output_type=Types.PICKLED_BYTE_ARRAY())
-            .name("signal-rules")
-            .uid("signal-rules")
-        )
-    return (
+    requests = records.filter(TagIs(Tag.SIGNAL_REQUEST)).name("signal-requests")
+    others = records.filter(TagIsNot(Tag.SIGNAL_REQUEST)).name("series-records")
+    signals = (
         AsyncDataStream.unordered_wait(
-            requests,
+            requests.uid("signal-requests"),
             InferenceAsyncFunction(config.engine_settings()),
             Time.milliseconds(config.timeout_ms),
             capacity=config.capacity,
@@ -114,19 +87,7 @@ def build_signals(bars: DataStream | PipelineStreams, config: SignalConfig) -> D
         .name("signal-inference")
         .uid("signal-inference")
     )
-
-
-def attach_signal_sink(
-    signals: DataStream, sinks: SinkConfig, *, parallelism: int | None = None
-) -> None:
-    """Write signals to ClickHouse ``signals`` and Redis ``signal:`` through one batching,
-    at-least-once sink operator (``connectors.flink_sinks.attach_sink``), named
-    ``signals-sink``. Give ``parallelism=1`` for a ``chdb://`` target.
-    """
-    from connectors.flink_sinks import attach_sink
-    from udfs.inference_functions import SignalSink
-
-    attach_sink(signals, SignalSink(sinks), "signals-sink", parallelism=parallelism)
+    return others.uid("series-records").union(signals)
 
 
 def parse_signal_timeframes(text: str) -> tuple[str, ...]:

@@ -32,7 +32,6 @@ from pyflink.datastream import StreamExecutionEnvironment
 
 from connectors.clickhouse import open_writer
 from connectors.redis_store import decode_hash
-from jobs.analytics import build_analytics
 from jobs.config import AnalyticsConfig, JobSettings, PipelineConfig, SinkConfig
 from jobs.job import run_job
 from jobs.pipeline import build_pipeline
@@ -226,18 +225,14 @@ def test_streaming_profiles_and_indicators_equal_batch(env: StreamExecutionEnvir
     # Historical data: fire early whatever the wall clock says, to check live emissions.
     pipeline = PipelineConfig(rollup_live_horizon_ms=-1)
     raw = env.from_collection([encode_kline(k).decode() for k in stream], type_info=Types.STRING())
-    streams = build_pipeline(raw, pipeline)
-    analytics = build_analytics(streams, pipeline, AnalyticsConfig())
-    assert analytics.profiles is not None and analytics.indicators is not None
-    assert analytics.dead_letters is not None
+    streams = build_pipeline(raw, pipeline, AnalyticsConfig())
     pickled = Types.PICKLED_BYTE_ARRAY()
     tagged = (
         streams.bars.map(_tag("bar"), output_type=pickled)
-        .union(analytics.profiles.map(_tag("profile"), output_type=pickled))
-        .union(analytics.indicators.map(_tag("indicator"), output_type=pickled))
-        .union(streams.dead_letters.union(analytics.dead_letters).map(_tag("dead"),
-                                                                      output_type=pickled))
-    )  # fmt: skip
+        .union(streams.profiles.map(_tag("profile"), output_type=pickled))
+        .union(streams.indicators.map(_tag("indicator"), output_type=pickled))
+        .union(streams.dead_letters.map(_tag("dead"), output_type=pickled))
+    )
     with tagged.execute_and_collect("test-analytics") as results:
         outputs = list(results)
 

@@ -3,10 +3,11 @@
 - ``test_engine_handles_every_scripted_fault``: the engine with its real aiohttp transport
   against the loopback server (no JVM): slow replies, 429 + Retry-After, 500, malformed JSON,
   valid JSON of the wrong shape, connection resets, and the breaker.
-- ``test_async_operator_one_signal_per_bar_under_faults``: ``build_signals`` on a mini-cluster
-  (parallelism 2) fed with closed bars: exactly one signal per bar version, the request rate at
-  the server within the configured budget, bounded retries with varying delays, a repeated
-  context served from cache, timeouts degraded, and the API key in no log line.
+- ``test_async_operator_one_signal_per_bar_under_faults``: ``with_inference`` on a
+  mini-cluster (parallelism 2) fed with the series operator's signal requests: exactly one
+  signal per bar version, the request rate at the server within the configured budget,
+  bounded retries with varying delays, a repeated context served from cache, timeouts
+  degraded, and the API key in no log line.
 - ``test_job_writes_rules_signals_to_clickhouse_and_redis``: the whole job (Kafka in, chdb and
   Redis out) with no inference URL: the rules analyser's signals land in both stores.
 """
@@ -38,7 +39,7 @@ from connectors.kafka_producer import create_producer
 from connectors.redis_store import decode_hash
 from jobs.config import JobSettings, PipelineConfig, SinkConfig
 from jobs.job import local_configuration, run_job
-from jobs.signals import SignalConfig, build_signals
+from jobs.signals import SignalConfig, with_inference
 from tests.fakes.chat_server import (
     Behaviour,
     ChatRequest,
@@ -53,7 +54,8 @@ from tests.fakes.chat_server import (
 )
 from tests.integration.conftest import TopicNames
 from udfs.record import Kline, VersionedBar, decode_kline, encode_kline
-from udfs.signals import ContextBar, Signal, SignalRequest, build_context
+from udfs.series import Tag
+from udfs.signals import ContextBar, Signal, SignalRequest, build_context, context_bar
 
 API_KEY = "sk-klineflow-TEST-7f3a9c0e5b1d"
 START = 1_735_689_600_000
@@ -70,9 +72,20 @@ def kline(symbol: str, minute: int, *, price: float = 100.0, closed: bool = True
     )  # fmt: skip
 
 
-def decode_versioned_bar(text: str) -> VersionedBar:
-    version, _, record = text.partition("|")
-    return VersionedBar(decode_kline(record), int(version))
+def encode_request(bar: VersionedBar, history: list[Kline]) -> str:
+    """A signal request as text (from_collection cannot carry Python objects)."""
+    return orjson.dumps({"version": bar.version, "bars": [k.to_dict() for k in history]}).decode()
+
+
+def decode_request(text: str) -> tuple[int, SignalRequest]:
+    """The tagged record the series operator would emit for a closed bar: its context
+    (the series' closed bars up to it, as ``SignalContext`` keeps them) and version."""
+    data = orjson.loads(text)
+    history = [decode_kline(orjson.dumps(k)) for k in data["bars"]]
+    newest = history[-1]
+    context = build_context(newest.exchange, newest.symbol, newest.timeframe,
+                            [context_bar(k) for k in history], 30)  # fmt: skip
+    return Tag.SIGNAL_REQUEST, SignalRequest(context, data["version"])
 
 
 def first_bar(request: ChatRequest) -> bool:
@@ -204,16 +217,14 @@ def test_async_operator_one_signal_per_bar_under_faults(
     # A bar re-emitted with the same values (version 2): a repeated context -> cache. (A
     # one-bar series, so its context does not depend on the order bars arrive in.)
     bars += [VersionedBar(kline("REPEAT-USDT", 0), 1), VersionedBar(kline("REPEAT-USDT", 0), 2)]
-    # Not analysed: an in-progress bar and a 5m bar (timeframe not configured).
-    bars.append(VersionedBar(kline("AAA-USDT", 4, closed=False), 1))
-    five = kline("CCC-USDT", 0)
-    bars.append(VersionedBar(Kline(**{**five.to_dict(), "timeframe": "5m",
-                                      "close_time": five.open_time + 299_999}), 1))  # fmt: skip
-    expected = Counter(
-        (b.kline.symbol, b.kline.open_time, b.version)
+    # Which bars get a request (closed bars of the signal timeframes) is the series
+    # operator's decision, tested with the whole job below and in test_job_contract.py.
+    expected = Counter((b.kline.symbol, b.kline.open_time, b.version) for b in bars)
+    requests = [
+        encode_request(b, [o.kline for o in bars if o.kline.symbol == b.kline.symbol
+                           and o.kline.open_time <= b.kline.open_time and o.version == 1])
         for b in bars
-        if b.kline.is_closed and b.kline.timeframe == "1m"
-    )
+    ]  # fmt: skip
     config = SignalConfig(
         timeframes=("1m",),
         capacity=50,
@@ -230,14 +241,13 @@ def test_async_operator_one_signal_per_bar_under_faults(
         from dataclasses import replace
 
         config = replace(config, inference=replace(config.inference, url=server.url))
-        # from_collection cannot carry Python objects: bars travel as "version|json".
-        stream = env.from_collection(
-            [f"{b.version}|{encode_kline(b.kline).decode()}" for b in bars],
-            type_info=Types.STRING(),
-        ).map(decode_versioned_bar, output_type=Types.PICKLED_BYTE_ARRAY())
+        stream = env.from_collection(requests, type_info=Types.STRING()).map(
+            decode_request, output_type=Types.PICKLED_BYTE_ARRAY()
+        )
         started = time.monotonic()
-        with build_signals(stream, config).execute_and_collect("test-signals") as results:
-            signals: list[Signal] = list(results)
+        answered = with_inference(stream, config)
+        with answered.execute_and_collect("test-signals") as results:
+            signals: list[Signal] = [payload for tag, payload in results if tag == Tag.SIGNAL]
         elapsed = time.monotonic() - started
         seen = server.recorded()
 

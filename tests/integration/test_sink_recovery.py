@@ -22,12 +22,13 @@ import orjson
 
 from connectors.clickhouse import ClickHouseUnavailable, ClickHouseWriter, open_writer
 from connectors.flink_kafka import klines_source
-from connectors.flink_sinks import ClickHouseBarSink, attach_sink
+from connectors.flink_sinks import StoreSinkFunction, attach_sink, discard
 from connectors.kafka_producer import create_producer
 from jobs.config import JobSettings, SinkConfig
-from jobs.job import create_environment
+from jobs.job import create_environment, store_sink_arguments
 from tests.integration.conftest import TopicNames
 from udfs.record import Kline, VersionedBar, decode_kline, encode_kline
+from udfs.series import Tag
 
 # The Python workers cannot import the tests package: ship this module's classes by value.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -41,12 +42,12 @@ class InjectedFailure(RuntimeError):
     """The failure the test sink raises once."""
 
 
-class FailOnceSink(ClickHouseBarSink):
-    """The real ClickHouse sink whose first write fails (once per test, across restarts);
-    every call is logged to ``log_path`` as a JSON line."""
+class FailOnceSink(StoreSinkFunction):
+    """The job's real sink whose first ClickHouse write fails (once per test, across
+    restarts); every call is logged to ``log_path`` as a JSON line."""
 
     def __init__(self, config: SinkConfig, log_path: Path) -> None:
-        super().__init__(config)
+        super().__init__(**store_sink_arguments(config))
         self.log_path = str(log_path)
 
     def write_batch(self, batch: Sequence[VersionedBar]) -> int:
@@ -80,9 +81,10 @@ def open_when_released(chdb_url: str, timeout_s: float = 60.0) -> ClickHouseWrit
             time.sleep(0.2)
 
 
-def to_bar(raw: Any) -> VersionedBar:
+def to_bar(raw: Any) -> tuple[int, VersionedBar]:
+    """A series-operator record of one bar."""
     kline = decode_kline(bytes(raw))
-    return VersionedBar(kline, kline.event_time * 2 + int(kline.is_closed))
+    return Tag.BAR, VersionedBar(kline, kline.event_time * 2 + int(kline.is_closed))
 
 
 def make_kline(symbol: str, minute: int) -> Kline:
@@ -111,7 +113,7 @@ def make_kline(symbol: str, minute: int) -> Kline:
 
 
 def test_a_failure_after_checkpoints_loses_nothing_and_doubles_nothing(
-    tmp_path: Path, kafka_bootstrap: str, kafka_topics: TopicNames
+    tmp_path: Path, kafka_bootstrap: str, kafka_topics: TopicNames, redis_url: str
 ) -> None:
     from pyflink.common import Types
     from pyflink.common.watermark_strategy import WatermarkStrategy
@@ -147,7 +149,10 @@ def test_a_failure_after_checkpoints_loses_nothing_and_doubles_nothing(
         ),
     )
     sink_config = SinkConfig(
-        clickhouse_url=chdb_url, clickhouse_batch_rows=1_000_000, clickhouse_flush_ms=4_000
+        clickhouse_url=chdb_url,
+        clickhouse_batch_rows=1_000_000,
+        clickhouse_flush_ms=4_000,
+        redis_url=redis_url,
     )
     env = create_environment(settings)
     raw = env.from_source(
@@ -157,7 +162,8 @@ def test_a_failure_after_checkpoints_loses_nothing_and_doubles_nothing(
         type_info=Types.PRIMITIVE_ARRAY(Types.BYTE()),
     ).uid("kafka-klines-raw")
     bars = raw.map(to_bar, output_type=Types.PICKLED_BYTE_ARRAY()).name("decode").uid("decode")
-    attach_sink(bars, FailOnceSink(sink_config, log_path), "clickhouse-klines", parallelism=1)
+    written = attach_sink(bars, FailOnceSink(sink_config, log_path), "store-sink", parallelism=1)
+    discard(written, "store-sink-end")
     client = env.execute_async(settings.job_name)
     try:
         deadline = time.monotonic() + 120

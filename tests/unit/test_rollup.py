@@ -1,4 +1,4 @@
-"""Roll-up maths (udfs/rollup.py) and the trigger's decisions, without a JVM."""
+"""Roll-up maths (udfs/rollup.py), without a JVM. When windows fire: test_windows.py."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import random
 from dataclasses import replace
 
 import pytest
-from pyflink.datastream.window import TimeWindow, TriggerResult
 
 from udfs.record import TIMEFRAME_MS, Kline, VersionedBar
 from udfs.rollup import (
@@ -25,7 +24,6 @@ from udfs.rollup import (
     summarize,
     window_starts,
 )
-from udfs.rollup_functions import RollupTrigger, RollupWindowAssigner
 
 DAY = 1_735_689_600_000  # 2025-01-01T00:00:00Z
 MINUTE = 60_000
@@ -243,82 +241,3 @@ def test_window_closes_by_watermark_or_by_wall_clock_only_when_live() -> None:
     assert not is_window_closed(end, end - 1, end + 179_999, 180_000, end - 30_000)
     # A replay of old data arrives long after the window was due: never closed by the clock.
     assert not is_window_closed(end, end - 1, end + 10**9, 180_000, end + 10**8)
-
-
-class FakeTriggerContext:
-    """Records the timers a trigger sets; watermark and wall clock are given."""
-
-    def __init__(self, watermark: int, now: int) -> None:
-        self.watermark, self.now = watermark, now
-        self.event_timers: set[int] = set()
-        self.processing_timers: set[int] = set()
-
-    def get_current_watermark(self) -> int:
-        return self.watermark
-
-    def get_current_processing_time(self) -> int:
-        return self.now
-
-    def register_event_time_timer(self, time: int) -> None:
-        self.event_timers.add(time)
-
-    def register_processing_time_timer(self, time: int) -> None:
-        self.processing_timers.add(time)
-
-    def delete_event_time_timer(self, time: int) -> None:
-        self.event_timers.discard(time)
-
-    def delete_processing_time_timer(self, time: int) -> None:
-        self.processing_timers.discard(time)
-
-
-def test_trigger_fires_early_on_closed_bars_finally_at_the_end_and_on_late_bars() -> None:
-    window = TimeWindow(DAY, DAY + 5 * MINUTE)
-    trigger = RollupTrigger(fire_on_in_progress=False, idle_close_ms=180_000)
-    live = FakeTriggerContext(watermark=DAY, now=DAY + MINUTE)
-    in_progress = bar(1, closed=False, event_offset=1_000)
-    assert trigger.on_element(in_progress, 0, window, live) is TriggerResult.CONTINUE
-    assert trigger.on_element(bar(1), 0, window, live) is TriggerResult.FIRE
-    assert live.event_timers == {window.max_timestamp()}
-    assert live.processing_timers == {window.max_timestamp() + 180_000}
-    assert trigger.on_event_time(window.max_timestamp(), window, live) is TriggerResult.FIRE
-    cleanup = window.max_timestamp() + 3_600_000
-    assert trigger.on_event_time(cleanup, window, live) is TriggerResult.CONTINUE
-    assert trigger.on_processing_time(0, window, live) is TriggerResult.FIRE
-    trigger.clear(window, live)
-    assert not live.event_timers and not live.processing_timers
-
-    late = FakeTriggerContext(watermark=window.max_timestamp() + 1, now=DAY + 10**9)
-    assert trigger.on_element(in_progress, 0, window, late) is TriggerResult.FIRE
-    assert trigger.on_processing_time(0, window, late) is TriggerResult.CONTINUE
-
-    replay = FakeTriggerContext(watermark=DAY, now=DAY + 10**9)  # old data: no fallback timer
-    eager = RollupTrigger(fire_on_in_progress=True, idle_close_ms=180_000)
-    assert eager.on_element(in_progress, 0, window, replay) is TriggerResult.FIRE
-    assert not replay.processing_timers
-
-
-def test_trigger_fires_early_only_for_windows_live_by_the_wall_clock() -> None:
-    window = TimeWindow(DAY, DAY + 5 * MINUTE)
-    trigger = RollupTrigger(fire_on_in_progress=False, idle_close_ms=0, live_horizon_ms=HOUR)
-    ended_within_horizon = FakeTriggerContext(watermark=DAY, now=window.end + HOUR - 1)
-    assert trigger.on_element(bar(1), 0, window, ended_within_horizon) is TriggerResult.FIRE
-    replay = FakeTriggerContext(watermark=DAY, now=window.end + HOUR + 1)
-    assert trigger.on_element(bar(1), 0, window, replay) is TriggerResult.CONTINUE
-    # Still closed by the watermark, and still corrected after that.
-    assert replay.event_timers == {window.max_timestamp()}
-    assert trigger.on_event_time(window.max_timestamp(), window, replay) is TriggerResult.FIRE
-    closed = FakeTriggerContext(watermark=window.max_timestamp(), now=window.end + 10 * HOUR)
-    assert trigger.on_element(bar(1), 0, window, closed) is TriggerResult.FIRE
-    always = RollupTrigger(fire_on_in_progress=False, idle_close_ms=0, live_horizon_ms=-1)
-    assert always.on_element(bar(1), 0, window, replay) is TriggerResult.FIRE
-
-
-def test_assigner_gives_one_window_per_timeframe() -> None:
-    assigner = RollupWindowAssigner(("5m", "1h", "1d"))
-    windows = assigner.assign_windows(bar(67), 0, None)
-    assert [(w.start - DAY, w.end - w.start) for w in windows] == [
-        (65 * MINUTE, 5 * MINUTE),
-        (60 * MINUTE, 60 * MINUTE),
-        (0, 1440 * MINUTE),
-    ]

@@ -1,0 +1,108 @@
+"""Every reach into PyFlink's internals, in one place, each with a test of its effect.
+
+PyFlink's Python API lacks a few things the job needs; each function here reaches into
+the Java objects behind it (``_j_data_stream``, PyFlink's own Java helpers) or into a
+private switch of PyFlink, and ``tests/integration/test_topology.py`` checks what each one
+does to a built graph, so that an upgrade that breaks one fails a test instead of quietly
+slowing the job down.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any, Final
+
+from pyflink.datastream import DataStream, KeyedStream
+
+# Read by PyFlink when a job starts from Python: "process" or "loopback" (its default for
+# mini-clusters). Private to PyFlink, but it is how PyFlink's own tests choose.
+PYTHON_WORKER_MODE_VARIABLE: Final = "_python_worker_execution_mode"
+
+
+def use_python_worker_processes() -> None:
+    """Run a local mini-cluster's Python operators in worker processes, as a cluster does.
+
+    Without this PyFlink runs every Python operator of a job started from Python inside the
+    calling process ("loopback" mode): one GIL, so the whole job gets one core.
+    """
+    os.environ[PYTHON_WORKER_MODE_VARIABLE] = "process"
+
+
+def key_by_first_field(stream: DataStream, value_type: Any) -> KeyedStream:
+    """Key a stream of ``Row(key, value)`` by its first field, with no Python step.
+
+    ``DataStream.key_by`` adds a Python map that computes the key and wraps each element in
+    ``Row(key, element)``; a stream that already carries the key in that shape is keyed by
+    Flink's ``KeyByKeySelector`` directly (what ``key_by`` does after its map), and the
+    keyed Python function downstream receives ``value`` with ``key`` as its current key.
+    ``value_type`` is the type of the second field.
+    """
+    from pyflink.common import Types
+    from pyflink.java_gateway import get_gateway
+
+    key_type = Types.ROW([Types.STRING()]).get_java_type_info()
+    j_keyed = stream._j_data_stream.keyBy(get_gateway().jvm.KeyByKeySelector(), key_type)
+    return KeyedStream(j_keyed, value_type, stream)
+
+
+def _chain_back_to(stream: DataStream, first: DataStream) -> list[Any]:
+    """The transformations from ``stream`` back to (and without) ``first``, newest first."""
+    stop = first._j_data_stream.getTransformation().getId()
+    transformation = stream._j_data_stream.getTransformation()
+    chain = []
+    while transformation.getId() != stop:
+        chain.append(transformation)
+        transformation = transformation.getInputs().get(0)
+    return chain
+
+
+def set_parallelism_back_to(stream: DataStream, first: DataStream, parallelism: int) -> None:
+    """Set ``parallelism`` on every transformation from ``first`` down to ``stream``.
+
+    ``assign_timestamps_and_watermarks`` with a Python assigner builds three transformations
+    (Extract-Timestamp, the watermark assigner, Remove-Timestamp), and ``set_parallelism`` on
+    its result reaches only the last one.
+    """
+    first._j_data_stream.getTransformation().setParallelism(parallelism)
+    for transformation in _chain_back_to(stream, first):
+        transformation.setParallelism(parallelism)
+
+
+def name_back_to(stream: DataStream, first: DataStream, names: Sequence[str]) -> None:
+    """Give the transformations between ``first`` and ``stream`` (newest first) these names,
+    each also its uid, so that savepoints map their state (Flink's watermark operator keeps
+    some) and the dashboard shows what they are."""
+    chain = _chain_back_to(stream, first)
+    if len(chain) != len(names):
+        raise ValueError(f"expected {len(names)} transformations after {first}, found {len(chain)}")
+    for transformation, name in zip(chain, names, strict=True):
+        transformation.setName(name)
+        transformation.setUid(name)
+
+
+def name_key_step(keyed: KeyedStream, name: str, *, group: str | None = None) -> None:
+    """Name (and uid) the Python key-extracting map that ``key_by`` put before ``keyed``,
+    and put it in slot sharing group ``group`` (that of its producer, so PyFlink chains it
+    into the producer instead of running it as a hop of its own)."""
+    from pyflink.java_gateway import get_gateway
+
+    key_map = keyed._j_data_stream.getTransformation().getInputs().get(0)
+    key_map.setName(name)
+    key_map.setUid(name)
+    if group is not None:
+        j_group = get_gateway().jvm.org.apache.flink.api.common.operators.SlotSharingGroup
+        key_map.setSlotSharingGroup(j_group.newBuilder(group).build())
+
+
+def transformation_uids(env: Any) -> dict[str, str | None]:
+    """Name -> uid of every transformation of ``env``'s graph (before PyFlink chains it)."""
+    seen: dict[int, Any] = {}
+    pending = list(env._j_stream_execution_environment.getTransformations())
+    while pending:
+        transformation = pending.pop()
+        if transformation.getId() in seen:
+            continue
+        seen[transformation.getId()] = transformation
+        pending.extend(transformation.getInputs())
+    return {t.getName(): t.getUid() for t in seen.values()}

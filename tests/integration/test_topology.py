@@ -1,0 +1,132 @@
+"""The job's graph as built: every reach into PyFlink internals does what it claims
+(``connectors.flink_topology``), and the set of operator uids is pinned so that a change
+that breaks savepoints shows up here.
+
+Builds the graph of ``attach_job`` without running it (no broker is contacted: the source
+parallelism is given).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pyflink.common import Configuration
+from pyflink.datastream import StreamExecutionEnvironment
+
+from connectors.flink_topology import PYTHON_WORKER_MODE_VARIABLE, transformation_uids
+from jobs.config import JobSettings, PipelineConfig
+from jobs.job import attach_job, create_environment, local_configuration
+from jobs.signals import SignalConfig
+
+KEY_BY_MAP = "_stream_key_by_map_operator"
+# Every stateful or named operator of the job, by name = uid. Changing this set (or a uid)
+# makes old savepoints unusable for that operator: do it on purpose, say so in the notes.
+JOB_UIDS = {
+    "kafka-klines-raw",
+    "ingest",
+    "event-time-extract",
+    "event-time-assign",
+    "event-time-watermarks",
+    "series",
+    "store-sink-key",
+    "store-sink",
+    "kafka-klines-dlq",
+}
+INFERENCE_UIDS = {"signal-requests", "series-records", "signal-inference"}
+
+
+def job_settings(tmp_path: Path, **changes: Any) -> JobSettings:
+    return JobSettings(
+        checkpoint_dir=tmp_path / "checkpoints",
+        parallelism=2,
+        pipeline=PipelineConfig(source_parallelism=4),
+        **changes,
+    )
+
+
+@pytest.fixture()
+def built(tmp_path: Path) -> Iterator[tuple[Any, JobSettings]]:
+    settings = job_settings(tmp_path)
+    configuration = Configuration()
+    for key, value in local_configuration(settings).items():
+        configuration.set_string(key, value)
+    env = StreamExecutionEnvironment.get_execution_environment(configuration)
+    env.set_parallelism(2)
+    attach_job(env, settings)
+    yield env, settings
+
+
+def _graph(env: Any) -> dict[str, Any]:
+    """Name -> Java transformation."""
+    seen: dict[str, Any] = {}
+    pending = list(env._j_stream_execution_environment.getTransformations())
+    while pending:
+        transformation = pending.pop()
+        if transformation.getName() not in seen:
+            seen[transformation.getName()] = transformation
+            pending.extend(transformation.getInputs())
+    return seen
+
+
+def test_every_operator_has_its_pinned_uid(built: tuple[Any, JobSettings]) -> None:
+    env, _ = built
+    uids = {uid for uid in transformation_uids(env).values() if uid is not None}
+    assert uids == JOB_UIDS
+    unnamed = [
+        name for name, uid in transformation_uids(env).items()
+        if uid is None and not name.startswith(("Partition", "Union"))
+    ]  # fmt: skip
+    assert unnamed == []
+
+
+def test_inference_adds_its_operators_with_uids(tmp_path: Path) -> None:
+    from connectors.inference import InferenceSettings
+
+    settings = job_settings(
+        tmp_path, signals=SignalConfig(inference=InferenceSettings(url="http://127.0.0.1:9/v1"))
+    )
+    env = StreamExecutionEnvironment.get_execution_environment(Configuration())
+    attach_job(env, settings)
+    uids = {uid for uid in transformation_uids(env).values() if uid is not None}
+    assert uids == JOB_UIDS | INFERENCE_UIDS
+
+
+def test_the_plan_has_three_python_steps_and_no_python_key_step(
+    built: tuple[Any, JobSettings],
+) -> None:
+    """What PyFlink runs: the ingest chain, the series operator with the sink's key step
+    chained into it, and the sink; Flink itself keys the series operator's input."""
+    env, _ = built
+    nodes = {node["contents"]: node for node in json.loads(env.get_execution_plan())["nodes"]}
+    by_id = {node["id"]: name for name, node in nodes.items()}
+    assert "ingest, event-time-extract" in nodes
+    series = nodes["series, store-sink-key"]
+    (edge,) = series["predecessors"]
+    assert (by_id[edge["id"]], edge["ship_strategy"]) == ("event-time-watermarks", "HASH")
+    (edge,) = nodes["store-sink"]["predecessors"]
+    assert (by_id[edge["id"]], edge["ship_strategy"]) == ("series, store-sink-key", "HASH")
+    assert not any(KEY_BY_MAP in name for name in nodes)
+    assert (series["parallelism"], nodes["store-sink"]["parallelism"]) == (2, 1)
+
+
+def test_the_watermark_chain_runs_one_subtask_per_partition(
+    built: tuple[Any, JobSettings],
+) -> None:
+    env, settings = built
+    graph = _graph(env)
+    partitions = settings.pipeline.source_parallelism
+    for name in ("ingest", "event-time-extract", "event-time-assign", "event-time-watermarks"):
+        assert graph[name].getParallelism() == partitions, name
+    assert graph["series"].getParallelism() == 2
+    assert graph["store-sink"].getParallelism() == 1  # chdb: one writer
+
+
+def test_local_runs_get_python_worker_processes(tmp_path: Path) -> None:
+    os.environ.pop(PYTHON_WORKER_MODE_VARIABLE, None)
+    create_environment(job_settings(tmp_path))
+    assert os.environ[PYTHON_WORKER_MODE_VARIABLE] == "process"

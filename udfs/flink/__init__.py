@@ -1,0 +1,1 @@
+"""The job's PyFlink functions: thin wrappers that move records between Flink and ``udfs``."""

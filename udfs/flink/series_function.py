@@ -1,0 +1,157 @@
+"""The series operator: one keyed PyFlink function per instrument around ``udfs.series``.
+
+Keyed by ``exchange:symbol``. For every bar it calls :class:`~udfs.series.SeriesProcessor`
+(upsert, roll-ups, profiles, indicators, signals) and yields its tagged outputs; its timers
+are one event-time timer per instrument at the next watermark with work (a final firing or
+a clean-up) and one processing-time timer at the next idle fallback.
+
+State: reads from PyFlink state are blocking round trips to the JVM, so each instance keeps
+the instruments it has met in memory (:class:`~udfs.series.InstrumentState`) and reads
+keyed state only once per instrument, after a start or a restore. Every change is written
+to keyed state as it happens (:class:`~udfs.series.Journal`): PyFlink buffers the writes
+and ships them at the end of each bundle, which ends before every checkpoint barrier, so a
+checkpoint holds everything this instance knew. What is stored is what cannot be derived:
+
+- ``bar-states`` (MapState): the upsert's state of each bar within the allowed lateness;
+- ``window-bars`` (MapState): the 1m bars of the windows still held; the roll-up and
+  profile accumulators are rebuilt from them on restore, so a bar costs one small write
+  instead of a rewrite of every window it belongs to;
+- ``instrument`` (ValueState): clocks, finalised windows, indicator series, signal history.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from pyflink.common import Types
+from pyflink.datastream import KeyedProcessFunction, RuntimeContext, TimeDomain
+from pyflink.datastream.state import MapStateDescriptor, ValueStateDescriptor
+
+from udfs.series import (
+    InstrumentState,
+    Journal,
+    Output,
+    SeriesCounters,
+    SeriesProcessor,
+    SeriesSettings,
+    Tag,
+)
+from udfs.windows import NEVER
+
+# State names: part of savepoint compatibility, never rename.
+BAR_STATES: Any = "bar-states"
+WINDOW_BARS: Any = "window-bars"
+INSTRUMENT_META: Any = "instrument"
+
+
+class SeriesFunction(KeyedProcessFunction):
+    """Keyed by instrument: everything the job computes per series (``udfs.series``)."""
+
+    def __init__(self, settings: SeriesSettings) -> None:
+        self.settings = settings
+
+    def open(self, runtime_context: RuntimeContext) -> None:
+        pickled = Types.PICKLED_BYTE_ARRAY()
+        self.meta_state = runtime_context.get_state(ValueStateDescriptor(INSTRUMENT_META, pickled))
+        self.bar_states = runtime_context.get_map_state(
+            MapStateDescriptor(BAR_STATES, Types.LONG(), pickled)
+        )
+        self.window_bars = runtime_context.get_map_state(
+            MapStateDescriptor(WINDOW_BARS, Types.LONG(), pickled)
+        )
+        self.processor = SeriesProcessor(self.settings)
+        self.instruments: dict[str, InstrumentState] = {}
+        self.event_timers: dict[str, int] = {}
+        self.processing_timers: dict[str, int] = {}
+        self.journal = Journal()
+        metrics = runtime_context.get_metrics_group()
+        self.records_in = metrics.counter("series_records_in")
+        counters = self.processor.counters
+        for name in SeriesCounters.__slots__:
+            metrics.gauge(name, _reader(counters, name))
+
+    def _instrument(self, key: str, now_ms: int) -> InstrumentState:
+        state = self.instruments.get(key)
+        if state is None:
+            meta = self.meta_state.value()
+            if meta is None:
+                state = self.processor.new_state()
+            else:
+                state = self.processor.restore(
+                    meta, list(self.bar_states.items()), list(self.window_bars.values()), now_ms
+                )
+            self.instruments[key] = state
+        return state
+
+    def process_element(self, value: Any, ctx: KeyedProcessFunction.Context) -> Iterator[Output]:
+        if isinstance(value, bytes | bytearray):  # a dead letter of the ingest step
+            yield Tag.DEAD_LETTER, bytes(value)
+            return
+        self.records_in.inc()
+        timers = ctx.timer_service()
+        key = ctx.get_current_key()
+        now_ms = timers.current_processing_time()
+        state = self._instrument(key, now_ms)
+        outputs = self.processor.on_kline(
+            state, value, timers.current_watermark(), now_ms, self.journal
+        )
+        self._commit(state)
+        self._schedule(key, state, timers)
+        yield from outputs
+
+    def on_timer(
+        self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext
+    ) -> Iterator[Output]:
+        timers = ctx.timer_service()
+        key = ctx.get_current_key()
+        now_ms = timers.current_processing_time()
+        state = self._instrument(key, now_ms)
+        watermark = timers.current_watermark()
+        if ctx.time_domain() == TimeDomain.EVENT_TIME:
+            if self.event_timers.get(key) == timestamp:
+                del self.event_timers[key]
+            outputs = self.processor.on_watermark(state, max(watermark, timestamp), self.journal)
+        else:
+            if self.processing_timers.get(key) == timestamp:
+                del self.processing_timers[key]
+            outputs = self.processor.on_processing_time(
+                state, max(now_ms, timestamp), watermark, self.journal
+            )
+        self._commit(state)
+        self._schedule(key, state, timers)
+        yield from outputs
+
+    def _commit(self, state: InstrumentState) -> None:
+        journal = self.journal
+        for slot, bar_state in journal.bar_states.items():
+            if bar_state is None:
+                self.bar_states.remove(slot)
+            else:
+                self.bar_states.put(slot, bar_state)
+        for open_time, bar in journal.window_bars.items():
+            if bar is None:
+                self.window_bars.remove(open_time)
+            else:
+                self.window_bars.put(open_time, bar)
+        if journal.meta:
+            self.meta_state.update(state.meta)
+        journal.clear()
+
+    def _schedule(self, key: str, state: InstrumentState, timers: Any) -> None:
+        """Register the instrument's next timers unless an earlier one is pending."""
+        due = self.processor.next_event_due(state)
+        if due < NEVER and due < self.event_timers.get(key, NEVER):
+            timers.register_event_time_timer(due)
+            self.event_timers[key] = due
+        due = self.processor.next_processing_due(state)
+        if due < NEVER and due < self.processing_timers.get(key, NEVER):
+            timers.register_processing_time_timer(due)
+            self.processing_timers[key] = due
+
+
+def _reader(counters: SeriesCounters, name: str) -> Any:
+    return lambda: getattr(counters, name)
+
+
+__all__ = ["SeriesFunction"]

@@ -101,7 +101,7 @@ class Firing:
 class WindowSet:
     """The windows of one family (lengths ``timeframes``) of one series."""
 
-    __slots__ = ("accumulating", "lengths", "timing", "windows")
+    __slots__ = ("_event_due", "accumulating", "lengths", "timing", "windows")
 
     def __init__(
         self, timeframes: Sequence[str], accumulating: Accumulating, timing: WindowTiming
@@ -112,6 +112,8 @@ class WindowSet:
         self.accumulating = accumulating
         self.timing = timing
         self.windows: dict[tuple[int, int], Window] = {}
+        # next_event_due, kept as windows are added; None: to be recomputed.
+        self._event_due: int | None = NEVER
 
     def __len__(self) -> int:
         return len(self.windows)
@@ -134,6 +136,8 @@ class WindowSet:
             if window is None:
                 window = Window(TIMEFRAME_BY_MS[length], start, length, self.accumulating.create())
                 self.windows[(length, start)] = window
+                if self._event_due is not None:
+                    self._event_due = min(self._event_due, window.max_timestamp)
             self.accumulating.add(window.accumulator, bar, now_ms)
             max_timestamp = window.max_timestamp
             if max_timestamp <= watermark:
@@ -172,6 +176,7 @@ class WindowSet:
                 expired.append(key)
         for key in expired:
             del self.windows[key]
+        self._event_due = None
         return firings
 
     def on_processing_time(self, now_ms: int, watermark: int) -> list[Firing]:
@@ -188,12 +193,14 @@ class WindowSet:
 
     def next_event_due(self) -> int:
         """The earliest watermark at which something happens (a final firing or clean-up)."""
-        lateness = self.timing.allowed_lateness_ms
-        due = NEVER
-        for window in self.windows.values():
-            at = window.cleanup_time(lateness) if window.finalized else window.max_timestamp
-            due = min(due, at)
-        return due
+        if self._event_due is None:
+            lateness = self.timing.allowed_lateness_ms
+            self._event_due = min(
+                (w.cleanup_time(lateness) if w.finalized else w.max_timestamp
+                 for w in self.windows.values()),
+                default=NEVER,
+            )  # fmt: skip
+        return self._event_due
 
     def next_processing_due(self) -> int:
         """The earliest wall-clock time of an idle fallback, ``NEVER`` if none."""
@@ -229,6 +236,7 @@ class WindowSet:
             window = self.windows.get(key)
             if window is not None:
                 window.finalized = True
+        self._event_due = None
         if self.timing.idle_close_ms > 0:
             for window in self.windows.values():
                 due = window.max_timestamp + self.timing.idle_close_ms

@@ -169,6 +169,9 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StreamExecutionEnv
     for key, value in local_configuration(settings).items():
         configuration.set_string(key, value)
     configuration.set_string("restart-strategy.type", "none")
+    # execute_and_collect chains the collected stream's Python operators a second time, and
+    # the copies of uid'd operators collide with the originals: run them unchained here.
+    configuration.set_string("python.operator-chaining.enabled", "false")
     environment = StreamExecutionEnvironment.get_execution_environment(configuration)
     environment.set_parallelism(2)
     yield environment

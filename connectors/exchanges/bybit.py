@@ -186,8 +186,11 @@ class Bybit(ExchangeAdapter):
         if not isinstance(payload, dict):
             raise RestError(f"bybit kline: unexpected body {quote(payload, 200)}")
         code = payload.get("retCode")
-        if isinstance(code, str) and code.strip().isascii() and code.strip().isdigit():
-            code = int(code)
+        if isinstance(code, str):
+            try:
+                code = to_int(code, "retCode")
+            except InvalidKline:
+                raise RestError(f"bybit kline: retCode {quote(code)} is not an integer") from None
         if isinstance(code, bool) or not isinstance(code, int):
             raise RestError(f"bybit kline: retCode {quote(code)} is not an integer")
         if code in _RATE_LIMIT_CODES:

@@ -99,6 +99,14 @@ _INTEGER_TEXT_RE: Final = re.compile(r"[+-]?[0-9]{1,20}")
 MAX_NUMBER_CHARS: Final[int] = 64
 
 
+def text_of(value: Any, limit: int = 40) -> str:
+    """A value of an exchange's control message for a log line or an error: a string as it
+    is (cut to ``limit``), anything else as a short repr (never fails, whatever its shape)."""
+    if isinstance(value, str):
+        return value if len(value) <= limit else value[: max(0, limit - 3)] + "..."
+    return quote(value, limit)
+
+
 def to_float(value: Any, name: str) -> float:
     """A number from an exchange field (JSON number or decimal string); InvalidKline if not.
 

@@ -17,6 +17,7 @@ from connectors.exchanges.base import (
     RestPage,
     RestRequest,
     dumps,
+    text_of,
     to_float,
     to_int,
 )
@@ -97,7 +98,7 @@ class BinanceSpot(ExchangeAdapter):
         if "result" in message and "id" in message:
             return ParsedFrame(FrameKind.ACK)
         if "error" in message:
-            return ParsedFrame(FrameKind.ERROR, detail=quote(message["error"], 300))
+            return ParsedFrame(FrameKind.ERROR, detail=text_of(message["error"], 300))
         return ParsedFrame(FrameKind.MALFORMED, detail="unknown message type")
 
     def _parse_kline_event(self, data: dict[str, Any], ingest_time: int) -> ParsedFrame:
@@ -156,7 +157,7 @@ class BinanceSpot(ExchangeAdapter):
         """Closed bars of a ``/api/v3/klines`` answer; pages forward while the page is full."""
         if isinstance(payload, dict):
             raise RestError(
-                f"binance error {quote(payload.get('code'))}: {quote(payload.get('msg'), 200)}"
+                f"binance error {text_of(payload.get('code'))}: {text_of(payload.get('msg'), 200)}"
             )
         if not isinstance(payload, list):
             raise RestError(f"binance klines: unexpected body {quote(payload, 200)}")

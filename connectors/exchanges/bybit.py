@@ -18,6 +18,7 @@ from connectors.exchanges.base import (
     RestRateLimited,
     RestRequest,
     dumps,
+    text_of,
     to_float,
     to_int,
 )
@@ -194,9 +195,9 @@ class Bybit(ExchangeAdapter):
         if isinstance(code, bool) or not isinstance(code, int):
             raise RestError(f"bybit kline: retCode {quote(code)} is not an integer")
         if code in _RATE_LIMIT_CODES:
-            raise RestRateLimited(f"bybit {code}: {quote(payload.get('retMsg'), 200)}")
+            raise RestRateLimited(f"bybit {code}: {text_of(payload.get('retMsg'), 200)}")
         if code != 0:
-            raise RestError(f"bybit error {quote(code)}: {quote(payload.get('retMsg'), 200)}")
+            raise RestError(f"bybit error {code}: {text_of(payload.get('retMsg'), 200)}")
         result = payload.get("result")
         rows = result.get("list") if isinstance(result, dict) else None
         if not isinstance(rows, list):

@@ -18,6 +18,7 @@ from connectors.exchanges.base import (
     RestRateLimited,
     RestRequest,
     dumps,
+    text_of,
     to_float,
     to_int,
 )
@@ -108,11 +109,11 @@ class Okx(ExchangeAdapter):
                 _SERVICE_UPGRADE_NOTICE,
                 int(_SERVICE_UPGRADE_NOTICE),
             ):
-                return ParsedFrame(FrameKind.SHUTDOWN, detail=quote(message.get("msg"), 200))
+                return ParsedFrame(FrameKind.SHUTDOWN, detail=text_of(message.get("msg"), 200))
             if event in ("error", "notice", "channel-conn-count-error"):
                 return ParsedFrame(
                     FrameKind.ERROR,
-                    detail=f"{quote(message.get('code'))}: {quote(message.get('msg'), 250)}",
+                    detail=f"{text_of(message.get('code'))}: {text_of(message.get('msg'), 250)}",
                 )
             return ParsedFrame(FrameKind.MALFORMED, detail=f"unknown event {quote(event)}"[:100])
         arg = message.get("arg")
@@ -194,9 +195,9 @@ class Okx(ExchangeAdapter):
             raise RestError(f"okx history-candles: code {quote(raw_code)} is not a string")
         code = raw_code
         if code in _RATE_LIMIT_CODES:
-            raise RestRateLimited(f"okx {quote(code)}: {quote(payload.get('msg'), 200)}")
+            raise RestRateLimited(f"okx {text_of(code)}: {text_of(payload.get('msg'), 200)}")
         if code != "0":
-            raise RestError(f"okx error {quote(code)}: {quote(payload.get('msg'), 200)}")
+            raise RestError(f"okx error {text_of(code)}: {text_of(payload.get('msg'), 200)}")
         rows = payload.get("data")
         if not isinstance(rows, list):
             raise RestError("okx history-candles: 'data' is not a list")

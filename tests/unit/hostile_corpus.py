@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 # Fast and reproducible: fixed examples (derandomize), no example database, no deadline.
 HOSTILE_SETTINGS = settings(
-    max_examples=150,
+    max_examples=100,
     deadline=None,
     derandomize=True,
     database=None,

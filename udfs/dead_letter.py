@@ -68,15 +68,20 @@ class DeadLetter:
             text: str | None = original.decode("utf-8")
         except UnicodeDecodeError:
             text = None
-        whole = dict(envelope)
-        if text is not None:
-            whole["original"] = text
-        else:
-            whole["original_b64"] = base64.b64encode(original).decode("ascii")
-        # Cheap bound first: the JSON of a text grows at most 6x, base64 4/3 plus padding.
-        largest = 6 * len(original) if text is not None else (len(original) + 2) // 3 * 4
-        if largest + 4096 <= MAX_DEAD_LETTER_BYTES or _encoded_size(whole) <= MAX_DEAD_LETTER_BYTES:
-            return whole
+        # Escaping never shrinks a text and base64 grows it by 4/3: an original longer than
+        # the limit is cut without trying; a short one is sent whole when it fits.
+        if len(original) <= MAX_DEAD_LETTER_BYTES:
+            whole = dict(envelope)
+            if text is not None:
+                whole["original"] = text
+            else:
+                whole["original_b64"] = base64.b64encode(original).decode("ascii")
+            # Cheap bound first: the JSON of a text is at most 6x, base64 4/3 plus padding.
+            largest = 6 * len(original) if text is not None else (len(original) + 2) // 3 * 4
+            if largest + 4096 <= MAX_DEAD_LETTER_BYTES:
+                return whole
+            if _encoded_size(whole) <= MAX_DEAD_LETTER_BYTES:
+                return whole
         envelope.update(
             original_truncated=True,
             original_length=len(original),

@@ -863,6 +863,7 @@ class GapRepairer:
         self._scheduled: set[str] = set()
         self._wakeup = asyncio.Event()
         self._failures: dict[str, int] = {}
+        self._failure_log = LogSampler(burst=10, every_s=10.0)
 
     def notify(self, key: str, delay_s: float | None = None) -> None:
         """Repair ``key``'s gaps after ``delay_s`` (default: the configured repair delay)."""
@@ -914,13 +915,17 @@ class GapRepairer:
                 self._failures[key] = failures
                 self.stats.repair_failures += 1
                 delay = random.uniform(0, min(600.0, 2.0 * 2 ** min(failures, 10)))
-                log.warning(
-                    "event=repair_failed series=%s failures=%d retry_in_s=%.1f error=%s",
-                    key,
-                    failures,
-                    delay,
-                    exc,
-                )
+                log_it, suppressed = self._failure_log.allow()
+                if log_it:  # a poison answer of every series must not flood the log
+                    log.warning(
+                        "event=repair_failed series=%s failures=%d retry_in_s=%.1f error=%s "
+                        "suppressed=%d",
+                        key,
+                        failures,
+                        delay,
+                        exc,
+                        suppressed,
+                    )
                 self.notify(key, delay)
             else:
                 self._failures.pop(key, None)

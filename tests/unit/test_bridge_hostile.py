@@ -231,3 +231,30 @@ class ExplodingRest(Bybit):
 def test_a_rest_parser_that_raises_anyway_is_one_unusable_answer() -> None:
     client = fetch(ExplodingRest("spot", ["BTCUSDT"]), orjson.dumps(BYBIT_REST))
     assert client.stats.malformed_answers == 1
+
+
+def test_repairs_failing_on_poison_answers_are_counted_and_logged_sampled(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    symbols = [f"C{i}USDT" for i in range(30)]
+    bridge, _ = make_bridge(
+        Bybit("spot", symbols), FakeSession(orjson.dumps({**BYBIT_REST, "retCode": []}))
+    )
+    repairer = bridge.repairer
+    for key in bridge.symbol_by_key:
+        bridge.tracker.add_gap(key, OPEN_MS, OPEN_MS + 60_000)
+
+    async def run() -> None:
+        for key in bridge.symbol_by_key:
+            repairer.notify(key, 0.0)
+        worker = asyncio.create_task(repairer._worker())
+        while repairer.stats.repair_failures < len(symbols):
+            await asyncio.sleep(0.01)
+        worker.cancel()
+
+    with caplog.at_level(logging.WARNING, logger="connectors.bridge"):
+        asyncio.run(asyncio.wait_for(run(), timeout=20))
+    assert repairer.stats.repair_failures == len(symbols)
+    lines = [r.getMessage() for r in caplog.records if "repair_failed" in r.getMessage()]
+    assert 1 <= len(lines) <= 11
+    assert "retCode [] is not an integer" in lines[0]

@@ -23,7 +23,9 @@ symbol and timeframe, so the overrides below do not apply to them.
 
 from __future__ import annotations
 
+import codecs
 import gzip
+import lzma
 import re
 import zipfile
 import zlib
@@ -32,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePath
 from typing import Final, Literal
 
+from connectors.exchanges.base import to_float, to_int
 from connectors.symbols import UnknownSymbol, parse_symbol
 from udfs.record import (
     EXCHANGES,
@@ -74,9 +77,19 @@ _SUFFIXES: Final[dict[str, SourceKind]] = {
     ".jsonl.gz": "jsonl",
 }
 _KNOWN_SUFFIXES: Final = ", ".join(_SUFFIXES)
+_NON_FINITE_WORDS: Final = frozenset({"nan", "inf", "infinity"})
 _ROW_ERRORS: Final = (InvalidKline, UnicodeDecodeError)
-# What a damaged or unreadable file raises while it is opened or read.
-_READ_ERRORS: Final = (OSError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError)
+# What a damaged or unreadable file raises while it is opened or read (zipfile raises
+# RuntimeError for an encrypted member and NotImplementedError for an unknown compression).
+_READ_ERRORS: Final = (
+    OSError,
+    EOFError,
+    zipfile.BadZipFile,
+    zlib.error,
+    lzma.LZMAError,
+    NotImplementedError,
+    RuntimeError,
+)
 
 
 class ArchiveError(Exception):
@@ -326,21 +339,25 @@ def csv_row_to_kline(fields: Sequence[str], series: Series, ingest_time: int) ->
 
 
 def _number(text: str, name: str) -> float:
-    try:
+    # ASCII decimals only: float() alone would take '٣' and '1_000'. 'nan' and 'inf' are
+    # passed on as floats so that the record rejects them as "not a finite number".
+    if text.strip().lower().lstrip("+-") in _NON_FINITE_WORDS:
         return float(text)
-    except ValueError:
-        raise InvalidKline(f"{name}: {text.strip()[:40]!r} is not a number") from None
+    return to_float(text, name)
 
 
 def _integer(text: str, name: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise InvalidKline(f"{name}: {text.strip()[:40]!r} is not an integer") from None
+    # ASCII digits only: int() alone would take '٣' and raise on 5000 digits.
+    return to_int(text, name)
 
 
 def _is_header(first_field: str) -> bool:
-    return first_field.strip().strip('"').lower() == BINANCE_COLUMNS[0]
+    return first_field.strip().lstrip("\ufeff").strip().strip('"').lower() == BINANCE_COLUMNS[0]
+
+
+def _without_bom(number: int, raw: bytes) -> bytes:
+    """The first line of a file without its UTF-8 byte-order mark (spreadsheet exports)."""
+    return raw[len(codecs.BOM_UTF8) :] if number == 1 and raw.startswith(codecs.BOM_UTF8) else raw
 
 
 def iter_csv_rows(
@@ -352,11 +369,12 @@ def iter_csv_rows(
 ) -> Iterator[Kline | Rejection]:
     """Bars (or rejections) from the lines of one Binance kline CSV, in file order.
 
-    A header row (first column ``open_time``) and blank lines are skipped; rejections are
-    located as ``location:line`` (1-based, counting every line).
+    A header row (first column ``open_time``, after a UTF-8 byte-order mark if any) and blank
+    lines are skipped; rejections are located as ``location:line`` (1-based, counting every
+    line).
     """
     for number, line in enumerate(lines, start=1):
-        raw = line.rstrip(b"\r\n")
+        raw = _without_bom(number, line.rstrip(b"\r\n"))
         if not raw.strip():
             continue
         try:
@@ -371,7 +389,7 @@ def iter_csv_rows(
 def iter_jsonl_rows(lines: Iterable[bytes], *, location: str) -> Iterator[Kline | Rejection]:
     """Bars (or rejections) from JSONL lines, one wire record each; blank lines are skipped."""
     for number, line in enumerate(lines, start=1):
-        raw = line.rstrip(b"\r\n")
+        raw = _without_bom(number, line.rstrip(b"\r\n"))
         if not raw.strip():
             continue
         try:

@@ -33,6 +33,7 @@ import dataclasses
 import enum
 import heapq
 import logging
+import math
 import queue
 import random
 import threading
@@ -54,10 +55,11 @@ from connectors.exchanges.base import (
     RejectedBar,
     RestError,
 )
+from connectors.redaction import redacted_repr
 from connectors.rest_repair import RepairUnavailable, RestKlineClient
 from connectors.symbols import SymbolInfo
 from udfs.dead_letter import DeadLetter, encode_dead_letter
-from udfs.record import Kline, encode_kline
+from udfs.record import Kline, encode_kline, quote
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +74,35 @@ _YIELD_EVERY: Final[int] = 64
 def wall_ms() -> int:
     """Wall-clock epoch milliseconds (the ingest time)."""
     return time.time_ns() // 1_000_000
+
+
+class LogSampler:
+    """Rate-limits one kind of log line: the first ``burst`` lines, then one per ``every_s``.
+
+    :meth:`allow` says whether to log now and how many lines were suppressed since the last
+    one, so a flood of poison input costs a few log lines, not one per message.
+    """
+
+    def __init__(
+        self, burst: int = 5, every_s: float = 10.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.burst = burst
+        self.every_s = every_s
+        self.clock = clock
+        self.seen = 0
+        self.suppressed = 0
+        self._last_logged = -math.inf
+
+    def allow(self) -> tuple[bool, int]:
+        """``(log_it, suppressed_before)``; counts every call."""
+        self.seen += 1
+        now = self.clock()
+        if self.seen <= self.burst or now - self._last_logged >= self.every_s:
+            self._last_logged = now
+            suppressed, self.suppressed = self.suppressed, 0
+            return True, suppressed
+        self.suppressed += 1
+        return False, 0
 
 
 # --------------------------------------------------------------------------------------------
@@ -395,6 +426,7 @@ class KafkaSink:
         self.backpressure_waits = 0
         self._last_failure_at = 0.0
         self._last_error = ""
+        self._closed = False
 
     def start(self) -> None:
         """Start the sender thread (call from the event loop)."""
@@ -441,7 +473,14 @@ class KafkaSink:
         }
 
     async def close(self, timeout_s: float = 30.0) -> bool:
-        """Send what is queued, flush the producer and close it. True if nothing was left."""
+        """Send what is queued, flush the producer and close it. True if nothing was left.
+
+        Idempotent: the bridge closes the sink itself on a fatal error, and the command
+        closes it again on its way out.
+        """
+        if self._closed:
+            return self._pending == 0
+        self._closed = True
         self._queue.put(_STOP)
         loop = asyncio.get_running_loop()
         if self._thread is not None:
@@ -535,6 +574,10 @@ class BridgeConfig:
     repair_concurrency: int = 2
     startup_backfill_minutes: int = 0
     max_pending: int = 20_000
+
+    def __repr__(self) -> str:
+        """The settings; a password or token in the WebSocket or REST URL shows as ``***``."""
+        return redacted_repr(self)
 
 
 # --------------------------------------------------------------------------------------------
@@ -820,6 +863,7 @@ class GapRepairer:
         self._scheduled: set[str] = set()
         self._wakeup = asyncio.Event()
         self._failures: dict[str, int] = {}
+        self._failure_log = LogSampler(burst=10, every_s=10.0)
 
     def notify(self, key: str, delay_s: float | None = None) -> None:
         """Repair ``key``'s gaps after ``delay_s`` (default: the configured repair delay)."""
@@ -871,13 +915,17 @@ class GapRepairer:
                 self._failures[key] = failures
                 self.stats.repair_failures += 1
                 delay = random.uniform(0, min(600.0, 2.0 * 2 ** min(failures, 10)))
-                log.warning(
-                    "event=repair_failed series=%s failures=%d retry_in_s=%.1f error=%s",
-                    key,
-                    failures,
-                    delay,
-                    exc,
-                )
+                log_it, suppressed = self._failure_log.allow()
+                if log_it:  # a poison answer of every series must not flood the log
+                    log.warning(
+                        "event=repair_failed series=%s failures=%d retry_in_s=%.1f error=%s "
+                        "suppressed=%d",
+                        key,
+                        failures,
+                        delay,
+                        exc,
+                        suppressed,
+                    )
                 self.notify(key, delay)
             else:
                 self._failures.pop(key, None)
@@ -954,6 +1002,7 @@ class Bridge:
         self.stats_printer = stats_printer or _log_stats
         self.started_at = time.monotonic()
         self.dead_letters = 0
+        self._rejection_log = LogSampler()
 
     # --- hot path --------------------------------------------------------------------------
 
@@ -962,7 +1011,14 @@ class Bridge:
         stats = connection.shard.stats
         stats.messages += 1
         ingest_time = wall_ms()
-        parsed = self.adapter.parse_frame(text, ingest_time)
+        try:
+            parsed = self.adapter.parse_frame(text, ingest_time)
+        except Exception as exc:  # noqa: BLE001 - counted and logged as malformed, see below
+            # parse_frame's contract is "never raises" (every known bad input is handled
+            # there); should a new kind still raise, it is one malformed frame, not the end of
+            # the bridge process.
+            self.on_malformed(connection, text, f"internal: {type(exc).__name__}: {quote(exc)}")
+            return
         kind = parsed.kind
         if kind is FrameKind.KLINES:
             connection.last_data_at = connection.last_frame_at
@@ -1034,8 +1090,18 @@ class Bridge:
         )
 
     async def dead_letter(self, rejected: RejectedBar) -> None:
-        """Send a rejected bar to the dead-letter topic with its reason."""
+        """Send a rejected bar to the dead-letter topic with its reason (log sampled)."""
         self.dead_letters += 1
+        log_it, suppressed = self._rejection_log.allow()
+        if log_it:
+            log.warning(
+                "event=bar_rejected exchange=%s series=%s reason=%r sample=%r suppressed=%d",
+                self.adapter.name,
+                rejected.key,
+                rejected.reason[:_SAMPLE_CHARS],
+                rejected.original[:_SAMPLE_CHARS],
+                suppressed,
+            )
         letter = DeadLetter(
             reason=rejected.reason,
             stage="bridge",
@@ -1122,6 +1188,9 @@ class Bridge:
             for task in done:
                 if task is not stopper and not task.cancelled() and task.exception() is not None:
                     raise task.exception()  # type: ignore[misc]
+        except BaseException as exc:
+            await self._flush_on_fatal_exit(exc)
+            raise
         finally:
             stopper.cancel()
             for task in tasks:
@@ -1131,6 +1200,19 @@ class Bridge:
                     await task
         final = self.stats(reset_lag=False)
         return final
+
+    async def _flush_on_fatal_exit(self, exc: BaseException) -> None:
+        """Before a fatal error ends the process: deliver what is queued (nothing lost)."""
+        close = getattr(self.sink, "close", None)
+        pending = getattr(self.sink, "pending", None)
+        log.error(
+            "event=fatal_exit error=%s pending=%s (flushing the producer)",
+            quote(exc, 300),
+            pending,
+        )
+        if close is not None:
+            clean = await close()
+            log.error("event=fatal_exit_flushed clean=%s", clean)
 
     async def _print_stats_periodically(self) -> None:
         while True:

@@ -519,6 +519,10 @@ class ChatReply:
         return (self.prompt_tokens or 0) + (self.completion_tokens or 0)
 
 
+# The longest pause a 429's Retry-After may impose on the whole engine.
+MAX_RETRY_AFTER_S: Final = 300.0
+
+
 def _usage_value(usage: Mapping[str, Any], name: str) -> int | None:
     value = usage.get(name)
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -534,7 +538,11 @@ def parse_chat_response(response: HttpResponse, default_retry_s: float) -> ChatR
     """
     status = response.status
     if status == 429:
-        retry_after = parse_retry_after(response.headers.get("retry-after"), default_retry_s)
+        # A hostile or broken header ("1e999") must not block the limiter for ever.
+        retry_after = min(
+            parse_retry_after(response.headers.get("retry-after"), default_retry_s),
+            MAX_RETRY_AFTER_S,
+        )
         raise InferenceFailure("http_429", retryable=True, retry_after_s=retry_after)
     if status >= 500 or status in RETRYABLE_STATUS:
         raise InferenceFailure(f"http_{status}", retryable=True)

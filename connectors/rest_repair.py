@@ -28,7 +28,7 @@ from connectors.exchanges.base import (
     RestRateLimited,
 )
 from connectors.symbols import SymbolInfo
-from udfs.record import Kline
+from udfs.record import Kline, quote
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,8 @@ class RestStats:
     server_errors: int = 0
     network_errors: int = 0
     client_errors: int = 0
+    # 200 answers whose body could not be used (wrong shape or types): the range is retried.
+    malformed_answers: int = 0
 
 
 @dataclass(slots=True)
@@ -184,6 +186,16 @@ class RestKlineClient:
                 self.stats.rate_limited += 1
                 self.bucket.block_until(self.clock() + DEFAULT_RETRY_AFTER_BODY_S)
                 last_problem = str(exc)
+            except RestError:
+                raise  # the exchange's own error answer: the caller logs and retries later
+            except Exception as exc:
+                # The parsers reject every known bad shape with RestError or a rejected row;
+                # anything they still raise is one unusable answer, never a dead repairer.
+                self.stats.malformed_answers += 1
+                raise RestError(
+                    f"{self.adapter.name}: unusable answer: internal: "
+                    f"{type(exc).__name__}: {quote(exc, 200)}"
+                ) from exc
         raise RepairUnavailable(
             f"{self.adapter.name} {info.symbol}: gave up after {self.attempts} attempts "
             f"({last_problem})"

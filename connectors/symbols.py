@@ -20,7 +20,8 @@ QUOTE_ASSETS: Final[tuple[str, ...]] = (
     "BIDR", "PLN", "RON", "ARS", "MXN", "COP", "CZK", "NGN", "BKRW", "VAI",
 )  # fmt: skip
 _QUOTES_LONGEST_FIRST: Final = tuple(sorted(QUOTE_ASSETS, key=len, reverse=True))
-_ASSET_RE: Final = re.compile(r"^[A-Z0-9]{1,20}$")
+# Matched with fullmatch: "$" would also match before a trailing newline ("BTC\n").
+_ASSET_RE: Final = re.compile(r"[A-Z0-9]{1,20}")
 
 
 class UnknownSymbol(ValueError):
@@ -47,13 +48,13 @@ def split_concatenated(raw_symbol: str) -> tuple[str, str]:
     upper = raw_symbol.strip().upper()
     if "-" in upper or "_" in upper or "/" in upper:
         parts = re.split(r"[-_/]", upper)
-        if len(parts) == 2 and all(_ASSET_RE.match(p) for p in parts):
+        if len(parts) == 2 and all(_ASSET_RE.fullmatch(p) for p in parts):
             return parts[0], parts[1]
         raise UnknownSymbol(f"{raw_symbol!r}: expected BASEQUOTE or BASE-QUOTE")
     for quote in _QUOTES_LONGEST_FIRST:
         if upper.endswith(quote) and len(upper) > len(quote):
             base = upper[: -len(quote)]
-            if _ASSET_RE.match(base):
+            if _ASSET_RE.fullmatch(base):
                 return base, quote
     raise UnknownSymbol(
         f"{raw_symbol!r}: no known quote asset at its end (known: {', '.join(QUOTE_ASSETS)}); "
@@ -74,10 +75,10 @@ def bybit_symbol(raw_symbol: str, market: str = "spot") -> SymbolInfo:
     upper = raw_symbol.strip().upper()
     if upper.endswith("PERP"):
         base = upper[: -len("PERP")]
-        if not _ASSET_RE.match(base) or market != "linear":
+        if not _ASSET_RE.fullmatch(base) or market != "linear":
             raise UnknownSymbol(f"{raw_symbol!r}: a USDC perpetual exists only on linear")
         return SymbolInfo("bybit", f"{base}-USDC", upper, base, "USDC", market)
-    if re.search(r"-\d{2}[A-Z]{3}\d{2}$", upper):
+    if re.search(r"-[0-9]{2}[A-Z]{3}[0-9]{2}\Z", upper):
         raise UnknownSymbol(f"{raw_symbol!r}: dated futures are not supported")
     base, quote = split_concatenated(upper)
     return SymbolInfo("bybit", f"{base}-{quote}", f"{base}{quote}", base, quote, market)
@@ -90,9 +91,9 @@ def okx_symbol(inst_id: str) -> SymbolInfo:
     """
     upper = inst_id.strip().upper()
     parts = upper.split("-")
-    if len(parts) == 2 and all(_ASSET_RE.match(p) for p in parts):
+    if len(parts) == 2 and all(_ASSET_RE.fullmatch(p) for p in parts):
         return SymbolInfo("okx", f"{parts[0]}-{parts[1]}", upper, parts[0], parts[1])
-    if len(parts) == 3 and parts[2] == "SWAP" and all(_ASSET_RE.match(p) for p in parts[:2]):
+    if len(parts) == 3 and parts[2] == "SWAP" and all(_ASSET_RE.fullmatch(p) for p in parts[:2]):
         if parts[1] == "USD":
             raise UnknownSymbol(f"{inst_id!r}: inverse (coin-margined) swaps are not supported")
         return SymbolInfo("okx", f"{parts[0]}-{parts[1]}", upper, parts[0], parts[1], "linear")

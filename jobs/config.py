@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from connectors.redaction import redacted_repr
 from jobs.cliutil import env_bool_flag, env_flag
 from jobs.signals import SignalConfig, add_signal_arguments, signal_config_from_args
 from udfs.analytics import DEFAULT_PROFILE_TIMEFRAMES
@@ -129,6 +130,10 @@ class SinkConfig:
     # Announce each applied update on the series' pub/sub channel (kline-updates:...).
     redis_publish: bool = True
 
+    def __repr__(self) -> str:
+        """The fields, with the passwords of the ClickHouse and Redis URLs as ``***``."""
+        return redacted_repr(self)
+
 
 @dataclass(frozen=True, slots=True)
 class JobSettings:
@@ -150,6 +155,10 @@ class JobSettings:
     job_name: str = "klineflow"
     # Extra Flink settings on top of flink-conf/config.yaml (tests turn restarts off).
     flink_overrides: tuple[tuple[str, str], ...] = ()
+
+    def __repr__(self) -> str:
+        """The fields (nested settings included), every URL password shown as ``***``."""
+        return redacted_repr(self)
 
     def with_overrides(self, **changes: Any) -> JobSettings:
         """A copy with some fields replaced (tests use it for fresh topics and paths)."""

@@ -99,6 +99,8 @@ SPECS: Final[Mapping[str, TableSpec]] = {
     ),
 }
 FORMATS: Final = ("table", "json", "csv")
+# ClickHouse takes LIMIT as a UInt64; anything above int64 is refused before it is sent.
+MAX_LIMIT: Final = 2**63 - 1
 
 
 def build_query(
@@ -138,7 +140,11 @@ def build_query(
 
 
 def parse_time(text: str) -> int:
-    """Epoch ms from ISO-8601 (``2025-01-01``, ``2025-01-01T12:00Z``) or epoch s/ms/us."""
+    """Epoch ms from ISO-8601 (``2025-01-01``, ``2025-01-01T12:00Z``) or epoch s/ms/us.
+
+    Anything else (a 400-digit number, Unicode digits) raises ArgumentTypeError with the
+    reason, which argparse prints as one error line.
+    """
     from udfs.record import InvalidKline, parse_timestamp_ms
 
     try:
@@ -238,8 +244,8 @@ def run_query(args: argparse.Namespace) -> int:
     from connectors.clickhouse import ClickHouseError, open_writer
 
     spec = SPECS[args.what]
-    if args.limit is not None and args.limit < 0:
-        print("klineflow query: --limit must be >= 0", file=sys.stderr)
+    if args.limit is not None and not 0 <= args.limit <= MAX_LIMIT:
+        print(f"klineflow query: --limit must be from 0 to {MAX_LIMIT}", file=sys.stderr)
         return 2
     sql, params = build_query(spec, start_ms=args.start, end_ms=args.end, limit=args.limit)
     params.update(exchange=args.exchange, symbol=args.symbol, timeframe=args.timeframe)

@@ -24,10 +24,21 @@ file's symbol or timeframe is refused before anything is sent.
 """
 
 
+# Messages per second --rate accepts (below, a pause would overflow time.sleep).
+_MIN_RATE = 0.001
+_MAX_RATE = 1e9
+
+
 def _positive_float(text: str) -> float:
-    value = float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text}: must be positive")
+    """A --rate value: a finite number from 0.001 to 1e9 (not nan, inf or 1e-300)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text[:40]!r} is not a number") from None
+    if not _MIN_RATE <= value <= _MAX_RATE:  # also false for nan
+        raise argparse.ArgumentTypeError(
+            f"{text[:40]!r}: must be from {_MIN_RATE} to {_MAX_RATE:g}"
+        )
     return value
 
 

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import math
 import re
+import reprlib
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from operator import attrgetter
@@ -30,7 +33,35 @@ EXCHANGES: Final[frozenset[str]] = frozenset({"binance", "okx", "bybit"})
 MIN_EPOCH_MS: Final[int] = 1_230_768_000_000  # 2009-01-01T00:00:00Z
 MAX_EPOCH_MS: Final[int] = 4_102_444_800_000  # 2100-01-01T00:00:00Z
 
-_SYMBOL_RE: Final = re.compile(r"^[A-Z0-9]{1,20}-[A-Z0-9]{1,20}$")
+# --- Validation bounds (README.md, "Validation bounds", gives each one with its reason) ------
+# A canonical symbol is BASE-QUOTE, each part 1..20 upper-case ASCII letters or digits, matched
+# whole (re.fullmatch: a trailing newline is not "the end"); so at most 41 characters.
+MAX_SYMBOL_CHARS: Final[int] = 41
+_SYMBOL_RE: Final = re.compile(r"[A-Z0-9]{1,20}-[A-Z0-9]{1,20}")
+# The exchange's own spelling (BTCUSDT, BTC-USDT-SWAP, BTCUSD_PERP): ASCII, at most 64.
+MAX_RAW_SYMBOL_CHARS: Final[int] = 64
+_RAW_SYMBOL_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]*")
+# A wire record is about 500 bytes; anything this long is not one (and is not parsed).
+MAX_MESSAGE_BYTES: Final[int] = 16 * 1024
+# Timestamp strings: an ISO-8601 time or epoch digits fit easily.
+MAX_TIMESTAMP_CHARS: Final[int] = 64
+# Prices: no instrument is quoted near 1e15 (BTC in Indonesian rupiah is ~1.6e9).
+MAX_PRICE: Final[float] = 1e15
+# Base and quote volumes of one bar. A 1d roll-up sums 1440 bars and the VWAP sums
+# price x volume over them: 1440 * 1e15 * 1e24 ~ 1.4e42, far below float64's 1.8e308.
+MAX_VOLUME: Final[float] = 1e24
+# Trades of one bar: 2**52, so that a sum of 2048 bars (> the 1440 of a 1d roll-up) stays
+# within 2**63 - 1 (ClickHouse UInt64, Python/JSON int64) and one bar's count is exact even
+# where JSON numbers are read as doubles.
+MAX_TRADES: Final[int] = 2**52
+# How far a bar may lie in the future: open_time and event_time at most this far ahead of
+# ingest_time, and ingest_time at most this far ahead of the validating clock. A bar from the
+# far future would otherwise become its series' newest bar and freeze it (every later real bar
+# "late"), or pin its version above every later correction.
+MAX_AHEAD_MS: Final[int] = 60 * 60_000  # 1 hour
+# Reasons quote offending values; a quote is cut to this many characters.
+_QUOTE_CHARS: Final[int] = 40
+_NUMERIC_TEXT_RE: Final = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)")
 
 FIELDS: Final[tuple[str, ...]] = (
     "exchange",
@@ -55,7 +86,7 @@ FIELDS: Final[tuple[str, ...]] = (
 _FIELD_SET: Final = frozenset(FIELDS)
 # A Kline's values in field order (FIELDS is also the dataclass's field order).
 _KLINE_VALUES: Final = attrgetter(*FIELDS)
-_PRICE_FIELDS: Final = ("open", "high", "low", "close", "volume")
+_PRICE_FIELDS: Final = ("open", "high", "low", "close")
 _OPTIONAL_FLOAT_FIELDS: Final = ("quote_volume", "taker_buy_volume", "taker_buy_quote_volume")
 _TIME_FIELDS: Final = ("open_time", "close_time", "event_time", "ingest_time")
 # Relative slack for "taker buy volume <= volume": exchanges round each side separately.
@@ -129,12 +160,12 @@ def series_key(exchange: str, symbol: str, timeframe: str) -> str:
 
 def timeframe_ms(timeframe: str) -> int:
     """Length of a timeframe in milliseconds; raises InvalidKline for an unknown one."""
-    try:
-        return TIMEFRAME_MS[timeframe]
-    except KeyError:
+    length = TIMEFRAME_MS.get(timeframe) if isinstance(timeframe, str) else None
+    if length is None:
         raise InvalidKline(
-            f"unknown timeframe {timeframe!r} (expected one of {', '.join(TIMEFRAME_MS)})"
-        ) from None
+            f"unknown timeframe {quote(timeframe)} (expected one of {', '.join(TIMEFRAME_MS)})"
+        )
+    return length
 
 
 def align_open_time(ts_ms: int, timeframe: str) -> int:
@@ -146,9 +177,11 @@ def align_open_time(ts_ms: int, timeframe: str) -> int:
 def parse_timestamp_ms(value: Any, field: str = "timestamp") -> int:
     """Normalise a timestamp to epoch milliseconds UTC.
 
-    Accepts integers or floats (or strings of digits) in seconds, milliseconds or
+    Accepts integers or floats (or strings of ASCII digits) in seconds, milliseconds or
     microseconds, told apart by magnitude within 2009..2100, and ISO-8601 strings (a string
-    without an offset is taken as UTC). Anything else raises InvalidKline with the reason.
+    without an offset is taken as UTC). Anything else raises InvalidKline with the reason:
+    booleans, other types, non-finite numbers, numbers of any size outside the range, Unicode
+    digits (``int('٣')`` would accept them), strings longer than 64 characters.
     """
     if isinstance(value, bool):
         raise InvalidKline(f"{field}: expected a timestamp, got a boolean")
@@ -156,11 +189,15 @@ def parse_timestamp_ms(value: Any, field: str = "timestamp") -> int:
         text = value.strip()
         if not text:
             raise InvalidKline(f"{field}: empty timestamp")
-        if _looks_numeric(text):
-            try:
-                number: float = int(text)
-            except ValueError:
-                number = float(text)
+        if len(text) > MAX_TIMESTAMP_CHARS:
+            raise InvalidKline(
+                f"{field}: a timestamp string of {len(text)} characters "
+                f"(at most {MAX_TIMESTAMP_CHARS})"
+            )
+        if not text.isascii():
+            raise InvalidKline(f"{field}: {quote(text)} has non-ASCII characters")
+        if _NUMERIC_TEXT_RE.fullmatch(text):
+            number: float = float(text) if "." in text else int(text)
             return _number_to_ms(number, field, value)
         return _iso_to_ms(text, field)
     if isinstance(value, int | float):
@@ -168,41 +205,65 @@ def parse_timestamp_ms(value: Any, field: str = "timestamp") -> int:
     raise InvalidKline(f"{field}: expected a timestamp, got {type(value).__name__}")
 
 
-def _looks_numeric(text: str) -> bool:
-    body = text[1:] if text[0] in "+-" else text
-    return body.replace(".", "", 1).isdigit()
+def _make_quoter() -> reprlib.Repr:
+    quoter = reprlib.Repr()
+    quoter.maxlevel = 3
+    quoter.maxstring = quoter.maxlong = quoter.maxother = 300
+    quoter.maxlist = quoter.maxtuple = quoter.maxdict = quoter.maxset = 6
+    return quoter
+
+
+_QUOTER: Final = _make_quoter()
+
+
+def quote(value: Any, limit: int = _QUOTE_CHARS) -> str:
+    """A short ``repr`` of any value, for a rejection reason or a log line.
+
+    Never fails and never does much work, whatever ``value`` is: deep nesting (a plain
+    ``repr`` raises RecursionError), huge strings, integers too long for ``str()``.
+    """
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**30:
+        text = f"<integer of about {int(value.bit_length() * 0.30103)} digits>"
+    else:
+        text = _QUOTER.repr(value)
+    return text if len(text) <= limit else text[: max(0, limit - 3)] + "..."
 
 
 def _number_to_ms(number: float, field: str, original: Any) -> int:
-    if isinstance(number, float) and not math.isfinite(number):
-        raise InvalidKline(f"{field}: timestamp is not finite")
-    for scale in (1000.0, 1.0, 0.001):  # seconds, milliseconds, microseconds
-        ms = number * scale
-        if MIN_EPOCH_MS <= ms < MAX_EPOCH_MS:
-            if isinstance(number, int) and scale == 1.0:
-                return number
-            if isinstance(number, int) and scale == 1000.0:
-                return number * 1000
-            if isinstance(number, int):
-                return number // 1000
-            return math.floor(ms + 1e-6)
+    if isinstance(number, int):
+        # Integer arithmetic only: a huge int would overflow a float conversion.
+        if MIN_EPOCH_MS <= number * 1000 < MAX_EPOCH_MS:  # seconds
+            return number * 1000
+        if MIN_EPOCH_MS <= number < MAX_EPOCH_MS:  # milliseconds
+            return number
+        if MIN_EPOCH_MS * 1000 <= number < MAX_EPOCH_MS * 1000:  # microseconds
+            return number // 1000
+    else:
+        if not math.isfinite(number):
+            raise InvalidKline(f"{field}: timestamp is not finite")
+        for scale in (1000.0, 1.0, 0.001):  # seconds, milliseconds, microseconds
+            ms = number * scale
+            if MIN_EPOCH_MS <= ms < MAX_EPOCH_MS:
+                return math.floor(ms + 1e-6)
     raise InvalidKline(
-        f"{field}: {original!r} is not a timestamp in seconds, milliseconds or microseconds "
-        "between 2009 and 2100"
+        f"{field}: {quote(original)} is not a timestamp in seconds, milliseconds or "
+        "microseconds between 2009 and 2100"
     )
 
 
 def _iso_to_ms(text: str, field: str) -> int:
     try:
         parsed = datetime.fromisoformat(text)
-    except ValueError:
-        raise InvalidKline(f"{field}: {text!r} is neither a number nor an ISO-8601 time") from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    delta = parsed - datetime(1970, 1, 1, tzinfo=UTC)
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        delta = parsed - datetime(1970, 1, 1, tzinfo=UTC)
+    except (ValueError, OverflowError):
+        raise InvalidKline(
+            f"{field}: {quote(text)} is neither a number nor an ISO-8601 time"
+        ) from None
     ms = (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
     if not MIN_EPOCH_MS <= ms < MAX_EPOCH_MS:
-        raise InvalidKline(f"{field}: {text!r} is outside 2009..2100")
+        raise InvalidKline(f"{field}: {quote(text)} is outside 2009..2100")
     return ms
 
 
@@ -213,20 +274,25 @@ def _require_str(data: dict[str, Any], name: str) -> str:
     return value
 
 
-def _require_float(data: dict[str, Any], name: str) -> float:
+def _require_float(data: dict[str, Any], name: str, ceiling: float) -> float:
     value = data[name]
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise InvalidKline(f"{name}: expected a number, got {_describe(value)}")
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:
+        raise InvalidKline(f"{name}: {quote(value)} is too large for a float") from None
     if not math.isfinite(number):
         raise InvalidKline(f"{name}: {value} is not a finite number")
+    if number > ceiling:
+        raise InvalidKline(f"{name}: {number} is above the ceiling {ceiling:g}")
     return number
 
 
-def _optional_float(data: dict[str, Any], name: str) -> float | None:
+def _optional_float(data: dict[str, Any], name: str, ceiling: float) -> float | None:
     if data[name] is None:
         return None
-    number = _require_float(data, name)
+    number = _require_float(data, name, ceiling)
     if number < 0:
         raise InvalidKline(f"{name}: {number} is negative")
     return number
@@ -235,39 +301,77 @@ def _optional_float(data: dict[str, Any], name: str) -> float | None:
 def _describe(value: Any) -> str:
     if value is None:
         return "null"
-    text = repr(value)
-    return f"{type(value).__name__} {text[:40]}"
+    return f"{type(value).__name__} {quote(value)}"
 
 
-def kline_from_dict(data: Any) -> Kline:
+def _field_name(name: Any) -> str:
+    if isinstance(name, str) and name.isidentifier() and len(name) <= _QUOTE_CHARS:
+        return name
+    return quote(name)
+
+
+def _wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _iso_ms(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def kline_from_dict(data: Any, *, clock: Callable[[], int] | None = None) -> Kline:
     """Validate a decoded record and build a Kline, normalising its timestamps to ms.
 
-    Raises InvalidKline with a precise reason for the first rule the record breaks.
+    Raises InvalidKline with a precise reason for the first rule the record breaks, including
+    the documented bounds (README.md, "Validation bounds"). ``clock`` (epoch ms; default the
+    wall clock) is what ``ingest_time`` may not lie more than :data:`MAX_AHEAD_MS` ahead of.
     """
     if not isinstance(data, dict):
         raise InvalidKline(f"expected a JSON object, got {type(data).__name__}")
     missing = [name for name in FIELDS if name not in data]
     if missing:
         raise InvalidKline(f"missing field(s): {', '.join(missing)}")
-    extra = sorted(set(data) - _FIELD_SET)
-    if extra:
-        raise InvalidKline(f"unknown field(s): {', '.join(extra)}")
+    if len(data) > len(FIELDS):
+        extra = sorted(_field_name(name) for name in data if name not in _FIELD_SET)
+        shown = ", ".join(extra[:5]) + (f" and {len(extra) - 5} more" if len(extra) > 5 else "")
+        raise InvalidKline(f"unknown field(s): {shown}")
 
     exchange = _require_str(data, "exchange")
     if exchange not in EXCHANGES:
         raise InvalidKline(
-            f"exchange: unknown exchange {exchange!r} (expected {', '.join(sorted(EXCHANGES))})"
+            f"exchange: unknown exchange {quote(exchange)} "
+            f"(expected {', '.join(sorted(EXCHANGES))})"
         )
     symbol = _require_str(data, "symbol")
-    if not _SYMBOL_RE.match(symbol):
-        raise InvalidKline(f"symbol: {symbol!r} is not canonical BASE-QUOTE upper case")
+    if len(symbol) > MAX_SYMBOL_CHARS:
+        raise InvalidKline(
+            f"symbol: {len(symbol)} characters (a canonical symbol has at most {MAX_SYMBOL_CHARS})"
+        )
+    if not _SYMBOL_RE.fullmatch(symbol):
+        raise InvalidKline(f"symbol: {quote(symbol)} is not canonical BASE-QUOTE upper case")
     raw_symbol = _require_str(data, "raw_symbol")
+    if len(raw_symbol) > MAX_RAW_SYMBOL_CHARS or not _RAW_SYMBOL_RE.fullmatch(raw_symbol):
+        raise InvalidKline(
+            f"raw_symbol: {quote(raw_symbol)} is not an exchange symbol (ASCII letters, digits "
+            f"and ._/-, at most {MAX_RAW_SYMBOL_CHARS} characters)"
+        )
     timeframe = _require_str(data, "timeframe")
     length = timeframe_ms(timeframe)
 
     open_time, close_time, event_time, ingest_time = (
         parse_timestamp_ms(data[name], name) for name in _TIME_FIELDS
     )
+    now = (clock or _wall_clock_ms)()
+    if ingest_time > now + MAX_AHEAD_MS:
+        raise InvalidKline(
+            f"ingest_time: {_iso_ms(ingest_time)} is more than {MAX_AHEAD_MS // 60_000} min "
+            f"ahead of the clock ({_iso_ms(now)})"
+        )
+    for name, value in (("open_time", open_time), ("event_time", event_time)):
+        if value > ingest_time + MAX_AHEAD_MS:
+            raise InvalidKline(
+                f"{name}: {_iso_ms(value)} is more than {MAX_AHEAD_MS // 60_000} min ahead of "
+                f"ingest_time ({_iso_ms(ingest_time)})"
+            )
     if open_time % length:
         raise InvalidKline(
             f"open_time: {open_time} is not aligned to {timeframe} "
@@ -278,7 +382,8 @@ def kline_from_dict(data: Any) -> Kline:
             f"close_time: {close_time} != open_time + {timeframe} - 1 ({open_time + length - 1})"
         )
 
-    open_, high, low, close, volume = (_require_float(data, name) for name in _PRICE_FIELDS)
+    open_, high, low, close = (_require_float(data, name, MAX_PRICE) for name in _PRICE_FIELDS)
+    volume = _require_float(data, "volume", MAX_VOLUME)
     if low < 0:
         raise InvalidKline(f"low: {low} is negative")
     if high < max(open_, close):
@@ -289,7 +394,7 @@ def kline_from_dict(data: Any) -> Kline:
         raise InvalidKline(f"volume: {volume} is negative")
 
     quote_volume, taker_buy_volume, taker_buy_quote_volume = (
-        _optional_float(data, name) for name in _OPTIONAL_FLOAT_FIELDS
+        _optional_float(data, name, MAX_VOLUME) for name in _OPTIONAL_FLOAT_FIELDS
     )
     if taker_buy_volume is not None and taker_buy_volume > volume * (1 + _SUM_TOLERANCE):
         raise InvalidKline(f"taker_buy_volume: {taker_buy_volume} exceeds volume {volume}")
@@ -307,7 +412,9 @@ def kline_from_dict(data: Any) -> Kline:
         if isinstance(trades, bool) or not isinstance(trades, int):
             raise InvalidKline(f"trades: expected an integer or null, got {_describe(trades)}")
         if trades < 0:
-            raise InvalidKline(f"trades: {trades} is negative")
+            raise InvalidKline(f"trades: {quote(trades)} is negative")
+        if trades > MAX_TRADES:
+            raise InvalidKline(f"trades: {quote(trades)} is above the ceiling 2**52")
 
     is_closed = data["is_closed"]
     if not isinstance(is_closed, bool):
@@ -336,12 +443,29 @@ def kline_from_dict(data: Any) -> Kline:
 
 
 def decode_kline(raw: bytes | str) -> Kline:
-    """Parse and validate one wire message. Raises InvalidKline with the reason."""
+    """Parse and validate one wire message. Raises InvalidKline with the reason.
+
+    Nothing else escapes, whatever ``raw`` holds: the job's parse operator catches only
+    InvalidKline (and dead-letters the message), so any other exception would restart the job
+    on the same message for ever. Every known kind of bad input is rejected explicitly; a last
+    guard turns anything unforeseen into ``InvalidKline("internal: <type>: <message>")``.
+    """
+    if not isinstance(raw, bytes | bytearray | memoryview | str):
+        raise InvalidKline(f"expected bytes or str, got {type(raw).__name__}")
+    if len(raw) > MAX_MESSAGE_BYTES:
+        raise InvalidKline(
+            f"message of {len(raw)} bytes (a record has at most {MAX_MESSAGE_BYTES})"
+        )
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise InvalidKline(f"not JSON: {exc}") from None
-    return kline_from_dict(data)
+        raise InvalidKline(f"not JSON: {str(exc)[:120]}") from None
+    try:
+        return kline_from_dict(data)
+    except InvalidKline:
+        raise
+    except Exception as exc:
+        raise InvalidKline(f"internal: {type(exc).__name__}: {str(exc)[:160]}") from exc
 
 
 def encode_kline(kline: Kline) -> bytes:
@@ -356,7 +480,7 @@ def validate_kline(kline: Kline) -> Kline:
 
 def now_ms() -> int:
     """The current wall-clock time in epoch milliseconds."""
-    return int(datetime.now(UTC).timestamp() * 1000)
+    return _wall_clock_ms()
 
 
 @dataclass(frozen=True, slots=True)

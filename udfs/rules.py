@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Final, Protocol
+from dataclasses import dataclass, fields, replace
+from typing import Any, Final, Protocol
 
 from udfs.indicators import compute_indicators
 
@@ -315,16 +315,42 @@ def key_levels(candles: Sequence[Candle], snapshot: IndicatorSnapshot) -> tuple[
     return tuple(sorted(round(level, 10) for level in levels))
 
 
+def _finite_or_none(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _is_usable(candle: Candle) -> bool:
+    """All four prices are finite numbers (anything else cannot be compared or measured)."""
+    prices = (candle.open, candle.high, candle.low, candle.close)
+    return all(_finite_or_none(price) is not None for price in prices)
+
+
+def sanitised_snapshot(snapshot: IndicatorSnapshot) -> IndicatorSnapshot:
+    """``snapshot`` with every value that is not a finite number (a string, NaN) set to None."""
+    cleaned = {f.name: _finite_or_none(getattr(snapshot, f.name)) for f in fields(snapshot)}
+    return replace(snapshot, **cleaned)
+
+
 def analyse(candles: Sequence[Candle], snapshot: IndicatorSnapshot | None = None) -> Analysis:
     """The rules verdict on the newest bar of ``candles`` (oldest first).
 
     Each finding votes with its direction; the recommendation is the sign of the sum and the
     confidence grows with the number of agreeing findings (0.2 with no finding, at most 0.9).
-    ``snapshot`` defaults to :func:`indicator_snapshot` of the candles.
+    ``snapshot`` defaults to :func:`indicator_snapshot` of the candles. This is the fallback
+    of every degraded signal, so it never raises: candles whose prices are not finite numbers
+    are left out and snapshot values that are not finite numbers count as unknown.
     """
+    if not all(_is_usable(candle) for candle in candles):
+        candles = [candle for candle in candles if _is_usable(candle)]
     if not candles:
         return Analysis("none", "neutral", 0.0, ())
-    snapshot = snapshot if snapshot is not None else indicator_snapshot(candles)
+    snapshot = sanitised_snapshot(snapshot) if snapshot is not None else indicator_snapshot(candles)
     findings: list[tuple[str, int]] = []
     pattern = candle_pattern(candles)
     if pattern is not None:

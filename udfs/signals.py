@@ -30,6 +30,8 @@ RECOMMENDATIONS: Final = frozenset({"bullish", "bearish", "neutral"})
 REPLY_FIELDS: Final = frozenset({"pattern", "recommendation", "confidence", "key_levels"})
 MAX_PATTERN_CHARS: Final = 80
 MAX_KEY_LEVELS: Final = 10
+# A reply of max_tokens (300 by default) is about 1,200 characters; longer is not parsed.
+MAX_REPLY_CHARS: Final = 20_000
 # The columns of ClickHouse `signals`, in table order.
 SIGNAL_COLUMNS: Final[tuple[str, ...]] = (
     "exchange",
@@ -167,9 +169,10 @@ def _iso(ms: int) -> str:
 
 
 def _rounded(value: float | None) -> float | None:
-    if value is None or not math.isfinite(value):
+    number = _number(value)
+    if number is None:
         return None
-    return float(f"{value:.6g}")
+    return float(f"{number:.6g}")
 
 
 def default_indicators(bars: Sequence[ContextBar]) -> tuple[tuple[str, float | None], ...]:
@@ -294,9 +297,13 @@ def _strip_fence(text: str) -> str:
 
 
 def _number(value: Any) -> float | None:
+    """A finite float from an int or float; None for anything else (bools, strings, NaN)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
     return number if math.isfinite(number) else None
 
 
@@ -306,10 +313,13 @@ def parse_reply(content: Any) -> Analysis:
     The reply must be one JSON object (a single Markdown code fence around it is tolerated)
     with exactly ``pattern`` (non-empty string), ``recommendation`` (bullish / bearish /
     neutral), ``confidence`` (a number in [0, 1]) and ``key_levels`` (at most 10 positive
-    finite numbers).
+    finite numbers). Numbers given as strings are refused like any other wrong type. Raises
+    nothing but InvalidReply, whatever ``content`` is.
     """
     if not isinstance(content, str) or not content.strip():
         raise InvalidReply("the reply is empty")
+    if len(content) > MAX_REPLY_CHARS:
+        raise InvalidReply(f"the reply is longer than {MAX_REPLY_CHARS} characters")
     try:
         data = orjson.loads(_strip_fence(content))
     except orjson.JSONDecodeError:
@@ -328,7 +338,7 @@ def parse_reply(content: Any) -> Analysis:
     if len(pattern) > MAX_PATTERN_CHARS:
         raise InvalidReply(f"pattern is longer than {MAX_PATTERN_CHARS} characters")
     recommendation = data["recommendation"]
-    if recommendation not in RECOMMENDATIONS:
+    if not isinstance(recommendation, str) or recommendation not in RECOMMENDATIONS:
         raise InvalidReply('recommendation must be "bullish", "bearish" or "neutral"')
     confidence = _number(data["confidence"])
     if confidence is None or not 0.0 <= confidence <= 1.0:
@@ -370,7 +380,8 @@ def analysis_from_json(blob: bytes | str) -> tuple[Analysis, int | None]:
         raise InvalidReply("cached value is not an object")
     tokens = data.pop("tokens", None)
     analysis = parse_reply(orjson.dumps(data).decode())
-    return analysis, tokens if isinstance(tokens, int) else None
+    known = isinstance(tokens, int) and not isinstance(tokens, bool) and tokens >= 0
+    return analysis, tokens if known else None
 
 
 def make_signal(
@@ -409,7 +420,8 @@ def snapshot_from_context(context: MarketContext) -> rules.IndicatorSnapshot | N
     """The context's indicator values as the rules read them; None if it carries none."""
     if not context.indicators:
         return None
-    values = dict(context.indicators)
+    # Anything but a finite number (a string, a list, NaN) counts as unknown.
+    values = {name: _number(value) for name, value in context.indicators}
     return rules.IndicatorSnapshot(
         rsi=values.get("rsi_14"),
         macd=values.get("macd"),

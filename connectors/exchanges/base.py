@@ -13,15 +13,16 @@ from __future__ import annotations
 
 import enum
 import math
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Final
 
 import orjson
 
 from connectors.symbols import SymbolInfo, UnknownSymbol, parse_symbol
-from udfs.record import InvalidKline, Kline, kline_from_dict, series_key
+from udfs.record import InvalidKline, Kline, kline_from_dict, quote, series_key
 
 TIMEFRAME = "1m"
 MINUTE_MS = 60_000
@@ -90,33 +91,60 @@ class RestError(Exception):
     """The exchange answered the REST request with an error that retrying will not fix soon."""
 
 
+# Numbers as exchanges send them: ASCII decimal text, optionally with an exponent. float()
+# and int() alone would also take Unicode digits ('٣'), underscores ('1_000') and 'nan'.
+_DECIMAL_TEXT_RE: Final = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]{1,4})?")
+_INTEGER_TEXT_RE: Final = re.compile(r"[+-]?[0-9]{1,20}")
+# Longest numeric text taken at all (a price with 8 decimals has about 20 characters).
+MAX_NUMBER_CHARS: Final[int] = 64
+
+
+def text_of(value: Any, limit: int = 40) -> str:
+    """A value of an exchange's control message for a log line or an error: a string as it
+    is (cut to ``limit``), anything else as a short repr (never fails, whatever its shape)."""
+    if isinstance(value, str):
+        return value if len(value) <= limit else value[: max(0, limit - 3)] + "..."
+    return quote(value, limit)
+
+
 def to_float(value: Any, name: str) -> float:
-    """A number from an exchange field (JSON number or decimal string); InvalidKline if not."""
+    """A number from an exchange field (JSON number or decimal string); InvalidKline if not.
+
+    Strings must be ASCII decimals (``"67512.01"``, ``"1e-8"``) of at most 64 characters;
+    the result must be finite. Range bounds are the record's (udfs/record.py).
+    """
     if isinstance(value, bool) or value is None:
-        raise InvalidKline(f"{name}: expected a number, got {value!r}")
+        raise InvalidKline(f"{name}: expected a number, got {quote(value)}")
     if isinstance(value, int | float):
-        number = float(value)
-    elif isinstance(value, str):
         try:
             number = float(value)
-        except ValueError:
-            raise InvalidKline(f"{name}: {value[:40]!r} is not a number") from None
+        except OverflowError:
+            raise InvalidKline(f"{name}: {quote(value)} is too large for a float") from None
+    elif isinstance(value, str):
+        text = value.strip()
+        if len(text) > MAX_NUMBER_CHARS or not _DECIMAL_TEXT_RE.fullmatch(text):
+            raise InvalidKline(f"{name}: {quote(value)} is not a number")
+        number = float(text)
     else:
         raise InvalidKline(f"{name}: expected a number, got {type(value).__name__}")
     if not math.isfinite(number):
-        raise InvalidKline(f"{name}: {value!r} is not finite")
+        raise InvalidKline(f"{name}: {quote(value)} is not finite")
     return number
 
 
 def to_int(value: Any, name: str) -> int:
-    """An integer from an exchange field (JSON integer or digit string)."""
+    """An integer from an exchange field (JSON integer or a string of up to 20 ASCII digits)."""
     if isinstance(value, bool):
         raise InvalidKline(f"{name}: expected an integer, got a boolean")
     if isinstance(value, int):
         return value
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        return int(value)
-    raise InvalidKline(f"{name}: expected an integer, got {value!r}"[:120])
+    if isinstance(value, str):
+        text = value.strip()
+        if _INTEGER_TEXT_RE.fullmatch(text):
+            return int(text)
+    if isinstance(value, str):
+        raise InvalidKline(f"{name}: {quote(value)} is not an integer")
+    raise InvalidKline(f"{name}: expected an integer, got {quote(value)}")
 
 
 def dumps(value: Any) -> bytes:

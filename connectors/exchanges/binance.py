@@ -17,11 +17,12 @@ from connectors.exchanges.base import (
     RestPage,
     RestRequest,
     dumps,
+    text_of,
     to_float,
     to_int,
 )
 from connectors.symbols import SymbolInfo
-from udfs.record import InvalidKline, Kline
+from udfs.record import InvalidKline, Kline, quote
 
 
 class BinanceSpot(ExchangeAdapter):
@@ -97,7 +98,7 @@ class BinanceSpot(ExchangeAdapter):
         if "result" in message and "id" in message:
             return ParsedFrame(FrameKind.ACK)
         if "error" in message:
-            return ParsedFrame(FrameKind.ERROR, detail=str(message["error"])[:300])
+            return ParsedFrame(FrameKind.ERROR, detail=text_of(message["error"], 300))
         return ParsedFrame(FrameKind.MALFORMED, detail="unknown message type")
 
     def _parse_kline_event(self, data: dict[str, Any], ingest_time: int) -> ParsedFrame:
@@ -107,10 +108,12 @@ class BinanceSpot(ExchangeAdapter):
         raw_symbol = k.get("s", data.get("s"))
         info = self.symbols.get(raw_symbol) if isinstance(raw_symbol, str) else None
         if info is None:
-            return ParsedFrame(FrameKind.MALFORMED, detail=f"kline of unsubscribed {raw_symbol!r}")
+            return ParsedFrame(
+                FrameKind.MALFORMED, detail=f"kline of unsubscribed {quote(raw_symbol)}"
+            )
         try:
             if k.get("i") != "1m":
-                raise InvalidKline(f"interval: expected 1m, got {k.get('i')!r}")
+                raise InvalidKline(f"interval: expected 1m, got {quote(k.get('i'))}")
             kline = self.build(
                 info,
                 {
@@ -153,9 +156,11 @@ class BinanceSpot(ExchangeAdapter):
     ) -> RestPage:
         """Closed bars of a ``/api/v3/klines`` answer; pages forward while the page is full."""
         if isinstance(payload, dict):
-            raise RestError(f"binance error {payload.get('code')}: {payload.get('msg')}")
+            raise RestError(
+                f"binance error {text_of(payload.get('code'))}: {text_of(payload.get('msg'), 200)}"
+            )
         if not isinstance(payload, list):
-            raise RestError(f"binance klines: unexpected body {str(payload)[:200]}")
+            raise RestError(f"binance klines: unexpected body {quote(payload, 200)}")
         klines: list[Kline] = []
         rejected: list[RejectedBar] = []
         last_open: int | None = None

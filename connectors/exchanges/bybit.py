@@ -18,11 +18,12 @@ from connectors.exchanges.base import (
     RestRateLimited,
     RestRequest,
     dumps,
+    text_of,
     to_float,
     to_int,
 )
 from connectors.symbols import SymbolInfo
-from udfs.record import InvalidKline
+from udfs.record import InvalidKline, quote
 
 _RATE_LIMIT_CODES = frozenset({10006, 10018})
 
@@ -116,10 +117,12 @@ class Bybit(ExchangeAdapter):
     ) -> ParsedFrame:
         parts = topic.split(".")
         if len(parts) != 3 or parts[0] != "kline":
-            return ParsedFrame(FrameKind.MALFORMED, detail=f"unexpected topic {topic!r}"[:100])
+            return ParsedFrame(FrameKind.MALFORMED, detail=f"unexpected topic {quote(topic)}"[:100])
         info = self.symbols.get(parts[2])
         if info is None:
-            return ParsedFrame(FrameKind.MALFORMED, detail=f"kline of unsubscribed {parts[2]!r}")
+            return ParsedFrame(
+                FrameKind.MALFORMED, detail=f"kline of unsubscribed {quote(parts[2])}"
+            )
         data = message.get("data")
         if not isinstance(data, list):
             return ParsedFrame(FrameKind.MALFORMED, detail="kline push without a 'data' list")
@@ -129,10 +132,12 @@ class Bybit(ExchangeAdapter):
                 if not isinstance(item, dict):
                     raise InvalidKline("kline: expected an object")
                 if str(item.get("interval")) != "1" or parts[1] != "1":
-                    raise InvalidKline(f"interval: expected 1, got {item.get('interval')!r}")
+                    raise InvalidKline(f"interval: expected 1, got {quote(item.get('interval'))}")
                 confirm = item.get("confirm")
                 if not isinstance(confirm, bool):
-                    raise InvalidKline(f"confirm: expected true or false, got {confirm!r}"[:100])
+                    raise InvalidKline(
+                        f"confirm: expected true or false, got {quote(confirm)}"[:100]
+                    )
                 event_time = message.get("ts", item.get("timestamp"))
                 parsed.klines.append(
                     self.build(
@@ -180,12 +185,19 @@ class Bybit(ExchangeAdapter):
     ) -> RestPage:
         """Bars of one answer, oldest first; pages backwards while the page is full."""
         if not isinstance(payload, dict):
-            raise RestError(f"bybit kline: unexpected body {str(payload)[:200]}")
+            raise RestError(f"bybit kline: unexpected body {quote(payload, 200)}")
         code = payload.get("retCode")
+        if isinstance(code, str):
+            try:
+                code = to_int(code, "retCode")
+            except InvalidKline:
+                raise RestError(f"bybit kline: retCode {quote(code)} is not an integer") from None
+        if isinstance(code, bool) or not isinstance(code, int):
+            raise RestError(f"bybit kline: retCode {quote(code)} is not an integer")
         if code in _RATE_LIMIT_CODES:
-            raise RestRateLimited(f"bybit {code}: {payload.get('retMsg')}")
+            raise RestRateLimited(f"bybit {code}: {text_of(payload.get('retMsg'), 200)}")
         if code != 0:
-            raise RestError(f"bybit error {code}: {payload.get('retMsg')}")
+            raise RestError(f"bybit error {code}: {text_of(payload.get('retMsg'), 200)}")
         result = payload.get("result")
         rows = result.get("list") if isinstance(result, dict) else None
         if not isinstance(rows, list):

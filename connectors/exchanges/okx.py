@@ -18,11 +18,12 @@ from connectors.exchanges.base import (
     RestRateLimited,
     RestRequest,
     dumps,
+    text_of,
     to_float,
     to_int,
 )
 from connectors.symbols import SymbolInfo
-from udfs.record import InvalidKline, Kline
+from udfs.record import InvalidKline, Kline, quote
 
 # Error codes of a 200 answer that mean "slow down" rather than "wrong request".
 _RATE_LIMIT_CODES = frozenset({"50011", "50061"})
@@ -104,25 +105,29 @@ class Okx(ExchangeAdapter):
         if event is not None:
             if event in ("subscribe", "unsubscribe", "channel-conn-count"):
                 return ParsedFrame(FrameKind.ACK)
-            if event == "notice" and str(message.get("code")) == _SERVICE_UPGRADE_NOTICE:
-                return ParsedFrame(FrameKind.SHUTDOWN, detail=str(message.get("msg"))[:200])
+            if event == "notice" and message.get("code") in (
+                _SERVICE_UPGRADE_NOTICE,
+                int(_SERVICE_UPGRADE_NOTICE),
+            ):
+                return ParsedFrame(FrameKind.SHUTDOWN, detail=text_of(message.get("msg"), 200))
             if event in ("error", "notice", "channel-conn-count-error"):
                 return ParsedFrame(
-                    FrameKind.ERROR, detail=f"{message.get('code')}: {message.get('msg')}"[:300]
+                    FrameKind.ERROR,
+                    detail=f"{text_of(message.get('code'))}: {text_of(message.get('msg'), 250)}",
                 )
-            return ParsedFrame(FrameKind.MALFORMED, detail=f"unknown event {event!r}"[:100])
+            return ParsedFrame(FrameKind.MALFORMED, detail=f"unknown event {quote(event)}"[:100])
         arg = message.get("arg")
         data = message.get("data")
         if isinstance(arg, dict) and isinstance(data, list):
             if arg.get("channel") != "candle1m":
                 return ParsedFrame(
-                    FrameKind.MALFORMED, detail=f"unexpected channel {arg.get('channel')!r}"
+                    FrameKind.MALFORMED, detail=f"unexpected channel {quote(arg.get('channel'))}"
                 )
             inst_id = arg.get("instId")
             info = self.symbols.get(inst_id) if isinstance(inst_id, str) else None
             if info is None:
                 return ParsedFrame(
-                    FrameKind.MALFORMED, detail=f"candle of unsubscribed {inst_id!r}"
+                    FrameKind.MALFORMED, detail=f"candle of unsubscribed {quote(inst_id)}"
                 )
             parsed = ParsedFrame(FrameKind.KLINES)
             for row in data:
@@ -140,7 +145,7 @@ class Okx(ExchangeAdapter):
             raise InvalidKline("candle: expected [ts,o,h,l,c,vol,volCcy,volCcyQuote,confirm]")
         confirm = row[8]
         if confirm not in ("0", "1"):
-            raise InvalidKline(f"confirm: expected '0' or '1', got {confirm!r}"[:100])
+            raise InvalidKline(f"confirm: expected '0' or '1', got {quote(confirm)}"[:100])
         open_time = to_int(row[0], "ts")
         # SWAP: vol counts contracts; volCcy is the base-currency volume OKX computes.
         volume_field = 6 if info.market == "linear" else 5
@@ -182,12 +187,17 @@ class Okx(ExchangeAdapter):
     ) -> RestPage:
         """Confirmed candles of one answer, oldest first; pages backwards while full."""
         if not isinstance(payload, dict):
-            raise RestError(f"okx history-candles: unexpected body {str(payload)[:200]}")
-        code = str(payload.get("code"))
+            raise RestError(f"okx history-candles: unexpected body {quote(payload, 200)}")
+        raw_code = payload.get("code")
+        if isinstance(raw_code, int) and not isinstance(raw_code, bool):
+            raw_code = str(raw_code)
+        if not isinstance(raw_code, str):
+            raise RestError(f"okx history-candles: code {quote(raw_code)} is not a string")
+        code = raw_code
         if code in _RATE_LIMIT_CODES:
-            raise RestRateLimited(f"okx {code}: {payload.get('msg')}")
+            raise RestRateLimited(f"okx {text_of(code)}: {text_of(payload.get('msg'), 200)}")
         if code != "0":
-            raise RestError(f"okx error {code}: {payload.get('msg')}")
+            raise RestError(f"okx error {text_of(code)}: {text_of(payload.get('msg'), 200)}")
         rows = payload.get("data")
         if not isinstance(rows, list):
             raise RestError("okx history-candles: 'data' is not a list")

@@ -124,7 +124,8 @@ class SinkConfig:
     clickhouse_retry_s: float = 60.0
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_batch_rows: int = 500
-    redis_flush_ms: int = 100
+    # Live state: short batches, so an update reaches Redis within a few ms of the job.
+    redis_flush_ms: int = 10
     redis_recent_bars: int = 500
     redis_ttl_s: int | None = None
     # Announce each applied update on the series' pub/sub channel (kline-updates:...).
@@ -350,7 +351,7 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
         "--redis-flush-ms",
         env="KLINEFLOW_REDIS_FLUSH_MS",
         type=int,
-        default=100,
+        default=SinkConfig().redis_flush_ms,
         help="flush Redis at least this often",
     )
     env_flag(

@@ -33,7 +33,7 @@ KEYED_ROW_TYPE: Final = Types.ROW([Types.STRING(), Types.PICKLED_BYTE_ARRAY()])
 def _original_bytes(value: Any) -> bytes:
     # Kafka delivers bytes; ``from_collection`` in tests can only carry str.
     if isinstance(value, str):
-        return value.encode("utf-8")
+        return value.encode("utf-8", errors="surrogatepass")
     return bytes(value)
 
 

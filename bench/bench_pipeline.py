@@ -59,11 +59,15 @@ PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 
 def _children(pid: int) -> list[int]:
-    try:
-        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-    except OSError:
-        return []
-    return [int(child) for child in text.split()]
+    """Children of every thread of ``pid``: the JVM starts Python workers from other threads
+    than its main one, so reading only the main thread's list misses them."""
+    children: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            children += [int(child) for child in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return children
 
 
 def tree_rss_bytes(root: int, exclude: frozenset[int] = frozenset()) -> int:

@@ -158,6 +158,8 @@ class BatchingSinkFunction(KeyedProcessFunction):
 
     def open(self, runtime_context: RuntimeContext) -> None:
         self._buffer = SinkBuffer(self.batch_rows, self.flush_ms)
+        # The flush timer of each key with rows in state (timers of other kinds may fire too).
+        self._flush_due: dict[Any, int] = {}
         self._unflushed = runtime_context.get_list_state(
             ListStateDescriptor(UNFLUSHED_STATE, Types.PICKLED_BYTE_ARRAY())
         )
@@ -175,7 +177,9 @@ class BatchingSinkFunction(KeyedProcessFunction):
             self._unflushed.add(value)
         if self._buffer.add(key, value):
             timers = ctx.timer_service()
-            timers.register_processing_time_timer(timers.current_processing_time() + self.flush_ms)
+            due = timers.current_processing_time() + self.flush_ms
+            timers.register_processing_time_timer(due)
+            self._flush_due[key] = due
             if self.durable:
                 timers.register_event_time_timer(END_OF_TIME_MS)
         if self._buffer.should_flush():
@@ -185,6 +189,9 @@ class BatchingSinkFunction(KeyedProcessFunction):
 
     def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterator[Any]:
         key = ctx.get_current_key()
+        due = self._flush_due.get(key)
+        if due is not None and timestamp not in (due, END_OF_TIME_MS):
+            return iter(())  # a subclass's timer on this key, not this key's flush timer
         if self.durable:
             self._adopt(key)
         if not self._buffer.can_clear(key) or self._buffer.should_flush():
@@ -219,6 +226,7 @@ class BatchingSinkFunction(KeyedProcessFunction):
             if self.durable:
                 self._unflushed.clear()
             self._buffer.cleared(key)
+            self._flush_due.pop(key, None)
 
     def close(self) -> None:
         # Durable sinks leave unwritten rows to state (this may be a failure, and the

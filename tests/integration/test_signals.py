@@ -77,6 +77,11 @@ def encode_request(bar: VersionedBar, history: list[Kline]) -> str:
     return orjson.dumps({"version": bar.version, "bars": [k.to_dict() for k in history]}).decode()
 
 
+def request_symbol(text: str) -> str:
+    """The series of an encoded request."""
+    return str(orjson.loads(text)["bars"][0]["symbol"])
+
+
 def decode_request(text: str) -> tuple[int, SignalRequest]:
     """The tagged record the series operator would emit for a closed bar: its context
     (the series' closed bars up to it, as ``SignalContext`` keeps them) and version."""
@@ -244,8 +249,12 @@ def test_async_operator_one_signal_per_bar_under_faults(
         from dataclasses import replace
 
         config = replace(config, inference=replace(config.inference, url=server.url))
-        stream = env.from_collection(requests, type_info=Types.STRING()).map(
-            decode_request, output_type=Types.PICKLED_BYTE_ARRAY()
+        # The series operator's requests of one series leave from one subtask (forward to
+        # the async operator), so its in-flight and L1 cache dedupe apply: key them likewise.
+        stream = (
+            env.from_collection(requests, type_info=Types.STRING())
+            .key_by(request_symbol, key_type=Types.STRING())
+            .map(decode_request, output_type=Types.PICKLED_BYTE_ARRAY())
         )
         started = time.monotonic()
         answered = with_inference(stream, config)

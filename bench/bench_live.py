@@ -117,6 +117,9 @@ class LiveProducer(Protocol):
     def flush(self, timeout_s: float) -> None:
         """Wait until every queued record is acknowledged (raises if some are not)."""
 
+    def close(self) -> None:
+        """Release the client (after :meth:`flush`)."""
+
     @property
     def failed(self) -> int:
         """Records whose delivery failed."""
@@ -163,6 +166,9 @@ class ConfluentProducer:
         if remaining:
             raise RuntimeError(f"{remaining} records not acknowledged within {timeout_s:.0f}s")
 
+    def close(self) -> None:
+        """librdkafka's producer is released with the object."""
+
     @property
     def failed(self) -> int:
         """Failed deliveries."""
@@ -189,7 +195,12 @@ class KafkaPythonProducer:
     def flush(self, timeout_s: float) -> None:
         """Wait for every acknowledgement."""
         self._producer.flush(timeout=timeout_s)
-        self._producer.close(timeout=timeout_s)
+        if self._counter.pending:
+            raise RuntimeError(f"{self._counter.pending} records not acknowledged")
+
+    def close(self) -> None:
+        """Close the producer."""
+        self._producer.close(timeout=10.0)
 
     @property
     def failed(self) -> int:
@@ -345,6 +356,7 @@ def run_producer(spec: dict[str, Any]) -> dict[str, Any]:
             time.sleep(delay)
     elapsed = time.monotonic() - started
     producer.flush(60.0)
+    producer.close()
     np.save(spec["send_log"], send_ns)
     return {
         "library": producer.library,
@@ -688,26 +700,29 @@ def wait_ready(
     deadline = started + env.args.start_timeout_s
     next_probe = started
     probes = 0
-    while not subscriber.probe_seen.is_set():
-        now = time.monotonic()
-        if process.poll() is not None:
-            raise RuntimeError(
-                f"{side} exited with code {process.returncode} before it was ready:\n"
-                + tail_lines([log_file], LOG_TAIL)
-            )
-        if subscriber.error is not None:
-            raise RuntimeError(f"the subscriber failed: {subscriber.error!r}")
-        if now >= deadline:
-            raise TimeoutError(
-                f"{side} did not announce a probe within {env.args.start_timeout_s:.0f}s:\n"
-                + tail_lines([log_file], LOG_TAIL)
-            )
-        if now >= next_probe:
-            producer.send(*probe.update(0, probes, time.time_ns() // 1_000_000))
-            producer.flush(30.0)
-            probes += 1
-            next_probe += 1.0
-        subscriber.probe_seen.wait(POLL_S)
+    try:
+        while not subscriber.probe_seen.is_set():
+            now = time.monotonic()
+            if process.poll() is not None:
+                raise RuntimeError(
+                    f"{side} exited with code {process.returncode} before it was ready:\n"
+                    + tail_lines([log_file], LOG_TAIL)
+                )
+            if subscriber.error is not None:
+                raise RuntimeError(f"the subscriber failed: {subscriber.error!r}")
+            if now >= deadline:
+                raise TimeoutError(
+                    f"{side} did not announce a probe within {env.args.start_timeout_s:.0f}s:\n"
+                    + tail_lines([log_file], LOG_TAIL)
+                )
+            if now >= next_probe:
+                producer.send(*probe.update(0, probes, time.time_ns() // 1_000_000))
+                producer.flush(30.0)
+                probes += 1
+                next_probe = now + 1.0
+            subscriber.probe_seen.wait(POLL_S)
+    finally:
+        producer.close()
     ready_s = time.monotonic() - started
     log.info("%s ready after %.1fs (%d probes)", side, ready_s, probes)
     return ready_s

@@ -79,7 +79,7 @@ from connectors.kafka_admin import end_offsets_total, ensure_topics  # noqa: E40
 from connectors.kafka_producer import DeliveryCounter, create_producer  # noqa: E402
 from connectors.redis_store import encode_field, series_suffix, update_channel  # noqa: E402
 from jobs.stack import KafkaBroker, RedisServer, StackConfig, tail_lines  # noqa: E402
-from udfs.record import Kline, encode_kline, series_key  # noqa: E402
+from udfs.record import Kline, encode_kline, kline_from_dict, series_key  # noqa: E402
 
 log = logging.getLogger("bench_live")
 
@@ -976,6 +976,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     # producer and floor processes (this module in another role) must not pay for.
     from bench_pipeline import free_port
 
+    # The updates must pass the job's validation, or the job dead-letters every one.
+    kline_from_dict(orjson.loads(UpdateFactory(1).update(0, 0, time.time_ns() // 1_000_000)[1]))
     library = "confluent-kafka" if confluent_kafka() is not None else "kafka-python"
     if args.kafka_library != "auto":
         library = args.kafka_library
@@ -1042,22 +1044,44 @@ def _sides(text: str) -> list[str]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line (see the module docstring)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--rates", type=_int_list, default=[2000, 5000], help="updates/s")
-    parser.add_argument("--series", type=int, default=1000)
+    parser.add_argument(
+        "--rates", type=_int_list, default=[2000, 5000], help="total updates/s, one run each"
+    )
+    parser.add_argument("--series", type=int, default=1000, help="series updated round-robin")
     parser.add_argument("--duration-s", type=float, default=300.0, help="measured, per run")
     parser.add_argument("--warmup-s", type=float, default=20.0, help="sent first, not measured")
-    parser.add_argument("--sides", type=_sides, default=list(SIDES), help="job,floor")
-    parser.add_argument("--parallelism", type=int, default=2)
-    parser.add_argument("--job-args", default="", help="extra flags for `klineflow job run`")
     parser.add_argument(
-        "--kafka-library", choices=("auto", "confluent-kafka", "kafka-python"), default="auto"
+        "--sides", type=_sides, default=list(SIDES), help="job, floor or job,floor (default)"
     )
-    parser.add_argument("--start-timeout-s", type=float, default=600.0)
+    parser.add_argument("--parallelism", type=int, default=2, help="the job's --parallelism")
+    parser.add_argument(
+        "--job-args",
+        default="",
+        help="extra flags for `klineflow job run`, one string: --job-args='--no-signals'",
+    )
+    parser.add_argument(
+        "--kafka-library",
+        choices=("auto", "confluent-kafka", "kafka-python"),
+        default="auto",
+        help="producer and floor client (auto: confluent-kafka if installed)",
+    )
+    parser.add_argument(
+        "--start-timeout-s", type=float, default=600.0, help="most waited for a side's probe"
+    )
     parser.add_argument("--drain-s", type=float, default=60.0, help="most waited after sending")
-    parser.add_argument("--drain-quiet-s", type=float, default=10.0)
-    parser.add_argument("--klineflow", type=Path, default=PROJECT_ROOT / ".venv/bin/klineflow")
+    parser.add_argument(
+        "--drain-quiet-s", type=float, default=10.0, help="end the drain after this long silent"
+    )
+    parser.add_argument(
+        "--klineflow",
+        type=Path,
+        default=PROJECT_ROOT / ".venv/bin/klineflow",
+        help="the CLI that runs the job",
+    )
     parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "bench" / "results")
-    parser.add_argument("--keep-work", action="store_true", help="keep logs, chdb and send logs")
+    parser.add_argument(
+        "--keep-work", action="store_true", help="keep the work directory (logs, chdb, send logs)"
+    )
     parser.add_argument("--produce", help=argparse.SUPPRESS)  # internal: the producer process
     parser.add_argument("--floor", help=argparse.SUPPRESS)  # internal: the floor consumer
     args = parser.parse_args(argv)

@@ -758,7 +758,8 @@ def measure_side(side: str, rate: int, env: Environment) -> dict[str, Any]:
     topic, dlq = f"live-{name}", f"live-{name}-dlq"
     ensure_topics(env.bootstrap, [topic], partitions=PARTITIONS)
     ensure_topics(env.bootstrap, [dlq], partitions=1)
-    redis.Redis.from_url(env.redis_url).flushdb()
+    with redis.Redis.from_url(env.redis_url) as client:
+        client.flushdb()
     seconds = args.warmup_s + args.duration_s
     total = round(rate * seconds)
     send_log = env.work / f"send-{name}.npy"
@@ -821,7 +822,7 @@ def measure_side(side: str, rate: int, env: Environment) -> dict[str, Any]:
         "ready_s": round(ready_s, 1),
         "producer": producer,
         **analyse(send_ns, received_ns, rate=rate, warmup_s=args.warmup_s, series=args.series),
-        "received_by_end_of_sending_all": received_at_end,
+        "received_when_sending_ended": received_at_end,
         "drain_s": round(drain_s, 1),
         "duplicate_messages": duplicates,
         "unknown_ids": unknown,

@@ -54,6 +54,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from udfs.indicators import IndicatorState, IndicatorValues
+from udfs.pickling import pickled_as_arguments
 from udfs.record import TIMEFRAME_MS, VersionedBar
 from udfs.rollup import MINUTE_MS, rollup_version
 from udfs.volume_profile import DEFAULT_MAX_ROWS, DEFAULT_ROWS, ProfileAccumulator, VolumeProfile
@@ -69,6 +70,7 @@ class TooOldBarError(ValueError):
 # Records
 
 
+@pickled_as_arguments
 @dataclass(frozen=True, slots=True)
 class ProfileRecord:
     """One emission of a profile window: the ``volume_profile`` row and the ``vp:`` hash.
@@ -129,6 +131,7 @@ class ProfileRecord:
         }
 
 
+@pickled_as_arguments
 @dataclass(frozen=True, slots=True)
 class IndicatorRecord:
     """The indicators of one closed bar: the ``indicators`` row and the ``ind:`` hash."""

@@ -39,6 +39,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final, NamedTuple
 
+from udfs.pickling import pickled_as_arguments
+
 RSI_PERIOD: Final = 14
 MACD_FAST: Final = 12
 MACD_SLOW: Final = 26
@@ -63,6 +65,7 @@ class BollingerSeries(NamedTuple):
     lower: list[float | None]
 
 
+@pickled_as_arguments
 @dataclass(frozen=True, slots=True)
 class IndicatorValues:
     """The indicators of one closed bar, as the ``indicators`` table and ``ind:`` hash hold them."""

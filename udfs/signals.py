@@ -21,6 +21,7 @@ from typing import Any, Final
 import orjson
 
 from udfs import rules
+from udfs.pickling import pickled_as_arguments
 from udfs.record import Kline
 from udfs.rules import Analysis
 
@@ -60,6 +61,7 @@ class InvalidReply(ValueError):
         self.reason = reason
 
 
+@pickled_as_arguments
 @dataclass(frozen=True, slots=True)
 class ContextBar:
     """The part of a closed bar a model (and the rules) look at."""
@@ -77,6 +79,7 @@ def context_bar(kline: Kline) -> ContextBar:
     return ContextBar(kline.open_time, kline.open, kline.high, kline.low, kline.close, kline.volume)
 
 
+@pickled_as_arguments
 @dataclass(frozen=True, slots=True)
 class MarketContext:
     """What one analysis sees: a series, its last bars (oldest first, the analysed bar last),
@@ -112,6 +115,8 @@ class MarketContext:
         }
 
 
+@pickled_as_arguments
+@pickled_as_arguments
 @dataclass(frozen=True, slots=True)
 class SignalRequest:
     """One closed bar to analyse: its context and the bar's version."""
@@ -126,6 +131,7 @@ class SignalRequest:
         return f"{c.exchange}:{c.symbol}:{c.timeframe}"
 
 
+@pickled_as_arguments
 @dataclass(frozen=True, slots=True)
 class Signal:
     """A row of ClickHouse ``signals`` (and the ``signal:`` hash, which adds ``reason``)."""

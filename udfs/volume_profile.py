@@ -67,6 +67,7 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
+from udfs.pickling import pickled_as_arguments
 from udfs.record import Kline
 
 DEFAULT_ROWS: Final = 24
@@ -78,6 +79,7 @@ TIE_RTOL: Final = 1e-9
 FloatArray = npt.NDArray[np.float64]
 
 
+@pickled_as_arguments
 @dataclass(frozen=True, slots=True)
 class VolumeProfile:
     """A window's volume profile: the ``volume_profile`` columns except the window bounds.

@@ -11,7 +11,7 @@ KLINEFLOW := $(VENV)/bin/klineflow
 PYTEST_ARGS ?=
 
 .PHONY: system-packages help setup stack-up stack-down stack-status demo test test-unit lint format \
-        cluster-up cluster-down submit bench clean
+        cluster-up cluster-down submit bench bench-peers clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -87,6 +87,13 @@ submit: setup ## Submit the job to the standalone cluster (make cluster-up first
 
 bench: setup ## Run the benchmarks (JSON to stdout and bench/results/)
 	$(PY) bench/bench_pipeline.py
+
+$(VENV)/.bench-installed: pyproject.toml $(VENV)/.installed
+	$(PY) -m pip install -q -e '.[dev,bench]'
+	@touch $@
+
+bench-peers: setup $(VENV)/.bench-installed ## klineflow vs floor, Flink SQL, quix-streams, bytewax on one topic (JSON; BENCH_ARGS=...)
+	$(PY) bench/bench_peers.py $(BENCH_ARGS)
 
 clean: stack-down cluster-down ## Stop everything and delete local state (.klineflow/)
 	rm -rf .klineflow

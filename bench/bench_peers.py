@@ -44,7 +44,7 @@ from typing import Any, Final
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_ROOT))
 
-from peers.common import SideReport, SideSpec  # noqa: E402
+from peers.common import ROLLUP_TIMEFRAMES, SideReport, SideSpec  # noqa: E402
 
 log = logging.getLogger("bench_peers")
 
@@ -68,6 +68,15 @@ REFERENCES: Final[dict[str, str]] = {
     "quix": "vs_quix",
     "flink-sql": "vs_flink_sql",
     "bytewax": "vs_bytewax",
+}
+METHOD: Final[dict[str, str]] = {
+    "bars_per_s": "bars / run_s; run_s = from the side's first bar to its last one processed",
+    "startup_s": "from the side's process start to its first bar",
+    "first_bar": "python peers: in the consumer; flink-sql: first offset commit of its group "
+    "(auto-commit every 100 ms); klineflow: first key in its Redis",
+    "last_bar": "floor, quix: the last bar counted; flink-sql: the job finished; bytewax: the "
+    "dataflow ended; klineflow: the job's process exited",
+    "peak_rss_mb": "the side's whole process tree, sampled every 0.2 s",
 }
 JARS_DIR: Final[Path] = PROJECT_ROOT / "build" / "flink-jars"
 
@@ -107,16 +116,13 @@ def expected_outputs(side: str, windows: dict[str, int], series: int) -> dict[st
     return dict(windows)
 
 
-def side_checks(side: str, report: SideReport) -> list[str]:
-    """Extra output a side must show beyond its counts (the full job's analytics tables)."""
-    if side != "klineflow-full":
-        return []
-    rows = report.details.get("clickhouse_rows", {})
-    return [
-        f"no rows in {table}"
-        for table in ("volume_profile", "indicators", "signals")
-        if not rows.get(table)
-    ]
+def expected_tables(side: str, windows: dict[str, int], bars: int) -> dict[str, int] | None:
+    """The chdb rows per table a klineflow variant must leave (None: not a klineflow side)."""
+    from peers.klineflow_side import expected_tables
+
+    if not side.startswith("klineflow-"):
+        return None
+    return expected_tables(side.removeprefix("klineflow-"), bars, windows)
 
 
 def run_peer(side: str, spec: SideSpec, timeout_s: float) -> tuple[SideReport | None, Any]:
@@ -144,7 +150,11 @@ def run_side(side: str, spec: SideSpec, timeout_s: float) -> tuple[SideReport | 
 
 
 def summarize(
-    side: str, report: SideReport | None, finished: Any, expected: dict[str, int], bars: int
+    report: SideReport | None,
+    finished: Any,
+    bars: int,
+    expected: dict[str, int],
+    tables: dict[str, int] | None,
 ) -> dict[str, Any]:
     """One side's entry in the JSON: status, rates, times, counts against expectations."""
     result: dict[str, Any] = {
@@ -152,6 +162,8 @@ def summarize(
         "peak_rss_mb": round(finished.peak_rss_bytes / 2**20),
         "expected": {"bars": bars, "rollup_rows": expected},
     }
+    if tables is not None:
+        result["expected"]["clickhouse_rows"] = tables
     if report is None:
         return {"status": f"failed: {finished.failure()}", **result}
     problems = []
@@ -159,10 +171,13 @@ def summarize(
         problems.append(f"consumed {report.consumed} of {bars} bars")
     if report.outputs != expected:
         problems.append(f"roll-up rows {report.outputs} != expected {expected}")
-    problems += side_checks(side, report)
+    if tables is not None and report.details.get("clickhouse_rows") != tables:
+        problems.append(f"chdb rows {report.details.get('clickhouse_rows')} != expected {tables}")
     if report.first_bar_at is None:
         problems.append("never saw its first bar")
-    result.update(consumed=report.consumed, rollup_rows=report.outputs, **report.details)
+    rows = {tf: report.outputs[tf] for tf in ROLLUP_TIMEFRAMES if tf in report.outputs}
+    rows.update(report.outputs)  # anything unexpected stays visible, after the known ones
+    result.update(consumed=report.consumed, rollup_rows=rows, **report.details)
     if report.first_bar_at is not None:
         run_s = report.done_at - report.first_bar_at
         result.update(
@@ -241,7 +256,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             log.info("side %s ...", side)
             report, finished = run_side(side, spec, args.timeout_s)
             expected = expected_outputs(side, windows, len(produced.series))
-            results[side] = summarize(side, report, finished, expected, produced.bars)
+            tables = expected_tables(side, windows, produced.bars)
+            results[side] = summarize(report, finished, produced.bars, expected, tables)
             log.info("side %s: %s", side, json.dumps(results[side]))
         return {
             "benchmark": "peers",
@@ -256,6 +272,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "bars_per_s": round(produced.bars / produced.seconds),
             },
             "rollup_windows": windows,
+            "method": METHOD,
             "sides": results,
             "ratios": ratios(results),
         }

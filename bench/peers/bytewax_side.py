@@ -20,6 +20,7 @@ from peers.common import (
     ROLLUP_TIMEFRAMES,
     SideReport,
     SideSpec,
+    client_label,
     initial,
     merge,
     now,
@@ -87,7 +88,9 @@ def consume_share(spec: SideSpec, index: int, _progress: Any) -> SideReport:
     from bytewax.run import cli_main  # type: ignore[import-not-found, import-untyped, unused-ignore]
 
     timeframes = [*ROLLUP_TIMEFRAMES, *(f"late-{tf}" for tf in ROLLUP_TIMEFRAMES)]
-    report = SideReport(outputs=dict.fromkeys(timeframes, 0), details={"client": "bytewax"})
+    report = SideReport(
+        outputs=dict.fromkeys(timeframes, 0), details={"client": client_label("bytewax")}
+    )
     flow = build_flow(spec, report)
     if spec.parallelism > 1:
         addresses = [f"127.0.0.1:{port}" for port in spec.ports]

@@ -12,6 +12,7 @@ in a worker process compares with one taken in the orchestrator.
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import multiprocessing
 import queue
@@ -201,6 +202,11 @@ def run_workers(target: WorkerTarget, spec: SideSpec) -> SideReport:
                 worker.kill()
                 worker.join()
     return combine(reports[index] for index in sorted(reports))
+
+
+def client_label(package: str) -> str:
+    """``package`` and its installed version, e.g. ``quixstreams 3.28.1``."""
+    return f"{package} {importlib.metadata.version(package)}"
 
 
 def now() -> float:

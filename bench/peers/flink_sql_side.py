@@ -23,7 +23,7 @@ from typing import Any
 
 import orjson
 
-from peers.common import ROLLUP_TIMEFRAMES, SideReport, SideSpec, now
+from peers.common import ROLLUP_TIMEFRAMES, SideReport, SideSpec, client_label, now
 
 _INTERVALS = {
     "5m": "INTERVAL '5' MINUTE",
@@ -184,7 +184,12 @@ def run(spec: SideSpec) -> SideReport:
         )
     t_env.create_temporary_view("all_rollups", t_env.sql_query(union_query()))
     statements.add_insert_sql(f"INSERT INTO window_counts {counts_query()}")
-    report = SideReport(details={"client": "flink-sql (Java operators only)"})
+    report = SideReport(
+        details={
+            "client": f"{client_label('apache-flink')}: SQL, Java operators only",
+            "config": "no checkpoints; FIRST_VALUE/LAST_VALUE (arrival = open_time order)",
+        }
+    )
     stop = threading.Event()
     watcher = threading.Thread(target=_first_commit, args=(spec, stop, report), daemon=True)
     watcher.start()

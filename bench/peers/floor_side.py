@@ -12,7 +12,15 @@ from typing import Any
 
 import orjson
 
-from peers.common import STALL_TIMEOUT_S, SideReport, SideSpec, now, partitions_of, run_workers
+from peers.common import (
+    STALL_TIMEOUT_S,
+    SideReport,
+    SideSpec,
+    client_label,
+    now,
+    partitions_of,
+    run_workers,
+)
 
 _BATCH = 1000
 
@@ -39,7 +47,7 @@ def _consume_confluent(spec: SideSpec, partitions: list[int]) -> SideReport:
             "enable.partition.eof": True,
         }
     )
-    report = SideReport(details={"client": "confluent-kafka"})
+    report = SideReport(details={"client": client_label("confluent-kafka")})
     try:
         ends = {
             p: consumer.get_watermark_offsets(TopicPartition(spec.topic, p))[1] for p in partitions
@@ -81,7 +89,7 @@ def _consume_kafka_python(spec: SideSpec, partitions: list[int]) -> SideReport:
         enable_auto_commit=False,
         max_poll_records=_BATCH,
     )
-    report = SideReport(details={"client": "kafka-python"})
+    report = SideReport(details={"client": client_label("kafka-python")})
     try:
         assigned = [TopicPartition(spec.topic, p) for p in partitions]
         consumer.assign(assigned)

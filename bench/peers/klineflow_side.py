@@ -5,7 +5,8 @@ and a Redis server of its own (started and stopped here):
 
 - ``minimal``: parse + upsert + sinks (no roll-ups, no profiles or indicators, no signals);
 - ``rollups``: + the five roll-ups;
-- ``full``: roll-ups, volume profiles, indicators, rules signals (no ``--inference-url``).
+- ``full``: roll-ups, volume profiles, indicators, rules signals (no ``--inference-url``),
+  with the profile and signal timeframes pinned to today's defaults.
 
 Start-up ends at the first write to Redis (``bench_pipeline.first_redis_write``); the run ends
 when the job's process exits. The klines in chdb are counted afterwards, in another process
@@ -25,9 +26,12 @@ import redis
 from bench_pipeline import first_redis_write, free_port
 
 from jobs.stack import RedisServer, StackConfig
-from peers.common import ROLLUP_TIMEFRAMES, SideReport, SideSpec
+from peers.common import SideReport, SideSpec
 from peers.process import Finished, run_tree
 
+# Pinned here (they are the job's defaults today) so that the expected rows follow from flags.
+PROFILE_TIMEFRAMES: Final[tuple[str, ...]] = ("15m", "1h", "4h", "1d")
+SIGNAL_TIMEFRAMES: Final[tuple[str, ...]] = ("15m", "1h")
 VARIANTS: Final[dict[str, tuple[str, ...]]] = {
     "minimal": (
         "--rollup-timeframes",
@@ -38,7 +42,12 @@ VARIANTS: Final[dict[str, tuple[str, ...]]] = {
         "--no-signals",
     ),
     "rollups": ("--profile-timeframes", "none", "--no-indicators", "--no-signals"),
-    "full": (),
+    "full": (
+        "--profile-timeframes",
+        ",".join(PROFILE_TIMEFRAMES),
+        "--signal-timeframes",
+        ",".join(SIGNAL_TIMEFRAMES),
+    ),
 }
 # Env vars the job's flags fall back to: dropped, so the caller's shell cannot change a variant.
 _JOB_ENV_PREFIXES: Final[tuple[str, ...]] = ("KLINEFLOW_", "INFERENCE_")
@@ -89,6 +98,24 @@ def job_env() -> dict[str, str]:
 def expected_rollups(variant: str, windows: dict[str, int]) -> dict[str, int]:
     """The roll-up rows a variant must write: every window, or none for ``minimal``."""
     return {} if variant == "minimal" else dict(windows)
+
+
+def expected_tables(variant: str, bars: int, windows: dict[str, int]) -> dict[str, int]:
+    """The rows of every chdb table a variant must leave (``FINAL``).
+
+    klines: every 1m bar and roll-up window; ``full`` adds one volume profile per window of
+    PROFILE_TIMEFRAMES, indicators on every bar of every timeframe, one rules signal per
+    closed bar of SIGNAL_TIMEFRAMES (a bounded replay makes one version of each bar).
+    """
+    rollups = expected_rollups(variant, windows)
+    klines = bars + sum(rollups.values())
+    full = variant == "full"
+    return {
+        "klines": klines,
+        "volume_profile": sum(windows[tf] for tf in PROFILE_TIMEFRAMES) if full else 0,
+        "indicators": klines if full else 0,
+        "signals": sum(windows[tf] for tf in SIGNAL_TIMEFRAMES) if full else 0,
+    }
 
 
 def chdb_counts(url: str) -> dict[str, Any]:
@@ -150,6 +177,3 @@ def run(variant: str, spec: SideSpec, timeout_s: float) -> tuple[SideReport, Fin
         report.outputs = klines
         report.details["clickhouse_rows"] = counts["tables"]
     return report, finished
-
-
-__all__ = ["ROLLUP_TIMEFRAMES", "VARIANTS", "chdb_counts", "expected_rollups", "run"]

@@ -8,6 +8,7 @@ whole process group (the group of the process started here, nothing else).
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 from dataclasses import dataclass
@@ -17,7 +18,17 @@ from bench_pipeline import sampling
 
 from peers.common import now
 
-_TAIL_CHARS = 3000
+_CAUSE_CHARS = 400
+_EXCEPTION_LINE = re.compile(r"(Exception|Error)\b.*:")
+
+
+def root_cause(stderr: str) -> str:
+    """The line of a log that best says why a process failed."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    caused = [line for line in lines if line.startswith("Caused by:")]
+    raised = [line for line in lines if _EXCEPTION_LINE.search(line)]
+    best = (caused or raised or lines or [""])[-1]
+    return best[:_CAUSE_CHARS]
 
 
 @dataclass(frozen=True)
@@ -26,7 +37,7 @@ class Finished:
 
     returncode: int
     stdout: str
-    stderr_tail: str
+    cause: str  # the last "Caused by" (else exception) line of stderr, or its last line
     spawned_at: float
     exited_at: float
     peak_rss_bytes: int
@@ -38,10 +49,10 @@ class Finished:
         return self.returncode == 0 and not self.timed_out
 
     def failure(self) -> str:
-        """Why it is not ok, for the report."""
+        """Why it is not ok, for the report: the exit and the root cause it logged."""
         if self.timed_out:
             return "timed out (killed)"
-        return f"exit status {self.returncode}: {self.stderr_tail[-600:].strip()}"
+        return f"exit status {self.returncode}: {self.cause}"
 
 
 def _kill_group(pgid: int) -> None:
@@ -73,7 +84,7 @@ def run_tree(
     return Finished(
         returncode=process.returncode,
         stdout=out_path.read_text(errors="replace"),
-        stderr_tail=err_path.read_text(errors="replace")[-_TAIL_CHARS:],
+        cause=root_cause(err_path.read_text(errors="replace")),
         spawned_at=spawned_at,
         exited_at=exited_at,
         peak_rss_bytes=sampler.peak,

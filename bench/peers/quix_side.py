@@ -21,6 +21,7 @@ from peers.common import (
     STALL_TIMEOUT_S,
     SideReport,
     SideSpec,
+    client_label,
     initial,
     merge,
     now,
@@ -56,7 +57,9 @@ def consume_share(spec: SideSpec, index: int, progress: Any) -> SideReport:
     """Worker ``index``: one quix-streams application in the shared consumer group."""
     from quixstreams import Application  # type: ignore[import-not-found, import-untyped, unused-ignore]
 
-    report = SideReport(outputs=dict.fromkeys(ROLLUP_TIMEFRAMES, 0), details={"client": "quix"})
+    report = SideReport(
+        outputs=dict.fromkeys(ROLLUP_TIMEFRAMES, 0), details={"client": client_label("quixstreams")}
+    )
     app = Application(
         broker_address=spec.bootstrap,
         consumer_group=spec.group,
@@ -98,5 +101,6 @@ def consume_share(spec: SideSpec, index: int, progress: Any) -> SideReport:
 def run(spec: SideSpec) -> SideReport:
     """quix-streams over the topic, ``spec.parallelism`` processes."""
     report = run_workers(consume_share, spec)
+    report.details["config"] = "as shipped: RocksDB state with changelog topics, at-least-once"
     report.details["closes"] = "per key on a later bar; the last window of each series stays open"
     return report

@@ -39,12 +39,15 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_ROOT))
 
 from peers.common import ROLLUP_TIMEFRAMES, SideReport, SideSpec  # noqa: E402
+
+if TYPE_CHECKING:
+    from peers.process import Finished
 
 log = logging.getLogger("bench_peers")
 
@@ -125,7 +128,7 @@ def expected_tables(side: str, windows: dict[str, int], bars: int) -> dict[str, 
     return expected_tables(side.removeprefix("klineflow-"), bars, windows)
 
 
-def run_peer(side: str, spec: SideSpec, timeout_s: float) -> tuple[SideReport | None, Any]:
+def run_peer(side: str, spec: SideSpec, timeout_s: float) -> tuple[SideReport | None, Finished]:
     """A peer in ``bench_peers.py --side``: its report (None if it failed) and its end."""
     from peers.process import run_tree
 
@@ -139,7 +142,7 @@ def run_peer(side: str, spec: SideSpec, timeout_s: float) -> tuple[SideReport | 
     return SideReport.from_json(finished.stdout.strip().splitlines()[-1]), finished
 
 
-def run_side(side: str, spec: SideSpec, timeout_s: float) -> tuple[SideReport | None, Any]:
+def run_side(side: str, spec: SideSpec, timeout_s: float) -> tuple[SideReport | None, Finished]:
     """Run one side (a peer or a klineflow variant) to its end."""
     if side.startswith("klineflow-"):
         from peers import klineflow_side
@@ -151,7 +154,7 @@ def run_side(side: str, spec: SideSpec, timeout_s: float) -> tuple[SideReport | 
 
 def summarize(
     report: SideReport | None,
-    finished: Any,
+    finished: Finished,
     bars: int,
     expected: dict[str, int],
     tables: dict[str, int] | None,

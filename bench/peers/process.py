@@ -77,10 +77,12 @@ def run_tree(
                 process.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:
                 timed_out = True
+            finally:
+                # Whatever of the side is still alive (after a time-out, an interrupt, or a
+                # straggler of a clean exit): its whole process group, then reap it.
                 _kill_group(process.pid)
                 process.wait()
-        exited_at = now()
-        _kill_group(process.pid)  # whatever of the side outlived it (nothing, normally)
+                exited_at = now()
     return Finished(
         returncode=process.returncode,
         stdout=out_path.read_text(errors="replace"),

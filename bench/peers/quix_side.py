@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,7 @@ def _reduce(rollup: dict[str, Any], bar: dict[str, Any]) -> dict[str, Any]:
 
 def _watch(app: Any, report: SideReport, spec: SideSpec, index: int, progress: Any) -> None:
     """Publish this worker's count and stop the app once all workers consumed every bar."""
-    last_total, last_change = -1, now()
+    last_total, last_change = 0, now()
     while True:
         progress[index] = report.consumed
         total = sum(progress[:])
@@ -46,9 +47,9 @@ def _watch(app: Any, report: SideReport, spec: SideSpec, index: int, progress: A
             break
         if total != last_total:
             last_total, last_change = total, now()
-        elif now() - last_change > STALL_TIMEOUT_S:
-            break
-        threading.Event().wait(_WATCH_S)
+        elif total and now() - last_change > STALL_TIMEOUT_S:
+            break  # stalled after its start (a slow start is bounded by the side's time limit)
+        time.sleep(_WATCH_S)
     report.done_at = now()
     app.stop()
 

@@ -124,6 +124,11 @@ def table_environment(spec: SideSpec) -> Any:
         "jobmanager.bind-host": "127.0.0.1",
         "taskmanager.bind-host": "127.0.0.1",
         "taskmanager.host": "127.0.0.1",
+        # As the job's bounded runs: retry a transient failure twice, then fail. A restart
+        # reads the bounded topic again from the start (no checkpoints), so counts stay exact.
+        "restart-strategy.type": "fixed-delay",
+        "restart-strategy.fixed-delay.attempts": "2",
+        "restart-strategy.fixed-delay.delay": "2s",
     }.items():
         config.set_string(key, value)
     settings = EnvironmentSettings.new_instance().in_streaming_mode().with_configuration(config)

@@ -311,7 +311,7 @@ def main() -> None:
     parser.add_argument("--count-chdb", help=argparse.SUPPRESS)  # internal: klines in a chdb dir
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    logging.getLogger("kafka").setLevel(logging.WARNING)
+    logging.getLogger("kafka").setLevel(logging.ERROR)  # its event-loop timing warnings
     if args.side:
         run_side_here(args.side)
         return

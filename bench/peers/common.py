@@ -201,7 +201,9 @@ def run_workers(target: WorkerTarget, spec: SideSpec) -> SideReport:
             if worker.is_alive():
                 worker.kill()
                 worker.join()
-    return combine(reports[index] for index in sorted(reports))
+    total = combine(reports[index] for index in sorted(reports))
+    total.details["bars_per_worker"] = [reports[index].consumed for index in sorted(reports)]
+    return total
 
 
 def client_label(package: str) -> str:

@@ -11,7 +11,7 @@ KLINEFLOW := $(VENV)/bin/klineflow
 PYTEST_ARGS ?=
 
 .PHONY: system-packages help setup stack-up stack-down stack-status demo test test-unit lint format \
-        cluster-up cluster-down submit bench bench-live clean
+        cluster-up cluster-down submit bench bench-live bench-peers clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -94,6 +94,9 @@ $(VENV)/.bench-installed: pyproject.toml $(VENV)/.installed
 
 bench-live: setup $(VENV)/.bench-installed ## Live latency of the unbounded job vs a bare consumer (JSON; BENCH_ARGS=...)
 	$(PY) bench/bench_live.py $(BENCH_ARGS)
+
+bench-peers: setup $(VENV)/.bench-installed ## klineflow vs floor, Flink SQL, quix-streams, bytewax on one topic (JSON; BENCH_ARGS=...)
+	$(PY) bench/bench_peers.py $(BENCH_ARGS)
 
 clean: stack-down cluster-down ## Stop everything and delete local state (.klineflow/)
 	rm -rf .klineflow

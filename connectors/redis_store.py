@@ -228,14 +228,19 @@ class RedisBarWriter:
     def write_hashes(self, kind: str, items: Sequence[CasItem]) -> int:
         """CAS-write items to ``{kind}:...`` hashes (and sorted sets).
 
-        ``kind`` is one of ``kline``, ``vp``, ``ind``, ``signal``. One EVALSHA per item,
-        pipelined; the script is reloaded once if Redis lost it (restart, SCRIPT FLUSH).
-        Returns the number of distinct keys whose content changed (a stale or equal update
-        changes nothing; a bar that falls outside the sorted-set cap does not count).
+        ``kind`` is one of ``kline``, ``vp``, ``ind``, ``signal``. One EVALSHA per series,
+        carrying all its items in ``(open_time, version)`` order (the script applies them
+        one after another), pipelined; the script is reloaded once if Redis lost it (restart,
+        SCRIPT FLUSH). Returns the number of distinct keys whose content changed (a stale or
+        equal update changes nothing; a bar that falls outside the sorted-set cap does not
+        count).
         """
         if kind not in HASH_KINDS:
             raise ValueError(f"unknown hash kind {kind!r} (expected {sorted(HASH_KINDS)})")
-        calls = [self._script_call(kind, item) for item in items]
+        by_series: dict[tuple[str, str, str], list[CasItem]] = {}
+        for item in items:
+            by_series.setdefault((item.exchange, item.symbol, item.timeframe), []).append(item)
+        calls = [self._script_call(kind, series) for series in by_series.values()]
         changed: set[str] = set()
         for start in range(0, len(calls), _PIPELINE_CHUNK):
             chunk = calls[start : start + _PIPELINE_CHUNK]
@@ -280,30 +285,34 @@ class RedisBarWriter:
             raise redis.ConnectionError(f"writer for {self.redacted_url} is closed")
         return self._client
 
-    def _script_call(self, kind: str, item: CasItem) -> tuple[list[str], list[Any]]:
-        suffix = series_suffix(item.exchange, item.symbol, item.timeframe)
+    def _script_call(self, kind: str, items: Sequence[CasItem]) -> tuple[list[str], list[Any]]:
+        """Keys and arguments of one script call for the items of one series."""
+        first = items[0]
+        suffix = series_suffix(first.exchange, first.symbol, first.timeframe)
         keys = [f"{kind}:{suffix}"]
-        member: bytes = b""
-        if item.recent_member is not None:
-            recent_prefix = RECENT_KINDS.get(kind)
+        recent_prefix = RECENT_KINDS.get(kind)
+        if any(item.recent_member is not None for item in items):
             if recent_prefix is None:
                 raise ValueError(f"hash kind {kind!r} keeps no sorted set of recent items")
             keys.append(f"{recent_prefix}:{suffix}")
-            member = item.recent_member
-        args: list[Any] = [
-            _check_order_value("open_time", item.open_time),
-            _check_order_value("version", item.version),
-            self.recent_bars,
-            self.ttl_s or 0,
-            member,
-            update_channel(kind, item.exchange, item.symbol, item.timeframe)
+        channel = (
+            update_channel(kind, first.exchange, first.symbol, first.timeframe)
             if self.publish
-            else "",
-            update_message(item) if self.publish else b"",
-        ]
-        for name, value in item.fields.items():
-            args.append(name)
-            args.append(encode_field(value))
+            else ""
+        )
+        args: list[Any] = [self.recent_bars, self.ttl_s or 0, channel]
+        ordered = sorted(items, key=lambda item: (item.open_time, item.version))
+        for item in ordered:
+            args += [
+                _check_order_value("open_time", item.open_time),
+                _check_order_value("version", item.version),
+                item.recent_member if item.recent_member is not None else b"",
+                update_message(item) if self.publish else b"",
+                len(item.fields),
+            ]
+            for name, value in item.fields.items():
+                args.append(name)
+                args.append(encode_field(value))
         return keys, args
 
     def _run(self, calls: Sequence[tuple[list[str], list[Any]]]) -> list[Any]:

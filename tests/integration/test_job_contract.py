@@ -47,6 +47,7 @@ from tests.integration.job_contract_support import (
     GOLDEN_MINUTES,
     GOLDEN_START,
     HOUR,
+    HOURLY,
     MINUTE,
     ROLLUP_MINUTES,
     SOL,
@@ -69,14 +70,12 @@ from tests.integration.job_contract_support import (
     live_kline,
     make_kline,
     now_ms,
-    open_released,
     produce,
     random_bar,
     redis_snapshot,
     rollup_emissions,
     run_bounded,
     start_job,
-    table_rows,
     wait_for,
     wait_until_finished,
 )
@@ -242,22 +241,20 @@ def test_watermarks_are_per_partition(
     redis_url: str,
     redis_client: redis.Redis,
 ) -> None:
-    """A partition two days ahead in event time does not make a lagging partition late.
+    """A partition two days ahead in event time does not make the other partitions late.
 
-    Partition 0 holds a series two days ahead, partition 1 one two days behind, produced in
-    that order; partitions 2 and 3 stay empty. With one watermark per partition (the job
-    takes the minimum) nothing is late: no dead letter, every roll-up of both series
-    complete. One watermark over all partitions would drop the lagging bars as late.
+    Unbounded, default settings. Partition 0 gets an hour of bars two days ahead; once they
+    are in Redis (so the job has seen them and made its watermarks), partitions 1-3 get an
+    hour of bars each, two days behind. With one watermark per partition (the job takes the
+    minimum) nothing is late: no dead letter, and the roll-ups of the lagging series close as
+    the lagging partitions' watermarks pass them (the 5m windows up to 00:50 and the 15m
+    windows up to 00:30). One watermark over all partitions would already stand two days
+    ahead and drop every lagging bar from the roll-ups as late.
     """
     day = GOLDEN_START - GOLDEN_START % DAY
     ahead = closed_bars(BTC, day + 2 * DAY, 60, seed=1)
-    behind = closed_bars(ETH, day, 60, seed=2)
-    produce(
-        kafka_bootstrap,
-        topics.raw,
-        [kline_message(k, partition=0) for k in ahead]
-        + [kline_message(k, partition=1) for k in behind],
-    )
+    lagging = {1: ETH, 2: SOL, 3: HOURLY}
+    behind = {part: closed_bars(series, day, 60, seed=part) for part, series in lagging.items()}
     settings = contract_settings(
         tmp_path=tmp_path,
         kafka_bootstrap=kafka_bootstrap,
@@ -265,30 +262,44 @@ def test_watermarks_are_per_partition(
         dlq_topic=topics.dlq,
         redis_url=redis_url,
         name="contract-partition-watermarks",
+        bounded=False,
     )
-    run_bounded(settings)
-
-    assert dead_letters(kafka_bootstrap, topics.dlq) == []
-    with open_released(settings.sinks.clickhouse_url) as writer:
-        rows = table_rows(writer, "klines")
-    for series, bars in ((BTC, ahead), (ETH, behind)):
-        start = bars[0].open_time
-        for timeframe, minutes in ROLLUP_MINUTES.items():
-            got = [
-                (r["open_time"], r["bars_present"], r["is_closed"])
-                for r in rows
-                if r["symbol"] == series.symbol and r["timeframe"] == timeframe
-            ]
-            # 60 minutes from a day start: full 5m/15m/1h windows, part of a 4h and a 1d one.
-            count = max(1, 60 // minutes)
-            length = minutes * MINUTE
-            assert got == [(start + i * length, min(minutes, 60), True) for i in range(count)], (
-                series.symbol,
-                timeframe,
-            )
-        assert (
-            len([r for r in rows if r["symbol"] == series.symbol and r["timeframe"] == "1m"]) == 60
+    client = start_job(settings)
+    try:
+        produce(kafka_bootstrap, topics.raw, [kline_message(k, partition=0) for k in ahead])
+        wait_for(
+            lambda: (
+                (latest_bar(redis_client, f"kline:{BTC.key()}") or {}).get("open_time")
+                == ahead[-1].open_time
+            ),
+            timeout_s=STARTUP_S,
+            what="the bars of the partition ahead",
+            client=client,
         )
+        produce(
+            kafka_bootstrap,
+            topics.raw,
+            [kline_message(k, partition=p) for p, bars in behind.items() for k in bars],
+        )
+        for series in lagging.values():
+            for timeframe, closed_count in (("5m", 11), ("15m", 3)):
+                key = f"klines:{series.key(timeframe)}"
+                length = ROLLUP_MINUTES[timeframe]
+                want = [(day + i * length * MINUTE, True, length) for i in range(closed_count)]
+
+                def closed(key: str = key) -> list[tuple[int, bool, int]]:
+                    members = [orjson.loads(m) for m in redis_client.zrange(key, 0, -1)]
+                    return [(m["open_time"], m["is_closed"], m["bars_present"]) for m in members]
+
+                wait_for(
+                    lambda want=want, closed=closed: closed() == want,
+                    timeout_s=60,
+                    what=f"the closed {timeframe} roll-ups of {series.symbol}",
+                    client=client,
+                )
+    finally:
+        cancel_job(client)
+    assert dead_letters(kafka_bootstrap, topics.dlq) == []
 
 
 def test_idle_partitions_do_not_stall_rollups_and_old_windows_emit_once(

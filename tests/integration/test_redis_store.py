@@ -297,3 +297,33 @@ def test_repr_and_close(redis_url: str) -> None:
     writer.close()
     with pytest.raises(redis.ConnectionError, match="closed"):
         writer.write_bars([make_bar(0, version=1)])
+
+
+def test_a_batch_ends_as_its_items_written_one_call_each_and_announces_in_order(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    """One script call carries all items of a series: the final hash and sorted set equal
+    those of writing the items one call each, whatever their order, and every applied update
+    is announced once, in (open_time, version) order."""
+    rng = random.Random(11)
+    bars = [make_bar(minute, version) for minute in range(12) for version in (1, 2, 3)]
+    rng.shuffle(bars)
+    with RedisBarWriter(redis_url, recent_bars=5) as one_by_one:
+        for bar in bars:
+            one_by_one.write_bars([bar])
+    expected = (hash_of(redis_client), zset_of(redis_client))
+    redis_client.flushdb()
+    pubsub = redis_client.pubsub()
+    pubsub.subscribe("kline-updates:binance:BTC-USDT:1m")
+    assert pubsub.get_message(timeout=5)["type"] == "subscribe"  # type: ignore[index]
+    with RedisBarWriter(redis_url, recent_bars=5) as batched:
+        assert batched.write_bars(bars) == 2
+        batched.write_bars(bars[:7])  # stale again: changes and announces nothing
+    assert (hash_of(redis_client), zset_of(redis_client)) == expected
+    announced = []
+    while (message := pubsub.get_message(timeout=1)) is not None:
+        payload = orjson.loads(message["data"])
+        announced.append((payload["open_time"], payload["version"]))
+    pubsub.close()
+    # write_bars keeps the newest version of each bar in a batch: one per minute, in order.
+    assert announced == [(START + minute * MINUTE, 3) for minute in range(12)]

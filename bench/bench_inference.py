@@ -131,7 +131,7 @@ def run_flink(url: str, capacity: int, count: int) -> dict[str, Any]:
     from jobs.job import local_configuration
     from jobs.pipeline import build_pipeline
     from jobs.signals import SignalConfig, with_inference
-    from udfs.series import Tag
+    from udfs.series import Tag, decode_outputs
 
     with tempfile.TemporaryDirectory() as checkpoints:
         configuration = Configuration()
@@ -150,7 +150,9 @@ def run_flink(url: str, capacity: int, count: int) -> dict[str, Any]:
         before = server_stats(url)
         answered = with_inference(streams.records, config)
         with answered.execute_and_collect(f"bench-{capacity}") as results:
-            signals: list[Signal] = [p for tag, p in results if tag == Tag.SIGNAL]
+            signals: list[Signal] = [
+                p for element in results for tag, p in decode_outputs(element) if tag == Tag.SIGNAL
+            ]
         after = server_stats(url)
     # Collected results arrive in batches, so the operator's pace is measured at the server:
     # from the first request of this run to the last one, plus one reply.

@@ -14,7 +14,7 @@ is thread-local), so the engine's statistics are exposed as gauges, which Flink 
 end of each bundle.
 
 Requests and signals travel as the series operator's tagged records (``udfs.series.Tag``):
-a ``SIGNAL_REQUEST`` in, a ``SIGNAL`` out.
+a ``SIGNAL_REQUEST`` in, an encoded element holding its ``SIGNAL`` out.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from connectors.inference import (
     RedisL2Cache,
     load_api_key,
 )
-from udfs.series import Output, Tag
+from udfs.series import Output, Tag, encode_outputs
 from udfs.signals import SignalRequest
 
 _BREAKER_GAUGE = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
@@ -91,12 +91,12 @@ class InferenceAsyncFunction(AsyncFunction):
         for name, read in gauges.items():
             metrics.gauge(name, read)
 
-    async def async_invoke(self, value: Output) -> list[Output]:
+    async def async_invoke(self, value: Output) -> list[bytes]:
         request: SignalRequest = value[1]
-        return [(Tag.SIGNAL, await self.engine.analyse(request))]
+        return [encode_outputs([(Tag.SIGNAL, await self.engine.analyse(request))])]
 
-    def timeout(self, value: Output) -> list[Output]:
-        return [(Tag.SIGNAL, self.engine.degraded(value[1], "operator_timeout"))]
+    def timeout(self, value: Output) -> list[bytes]:
+        return [encode_outputs([(Tag.SIGNAL, self.engine.degraded(value[1], "operator_timeout"))])]
 
     def close(self) -> None:
         # PyFlink stops and closes the event loop before calling close(): release the HTTP

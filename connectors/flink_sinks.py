@@ -45,7 +45,7 @@ from pyflink.datastream.connectors.base import Sink
 from pyflink.datastream.state import ListStateDescriptor
 
 from connectors.flink_topology import name_key_step
-from udfs.series import Tag
+from udfs.series import Tag, decode_outputs
 
 log = logging.getLogger(__name__)
 
@@ -170,12 +170,26 @@ class BatchingSinkFunction(KeyedProcessFunction):
         self.restored_rows_total = 0
         self.connect()
 
+    def rows_of(self, element: Any) -> list[Any]:
+        """The rows one stream element carries (the element itself unless overridden)."""
+        return [element]
+
     def process_element(self, value: Any, ctx: KeyedProcessFunction.Context) -> Iterator[Any]:
+        self._accept(ctx, value, self.rows_of(value))
+        return iter(())
+
+    def _accept(self, ctx: KeyedProcessFunction.Context, element: Any, rows: list[Any]) -> None:
+        """Buffer ``rows`` of ``element`` (kept whole in state until written); flush if due."""
+        if not rows:
+            return
         key = ctx.get_current_key()
         if self.durable:
             self._adopt(key)
-            self._unflushed.add(value)
-        if self._buffer.add(key, value):
+            self._unflushed.add(element)
+        newly_dirty = False
+        for row in rows:
+            newly_dirty = self._buffer.add(key, row) or newly_dirty
+        if newly_dirty:
             timers = ctx.timer_service()
             due = timers.current_processing_time() + self.flush_ms
             timers.register_processing_time_timer(due)
@@ -185,7 +199,6 @@ class BatchingSinkFunction(KeyedProcessFunction):
         if self._buffer.should_flush():
             self._flush()
             self._clear_current(key)
-        return iter(())
 
     def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterator[Any]:
         key = ctx.get_current_key()
@@ -213,7 +226,9 @@ class BatchingSinkFunction(KeyedProcessFunction):
 
     def _adopt(self, key: Any) -> None:
         if self._buffer.needs_adoption(key):
-            restored = list(self._unflushed.get() or ())
+            restored = [
+                row for element in self._unflushed.get() or () for row in self.rows_of(element)
+            ]
             self._buffer.adopt(key, restored)
             if restored:
                 self.rows_restored.inc(len(restored))
@@ -239,7 +254,8 @@ class BatchingSinkFunction(KeyedProcessFunction):
 class StoreSinkFunction(BatchingSinkFunction):
     """The series operator's outputs into ClickHouse and Redis; dead letters pass through.
 
-    Takes the ``(Tag, payload)`` records of ``udfs.series``: bars into ``klines`` and
+    Takes the series operator's elements (``udfs.series.encode_outputs``: the
+    ``(Tag, payload)`` records of one input each): bars into ``klines`` and
     ``kline:``/``klines:``, profiles into ``volume_profile`` and ``vp:``, indicators into
     ``indicators`` and ``ind:``, signals into ``signals`` and ``signal:``. Encoded dead
     letters are yielded unchanged, for the Kafka dead-letter sink that follows.
@@ -294,12 +310,20 @@ class StoreSinkFunction(BatchingSinkFunction):
         self._live = SinkBuffer(self.redis_batch_rows, self.redis_flush_ms)
         self._live_timer_due = 0
 
-    def process_element(self, value: Any, ctx: KeyedProcessFunction.Context) -> Iterator[Any]:
-        tag, payload = value
-        if tag == Tag.DEAD_LETTER:
-            yield payload
+    def rows_of(self, element: bytes) -> list[Any]:
+        return [record for record in decode_outputs(element) if record[0] != Tag.DEAD_LETTER]
+
+    def process_element(self, value: bytes, ctx: KeyedProcessFunction.Context) -> Iterator[Any]:
+        rows = []
+        for record in decode_outputs(value):
+            if record[0] == Tag.DEAD_LETTER:
+                yield record[1]
+            else:
+                rows.append(record)
+        if not rows:
             return
-        self._live.add(None, value)
+        for row in rows:
+            self._live.add(None, row)
         timers = ctx.timer_service()
         now = timers.current_processing_time()
         if self._live_timer_due <= now:
@@ -307,7 +331,7 @@ class StoreSinkFunction(BatchingSinkFunction):
             timers.register_processing_time_timer(self._live_timer_due)
         if self._live.should_flush():
             self._flush_live()
-        yield from super().process_element(value, ctx)
+        self._accept(ctx, value, rows)
 
     def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterator[Any]:
         if self._live.should_flush():

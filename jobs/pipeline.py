@@ -27,7 +27,7 @@ from typing import Any, Final
 
 from pyflink.common import Duration, Types
 from pyflink.common.watermark_strategy import WatermarkStrategy
-from pyflink.datastream import DataStream, FilterFunction, FlatMapFunction
+from pyflink.datastream import DataStream, FlatMapFunction
 
 from connectors.flink_topology import key_by_first_field, name_back_to, set_parallelism_back_to
 from jobs.config import AnalyticsConfig, PipelineConfig
@@ -35,7 +35,7 @@ from jobs.signals import SignalConfig
 from udfs.flink.ingest import KEYED_ROW_TYPE, BarOpenTimeAssigner, IngestFunction
 from udfs.flink.series_function import SeriesFunction
 from udfs.rollup import validate_rollup_timeframes
-from udfs.series import SeriesSettings, Tag
+from udfs.series import Output, SeriesSettings, Tag, decode_outputs, encode_outputs
 
 # Slot sharing groups. PyFlink runs the Python operators of one slot in one Python worker
 # process (one GIL): the series operator and the sinks each get processes of their own,
@@ -97,39 +97,42 @@ def watermark_strategy(config: PipelineConfig) -> WatermarkStrategy:
     )
 
 
-class TagIs(FilterFunction):
-    """Keeps the records of one tag."""
-
-    def __init__(self, tag: Tag) -> None:
-        self.tag = int(tag)
-
-    def filter(self, value: tuple[int, Any]) -> bool:
-        return value[0] == self.tag
-
-
-class TagIsNot(FilterFunction):
-    """Keeps the records of every tag but one."""
-
-    def __init__(self, tag: Tag) -> None:
-        self.tag = int(tag)
-
-    def filter(self, value: tuple[int, Any]) -> bool:
-        return value[0] != self.tag
-
-
 class PayloadsOf(FlatMapFunction):
-    """The payloads of the records of one tag."""
+    """The payloads of one tag in the series operator's elements."""
 
     def __init__(self, tag: Tag) -> None:
         self.tag = int(tag)
 
-    def flat_map(self, value: tuple[int, Any]) -> Iterator[Any]:
-        if value[0] == self.tag:
-            yield value[1]
+    def flat_map(self, value: bytes) -> Iterator[Any]:
+        for tag, payload in decode_outputs(value):
+            if tag == self.tag:
+                yield payload
+
+
+class SignalRequestsOf(FlatMapFunction):
+    """The ``SIGNAL_REQUEST`` records of the series operator's elements, one by one."""
+
+    def flat_map(self, value: bytes) -> Iterator[Output]:
+        for record in decode_outputs(value):
+            if record[0] == Tag.SIGNAL_REQUEST:
+                yield record
+
+
+class WithoutSignalRequests(FlatMapFunction):
+    """The series operator's elements without their ``SIGNAL_REQUEST`` records."""
+
+    def flat_map(self, value: bytes) -> Iterator[bytes]:
+        outputs = decode_outputs(value)
+        kept = [record for record in outputs if record[0] != Tag.SIGNAL_REQUEST]
+        if len(kept) == len(outputs):
+            yield value
+        elif kept:
+            yield encode_outputs(kept)
 
 
 class PipelineStreams:
-    """The pipeline's output: ``records``, one stream of ``(Tag, payload)``.
+    """The pipeline's output: ``records``, one stream of encoded ``(Tag, payload)`` lists
+    (``udfs.series.encode_outputs``).
 
     The job's sinks take ``records`` whole. Tests read one kind at a time through the
     properties, each a filter over ``records`` (built once, when first asked for).
@@ -196,10 +199,10 @@ def build_pipeline(
     if config.source_parallelism:
         set_parallelism_back_to(timestamped, ingested, config.source_parallelism)
     records = (
-        key_by_first_field(timestamped, Types.PICKLED_BYTE_ARRAY())
+        key_by_first_field(timestamped, Types.PRIMITIVE_ARRAY(Types.BYTE()))
         .process(
             SeriesFunction(series_settings(config, analytics, signals)),
-            output_type=Types.PICKLED_BYTE_ARRAY(),
+            output_type=Types.PRIMITIVE_ARRAY(Types.BYTE()),
         )
         .name("series")
         .uid("series")

@@ -61,33 +61,35 @@ class SignalConfig:
 
 
 def with_inference(records: DataStream, config: SignalConfig) -> DataStream:
-    """The series operator's records with each ``SIGNAL_REQUEST`` answered by the model.
+    """The series operator's elements with each ``SIGNAL_REQUEST`` answered by the model.
 
     The requests go through :class:`connectors.flink_inference.InferenceAsyncFunction` on
     ``AsyncDataStream.unordered_wait`` (bounded ``capacity``, a per-element timeout) and come
-    back as ``SIGNAL`` records, exactly one per request; every other record passes as is.
+    back as ``SIGNAL`` records, exactly one per request; everything else passes as is.
+    The requests stay in the subtask of the series operator that made them (forward), so the
+    requests of one series share one engine's in-flight and cache deduplication.
     """
     from pyflink.common import Time, Types
     from pyflink.datastream.async_data_stream import AsyncDataStream
 
     from connectors.flink_inference import InferenceAsyncFunction
-    from jobs.pipeline import TagIs, TagIsNot
-    from udfs.series import Tag
+    from jobs.pipeline import SignalRequestsOf, WithoutSignalRequests
 
-    requests = records.filter(TagIs(Tag.SIGNAL_REQUEST)).name("signal-requests")
-    others = records.filter(TagIsNot(Tag.SIGNAL_REQUEST)).name("series-records")
+    encoded = Types.PRIMITIVE_ARRAY(Types.BYTE())
+    requests = records.flat_map(SignalRequestsOf(), output_type=Types.PICKLED_BYTE_ARRAY())
+    others = records.flat_map(WithoutSignalRequests(), output_type=encoded)
     signals = (
         AsyncDataStream.unordered_wait(
-            requests.uid("signal-requests"),
+            requests.name("signal-requests").uid("signal-requests"),
             InferenceAsyncFunction(config.engine_settings()),
             Time.milliseconds(config.timeout_ms),
             capacity=config.capacity,
-            output_type=Types.PICKLED_BYTE_ARRAY(),
+            output_type=encoded,
         )
         .name("signal-inference")
         .uid("signal-inference")
     )
-    return others.uid("series-records").union(signals)
+    return others.name("series-records").uid("series-records").union(signals)
 
 
 def parse_signal_timeframes(text: str) -> tuple[str, ...]:

@@ -21,7 +21,8 @@ that it is tested and measured on its own. For each validated input bar,
 clean-up when the watermark moves, the idle fallback by the wall clock.
 
 Outputs are ``(Tag, payload)`` pairs on one stream, so the operator has a single consumer and
-PyFlink can chain what follows it. Every change to what must survive a restart is written
+PyFlink can chain what follows it; the outputs of one input travel as one element
+(:func:`encode_outputs`). Every change to what must survive a restart is written
 to a :class:`Journal` the Flink wrapper applies to keyed state: the upsert's per-bar state,
 the 1m bars the open windows are made of (the windows are rebuilt from them), and a small
 :class:`InstrumentMeta` (clocks, finalised windows, indicator series, signal history).
@@ -29,6 +30,7 @@ the 1m bars the open windows are made of (the windows are rebuilt from them), an
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -556,6 +558,22 @@ class SeriesProcessor:
             )))  # fmt: skip
 
 
+def encode_outputs(outputs: list[Output]) -> bytes:
+    """The outputs of one call as one stream element.
+
+    One element per input bar instead of one per output, pickled with the C pickler:
+    PyFlink's own coder for Python objects runs cloudpickle's pure-Python pickler once per
+    element, which cost about six times as much for a bar's two to four outputs.
+    """
+    return pickle.dumps(outputs, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def decode_outputs(element: bytes) -> list[Output]:
+    """The outputs of :func:`encode_outputs` (only ever fed the job's own elements)."""
+    outputs: list[Output] = pickle.loads(element)
+    return outputs
+
+
 def instrument_key(kline: Kline) -> str:
     """The key the series operator is keyed by: ``exchange:symbol`` (all timeframes)."""
     return f"{kline.exchange}:{kline.symbol}"
@@ -574,6 +592,8 @@ __all__ = [
     "Tag",
     "WindowFamily",
     "bar_state_slot",
+    "decode_outputs",
+    "encode_outputs",
     "instrument_key",
     "slot_bar",
 ]

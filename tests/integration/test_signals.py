@@ -54,7 +54,7 @@ from tests.fakes.chat_server import (
 )
 from tests.integration.conftest import TopicNames
 from udfs.record import Kline, VersionedBar, decode_kline, encode_kline
-from udfs.series import Tag
+from udfs.series import Tag, decode_outputs, encode_outputs
 from udfs.signals import ContextBar, Signal, SignalRequest, build_context, context_bar
 
 API_KEY = "sk-klineflow-TEST-7f3a9c0e5b1d"
@@ -82,15 +82,15 @@ def request_symbol(text: str) -> str:
     return str(orjson.loads(text)["bars"][0]["symbol"])
 
 
-def decode_request(text: str) -> tuple[int, SignalRequest]:
-    """The tagged record the series operator would emit for a closed bar: its context
+def decode_request(text: str) -> bytes:
+    """The element the series operator would emit for a closed bar: its request, with its context
     (the series' closed bars up to it, as ``SignalContext`` keeps them) and version."""
     data = orjson.loads(text)
     history = [decode_kline(orjson.dumps(k)) for k in data["bars"]]
     newest = history[-1]
     context = build_context(newest.exchange, newest.symbol, newest.timeframe,
                             [context_bar(k) for k in history], 30)  # fmt: skip
-    return Tag.SIGNAL_REQUEST, SignalRequest(context, data["version"])
+    return encode_outputs([(Tag.SIGNAL_REQUEST, SignalRequest(context, data["version"]))])
 
 
 def first_bar(request: ChatRequest) -> bool:
@@ -254,12 +254,17 @@ def test_async_operator_one_signal_per_bar_under_faults(
         stream = (
             env.from_collection(requests, type_info=Types.STRING())
             .key_by(request_symbol, key_type=Types.STRING())
-            .map(decode_request, output_type=Types.PICKLED_BYTE_ARRAY())
+            .map(decode_request, output_type=Types.PRIMITIVE_ARRAY(Types.BYTE()))
         )
         started = time.monotonic()
         answered = with_inference(stream, config)
         with answered.execute_and_collect("test-signals") as results:
-            signals: list[Signal] = [payload for tag, payload in results if tag == Tag.SIGNAL]
+            signals: list[Signal] = [
+                payload
+                for element in results
+                for tag, payload in decode_outputs(element)
+                if tag == Tag.SIGNAL
+            ]
         elapsed = time.monotonic() - started
         seen = server.recorded()
 

@@ -28,7 +28,7 @@ from jobs.config import JobSettings, SinkConfig
 from jobs.job import create_environment, store_sink_arguments
 from tests.integration.conftest import TopicNames
 from udfs.record import Kline, VersionedBar, decode_kline, encode_kline
-from udfs.series import Tag
+from udfs.series import Tag, encode_outputs
 
 # The Python workers cannot import the tests package: ship this module's classes by value.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -81,10 +81,12 @@ def open_when_released(chdb_url: str, timeout_s: float = 60.0) -> ClickHouseWrit
             time.sleep(0.2)
 
 
-def to_bar(raw: Any) -> tuple[int, VersionedBar]:
-    """A series-operator record of one bar."""
+def to_bar(raw: Any) -> bytes:
+    """A series-operator element holding one bar."""
     kline = decode_kline(bytes(raw))
-    return Tag.BAR, VersionedBar(kline, kline.event_time * 2 + int(kline.is_closed))
+    return encode_outputs(
+        [(Tag.BAR, VersionedBar(kline, kline.event_time * 2 + int(kline.is_closed)))]
+    )
 
 
 def make_kline(symbol: str, minute: int) -> Kline:
@@ -161,7 +163,8 @@ def test_a_failure_after_checkpoints_loses_nothing_and_doubles_nothing(
         "kafka-klines-raw",
         type_info=Types.PRIMITIVE_ARRAY(Types.BYTE()),
     ).uid("kafka-klines-raw")
-    bars = raw.map(to_bar, output_type=Types.PICKLED_BYTE_ARRAY()).name("decode").uid("decode")
+    bars = raw.map(to_bar, output_type=Types.PRIMITIVE_ARRAY(Types.BYTE()))
+    bars = bars.name("decode").uid("decode")
     written = attach_sink(bars, FailOnceSink(sink_config, log_path), "store-sink", parallelism=1)
     discard(written, "store-sink-end")
     client = env.execute_async(settings.job_name)

@@ -28,14 +28,15 @@ from pyflink.common import Types
 from pyflink.datastream import KeyedProcessFunction, RuntimeContext, TimeDomain
 from pyflink.datastream.state import MapStateDescriptor, ValueStateDescriptor
 
+from udfs.flink.ingest import DEAD_LETTER_KEY, decode_bar
 from udfs.series import (
     InstrumentState,
     Journal,
-    Output,
     SeriesCounters,
     SeriesProcessor,
     SeriesSettings,
     Tag,
+    encode_outputs,
 )
 from udfs.windows import NEVER
 
@@ -84,25 +85,24 @@ class SeriesFunction(KeyedProcessFunction):
             self.instruments[key] = state
         return state
 
-    def process_element(self, value: Any, ctx: KeyedProcessFunction.Context) -> Iterator[Output]:
-        if isinstance(value, bytes | bytearray):  # a dead letter of the ingest step
-            yield Tag.DEAD_LETTER, bytes(value)
+    def process_element(self, value: bytes, ctx: KeyedProcessFunction.Context) -> Iterator[bytes]:
+        key = ctx.get_current_key()
+        if key == DEAD_LETTER_KEY:  # a dead letter of the ingest step
+            yield encode_outputs([(Tag.DEAD_LETTER, bytes(value))])
             return
         self.records_in.inc()
         timers = ctx.timer_service()
-        key = ctx.get_current_key()
         now_ms = timers.current_processing_time()
         state = self._instrument(key, now_ms)
         outputs = self.processor.on_kline(
-            state, value, timers.current_watermark(), now_ms, self.journal
+            state, decode_bar(value), timers.current_watermark(), now_ms, self.journal
         )
         self._commit(state)
         self._schedule(key, state, timers)
-        yield from outputs
+        if outputs:
+            yield encode_outputs(outputs)
 
-    def on_timer(
-        self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext
-    ) -> Iterator[Output]:
+    def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterator[bytes]:
         timers = ctx.timer_service()
         key = ctx.get_current_key()
         now_ms = timers.current_processing_time()
@@ -120,7 +120,8 @@ class SeriesFunction(KeyedProcessFunction):
             )
         self._commit(state)
         self._schedule(key, state, timers)
-        yield from outputs
+        if outputs:
+            yield encode_outputs(outputs)
 
     def _commit(self, state: InstrumentState) -> None:
         journal = self.journal

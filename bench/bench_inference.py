@@ -129,9 +129,9 @@ def run_flink(url: str, capacity: int, count: int) -> dict[str, Any]:
 
     from jobs.config import JobSettings, PipelineConfig
     from jobs.job import local_configuration
-    from jobs.pipeline import build_pipeline
+    from jobs.pipeline import PayloadsOf, build_pipeline
     from jobs.signals import SignalConfig, with_inference
-    from udfs.series import Tag, decode_outputs
+    from udfs.series import Tag
 
     with tempfile.TemporaryDirectory() as checkpoints:
         configuration = Configuration()
@@ -148,11 +148,11 @@ def run_flink(url: str, capacity: int, count: int) -> dict[str, Any]:
         )
         streams = build_pipeline(raw, PipelineConfig(rollup_timeframes=()), signals=config)
         before = server_stats(url)
-        answered = with_inference(streams.records, config)
+        answered = with_inference(streams.records, config).flat_map(
+            PayloadsOf(Tag.SIGNAL), output_type=Types.PICKLED_BYTE_ARRAY()
+        )
         with answered.execute_and_collect(f"bench-{capacity}") as results:
-            signals: list[Signal] = [
-                p for element in results for tag, p in decode_outputs(element) if tag == Tag.SIGNAL
-            ]
+            signals: list[Signal] = list(results)
         after = server_stats(url)
     # Collected results arrive in batches, so the operator's pace is measured at the server:
     # from the first request of this run to the last one, plus one reply.

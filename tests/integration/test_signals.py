@@ -39,6 +39,7 @@ from connectors.kafka_producer import create_producer
 from connectors.redis_store import decode_hash
 from jobs.config import JobSettings, PipelineConfig, SinkConfig
 from jobs.job import local_configuration, run_job
+from jobs.pipeline import PayloadsOf
 from jobs.signals import SignalConfig, with_inference
 from tests.fakes.chat_server import (
     Behaviour,
@@ -54,7 +55,7 @@ from tests.fakes.chat_server import (
 )
 from tests.integration.conftest import TopicNames
 from udfs.record import Kline, VersionedBar, decode_kline, encode_kline
-from udfs.series import Tag, decode_outputs, encode_outputs
+from udfs.series import Tag, encode_outputs
 from udfs.signals import ContextBar, Signal, SignalRequest, build_context, context_bar
 
 API_KEY = "sk-klineflow-TEST-7f3a9c0e5b1d"
@@ -257,14 +258,11 @@ def test_async_operator_one_signal_per_bar_under_faults(
             .map(decode_request, output_type=Types.PRIMITIVE_ARRAY(Types.BYTE()))
         )
         started = time.monotonic()
-        answered = with_inference(stream, config)
+        answered = with_inference(stream, config).flat_map(
+            PayloadsOf(Tag.SIGNAL), output_type=Types.PICKLED_BYTE_ARRAY()
+        )
         with answered.execute_and_collect("test-signals") as results:
-            signals: list[Signal] = [
-                payload
-                for element in results
-                for tag, payload in decode_outputs(element)
-                if tag == Tag.SIGNAL
-            ]
+            signals: list[Signal] = list(results)
         elapsed = time.monotonic() - started
         seen = server.recorded()
 

@@ -47,7 +47,6 @@ import aiohttp
 import orjson
 from kafka.errors import KafkaError, KafkaTimeoutError
 
-from connectors.backoff import ReconnectBackoff, TokenBucket
 from connectors.exchanges.base import (
     MINUTE_MS,
     ExchangeAdapter,
@@ -57,6 +56,7 @@ from connectors.exchanges.base import (
 )
 from connectors.redaction import redacted_repr
 from connectors.rest_repair import RepairUnavailable, RestKlineClient
+from connectors.retry import ReconnectBackoff, TokenBucket
 from connectors.symbols import SymbolInfo
 from udfs.dead_letter import DeadLetter, encode_dead_letter
 from udfs.record import Kline, encode_kline, quote
@@ -665,9 +665,7 @@ class Connection:
         adapter = self.bridge.adapter
         bucket = TokenBucket(adapter.subscribe_rate_per_s, 1.0)
         for message in adapter.subscribe_messages(self.shard.symbols):
-            wait = bucket.reserve(time.monotonic())
-            if wait > 0:
-                await asyncio.sleep(wait)
+            await bucket.acquire()
             await self._ws.send_str(message)
 
     async def _read(self) -> None:
@@ -1134,9 +1132,7 @@ class Bridge:
 
     async def wait_connect_slot(self) -> None:
         """Space out new connections (exchanges limit connection attempts per IP)."""
-        wait = self._connect_bucket.reserve(time.monotonic())
-        if wait > 0:
-            await asyncio.sleep(wait)
+        await self._connect_bucket.acquire()
 
     # --- lifecycle -------------------------------------------------------------------------
 

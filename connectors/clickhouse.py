@@ -22,11 +22,11 @@ Conventions shared by both backends:
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import importlib
 import logging
 import os
-import random
 import re
 import threading
 import time
@@ -39,6 +39,8 @@ from types import ModuleType, TracebackType
 from typing import Any, Final, Literal, Self, TypeVar
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
+from connectors import retry
+from connectors.retry import RetryPolicy, first_line
 from udfs.record import VersionedBar, now_ms
 
 log = logging.getLogger(__name__)
@@ -922,80 +924,8 @@ TRANSIENT_SERVER_CODES: Final[frozenset[int]] = frozenset(
 )
 
 
-@dataclass(frozen=True, slots=True)
-class RetryPolicy:
-    """Bounded exponential backoff: ``attempts`` tries in all, delays doubling from
-    ``base_delay_s`` up to ``max_delay_s``, each scaled by a random factor in [0.5, 1].
-
-    ``deadline_s`` (None = none) also bounds the time spent: no retry starts later than
-    that many seconds after the first attempt (a server down for a minute is ridden out
-    by ``RetryPolicy(attempts=1_000, deadline_s=90)``).
-    """
-
-    attempts: int = 5
-    base_delay_s: float = 0.2
-    max_delay_s: float = 5.0
-    deadline_s: float | None = None
-
-    def delay(self, failed_attempts: int) -> float:
-        """Seconds to wait after ``failed_attempts`` failures (before the next try)."""
-        raw = self.base_delay_s * (2 ** (failed_attempts - 1))
-        return min(self.max_delay_s, raw) * random.uniform(0.5, 1.0)
-
-
-def call_with_retries(
-    operation: Callable[[], T],
-    *,
-    retry_on: tuple[type[BaseException], ...],
-    is_transient: Callable[[BaseException], bool],
-    policy: RetryPolicy,
-    describe: str,
-    sleep: Callable[[float], None] = time.sleep,
-    clock: Callable[[], float] = time.monotonic,
-) -> T:
-    """Run ``operation``; on a transient error wait and retry, up to ``policy.attempts``
-    (and while the next try would start within ``policy.deadline_s``).
-
-    Errors of the ``retry_on`` types that ``is_transient`` accepts are retried; anything
-    else propagates at once. After the last attempt a transient error becomes
-    :class:`ClickHouseUnavailable` (chained to the last error).
-    """
-    if policy.attempts < 1:
-        raise ValueError("RetryPolicy.attempts must be >= 1")
-    started = clock()
-    attempt = 1
-    while True:
-        try:
-            return operation()
-        except retry_on as exc:
-            if not is_transient(exc):
-                raise
-            delay = policy.delay(attempt)
-            out_of_time = (
-                policy.deadline_s is not None and clock() - started + delay > policy.deadline_s
-            )
-            if attempt >= policy.attempts or out_of_time:
-                raise ClickHouseUnavailable(
-                    f"{describe} failed {attempt} times in {clock() - started:.1f} s; last "
-                    f"error: {type(exc).__name__}: {_first_line(exc)}"
-                ) from exc
-            log.warning(
-                "%s failed (attempt %d/%d: %s: %s); retrying in %.2fs",
-                describe,
-                attempt,
-                policy.attempts,
-                type(exc).__name__,
-                _first_line(exc),
-                delay,
-            )
-            sleep(delay)
-            attempt += 1
-
-
-def _first_line(exc: BaseException) -> str:
-    """The first line of an error message (server errors append a long stack trace)."""
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else ""
+# connectors.retry.call_with_retries whose exhausted retries raise ClickHouseUnavailable.
+call_with_retries = functools.partial(retry.call_with_retries, exhausted=ClickHouseUnavailable)
 
 
 def _import_clickhouse_driver() -> tuple[ModuleType, ModuleType]:
@@ -1101,7 +1031,7 @@ class NativeWriter(ClickHouseWriter):
                 sleep=self._sleep,
             )
         except self._errors.Error as exc:
-            raise ClickHouseQueryError(f"{type(exc).__name__}: {_first_line(exc)}") from None
+            raise ClickHouseQueryError(f"{type(exc).__name__}: {first_line(exc)}") from None
 
     def _execute(self, sql: str) -> None:
         self._run("statement", lambda client: client.execute(sql))

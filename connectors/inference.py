@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import os
 import random
 import time
@@ -37,7 +36,7 @@ from typing import Any, Final, Protocol
 
 import orjson
 
-from connectors.backoff import parse_retry_after
+from connectors.retry import Backoff, TokenBucket, parse_retry_after
 from udfs.rules import Analysis
 from udfs.signals import (
     InvalidReply,
@@ -147,40 +146,6 @@ def load_api_key(env_name: str = DEFAULT_API_KEY_ENV, key_file: str | None = Non
 # --- rate limiting --------------------------------------------------------------------------
 
 
-@dataclass(slots=True)
-class TokenBucket:
-    """``rate`` tokens per second, at most ``capacity`` saved; may go negative (debt)."""
-
-    rate: float
-    capacity: float
-    tokens: float = math.nan
-    updated_at: float | None = None
-
-    def __post_init__(self) -> None:
-        if self.rate <= 0 or self.capacity <= 0:
-            raise ValueError("rate and capacity must be positive")
-        if math.isnan(self.tokens):
-            self.tokens = self.capacity
-
-    def refill(self, now: float) -> None:
-        """Add the tokens earned since the last call."""
-        if self.updated_at is not None and now > self.updated_at:
-            self.tokens = min(self.capacity, self.tokens + (now - self.updated_at) * self.rate)
-        if self.updated_at is None or now > self.updated_at:
-            self.updated_at = now
-
-    def wait_for(self, amount: float, now: float) -> float:
-        """Seconds until ``amount`` tokens are available (0 if they are now); takes nothing."""
-        self.refill(now)
-        missing = min(amount, self.capacity) - self.tokens
-        return 0.0 if missing <= 1e-12 else missing / self.rate
-
-    def take(self, amount: float, now: float) -> None:
-        """Remove ``amount`` tokens (the balance may go negative: a debt paid by waiting)."""
-        self.refill(now)
-        self.tokens -= amount
-
-
 class RateLimiter:
     """Requests-per-second and tokens-per-minute buckets, FIFO, honouring ``Retry-After``.
 
@@ -200,7 +165,6 @@ class RateLimiter:
     ) -> None:
         self.requests = TokenBucket(requests_per_s, max(1.0, request_burst))
         self.tokens = TokenBucket(tokens_per_min / 60.0, tokens_per_min)
-        self.blocked_until = 0.0
         self._clock = clock
         self._sleep = sleep
         self._lock = asyncio.Lock()
@@ -210,7 +174,6 @@ class RateLimiter:
         return max(
             self.requests.wait_for(1.0, now),
             self.tokens.wait_for(token_estimate, now),
-            self.blocked_until - now,
         )
 
     async def acquire(self, token_estimate: float) -> None:
@@ -221,22 +184,17 @@ class RateLimiter:
                 wait = self.wait_time(token_estimate, now)
                 if wait <= 0:
                     self.requests.take(1.0, now)
-                    self.tokens.take(min(token_estimate, self.tokens.capacity), now)
+                    self.tokens.take(min(token_estimate, self.tokens.burst), now)
                     return
                 await self._sleep(wait)
 
     def settle(self, estimated: float, actual: float) -> None:
         """Book ``actual - estimated`` more tokens (a refund when negative)."""
-        self.tokens.take(actual - min(estimated, self.tokens.capacity), self._clock())
+        self.tokens.take(actual - min(estimated, self.tokens.burst), self._clock())
 
     def block_until(self, until: float) -> None:
         """Let no request out before ``until`` (monotonic seconds); never shortens a block."""
-        self.blocked_until = max(self.blocked_until, until)
-
-
-def full_jitter_delay(attempt: int, base_s: float, cap_s: float, rng: random.Random) -> float:
-    """Backoff before retry ``attempt`` (0-based): uniform in [0, min(cap, base * 2**attempt)]."""
-    return rng.uniform(0.0, min(cap_s, base_s * 2.0 ** min(attempt, 32)))
+        self.requests.block_until(until)
 
 
 # --- circuit breaker ------------------------------------------------------------------------
@@ -658,6 +616,7 @@ class InferenceEngine:
         self.clock = clock
         self._sleep = sleep
         self._rng = rng or random.Random()
+        self._backoff = Backoff(settings.backoff_base_s, settings.backoff_cap_s)
         self.limiter = RateLimiter(
             settings.requests_per_s / share,
             settings.request_burst / share,
@@ -823,9 +782,7 @@ class InferenceEngine:
                     raise _ModelFailed(failure.kind, endpoint_failed=True) from None
                 if attempt + 1 >= self.settings.max_attempts:
                     break
-                delay = full_jitter_delay(
-                    attempt, self.settings.backoff_base_s, self.settings.backoff_cap_s, self._rng
-                )
+                delay = self._backoff.delay(attempt, self._rng.uniform)
                 if failure.retry_after_s is not None:
                     self.limiter.block_until(self.clock() + failure.retry_after_s)
                     delay = max(delay, failure.retry_after_s)

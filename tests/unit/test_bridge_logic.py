@@ -6,8 +6,8 @@ import dataclasses
 
 import pytest
 
-from connectors.backoff import ReconnectBackoff, TokenBucket, parse_retry_after
 from connectors.bridge import SeriesTracker, Verdict, _add_range, _remove_range, lag_summary
+from connectors.retry import ReconnectBackoff, TokenBucket, parse_retry_after
 from udfs.record import Kline
 
 MIN = 60_000

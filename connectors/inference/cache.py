@@ -67,7 +67,7 @@ class RedisL2Cache:
     def __init__(self, url: str, *, op_timeout_s: float = 0.5) -> None:
         import redis.asyncio as aioredis
 
-        from connectors.redis_store import redact_url
+        from connectors.redaction import redact_url
 
         self.redacted_url = redact_url(url)
         self._client = aioredis.Redis.from_url(

@@ -6,9 +6,8 @@ import asyncio
 import contextlib
 import heapq
 import logging
-import random
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from connectors.bridge.stats import LogSampler, RepairStats
 from connectors.exchanges.base import (
@@ -16,11 +15,15 @@ from connectors.exchanges.base import (
     RestError,
 )
 from connectors.rest_repair import RepairUnavailable, RestKlineClient
+from connectors.retry import Backoff
 
 if TYPE_CHECKING:
     from connectors.bridge.runtime import Bridge
 
 log = logging.getLogger(__name__)
+
+# A series whose repair failed waits up to 4 s, 8 s, ... 10 min (full jitter) before a retry.
+FAILED_REPAIR_BACKOFF: Final = Backoff(base_s=2.0, cap_s=600.0)
 
 
 class GapRepairer:
@@ -85,7 +88,7 @@ class GapRepairer:
                 failures = self._failures.get(key, 0) + 1
                 self._failures[key] = failures
                 self.stats.repair_failures += 1
-                delay = random.uniform(0, min(600.0, 2.0 * 2 ** min(failures, 10)))
+                delay = FAILED_REPAIR_BACKOFF.delay(failures)
                 log_it, suppressed = self._failure_log.allow()
                 if log_it:  # a poison answer of every series must not flood the log
                     log.warning(

@@ -15,8 +15,9 @@ import pytest
 
 from connectors.bridge import BridgeConfig
 from connectors.exchanges import create_adapter
-from jobs import bridge_cmd, replay_cmd
+from jobs import bridge_cmd, replay_cmd, stack_cmd
 from jobs.config import JobSettings, add_job_arguments, resolve_clickhouse_url, settings_from_args
+from jobs.stack import StackConfig
 
 ENV_NAME = re.compile(r"\(env ([A-Z][A-Z0-9_]*)")
 
@@ -112,3 +113,8 @@ def test_every_command_flag_names_its_environment_variable(
     for action in options:  # with no variable set, each help shows the built-in default
         if action.option_strings[0] not in without:
             assert "default:" in (action.help or ""), action.option_strings
+
+
+def test_no_stack_flags_give_the_default_stack_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    parser = clean_parser(monkeypatch, stack_cmd.add_stack_arguments)
+    assert stack_cmd.config_from_args(parser.parse_args([])) == StackConfig()

@@ -293,8 +293,9 @@ class StoreSinkFunction(BatchingSinkFunction):
         self.publish = redis_publish
 
     def connect(self) -> None:
-        from connectors.clickhouse import RetryPolicy, open_writer
+        from connectors.clickhouse import open_writer
         from connectors.redis_store import RedisBarWriter
+        from connectors.retry import RetryPolicy
 
         # Ride out a server that is down for a while; beyond that the task fails and Flink
         # restarts it from the last checkpoint (the rows wait in state).

@@ -25,13 +25,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Self, cast
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import orjson
 import redis
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry
 
+from connectors.redaction import redact_url
 from udfs.record import FIELDS, VersionedBar
 
 log = logging.getLogger(__name__)
@@ -46,25 +46,6 @@ BAR_HASH_FIELDS: Final[tuple[str, ...]] = (*FIELDS, "version", "bars_present", "
 _BAR_STRING_FIELDS: Final = frozenset({"exchange", "symbol", "raw_symbol", "timeframe"})
 # Commands per pipeline round trip: bounds the memory of one huge batch.
 _PIPELINE_CHUNK: Final = 1000
-
-
-def redact_url(url: str) -> str:
-    """``url`` with any password (in the userinfo or a ``password=`` option) as ``***``."""
-    parts = urlsplit(url)
-    if parts.password is not None:
-        user = parts.username or ""
-        host = parts.hostname or ""
-        if ":" in host:
-            host = f"[{host}]"
-        port = f":{parts.port}" if parts.port is not None else ""
-        parts = parts._replace(netloc=f"{user}:***@{host}{port}")
-    if parts.query:
-        options = [
-            (name, "***" if name.lower() == "password" else value)
-            for name, value in parse_qsl(parts.query, keep_blank_values=True)
-        ]
-        parts = parts._replace(query=urlencode(options, safe="*"))
-    return urlunsplit(parts)
 
 
 def series_suffix(exchange: str, symbol: str, timeframe: str) -> str:

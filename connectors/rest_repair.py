@@ -19,7 +19,6 @@ from typing import Final
 import aiohttp
 import orjson
 
-from connectors.backoff import TokenBucket, parse_retry_after
 from connectors.exchanges.base import (
     ExchangeAdapter,
     RejectedBar,
@@ -27,6 +26,7 @@ from connectors.exchanges.base import (
     RestPage,
     RestRateLimited,
 )
+from connectors.retry import Backoff, TokenBucket, parse_retry_after
 from connectors.symbols import SymbolInfo
 from udfs.record import Kline, quote
 
@@ -38,6 +38,8 @@ DEFAULT_RETRY_AFTER_418_S: Final[float] = 120.0
 DEFAULT_RETRY_AFTER_BODY_S: Final[float] = 2.0
 # Never honour a Retry-After longer than this in one go: the gap stays and is retried later.
 MAX_RETRY_AFTER_S: Final[float] = 900.0
+# After a network error or a 5xx: 0.5 s, doubling up to 30 s, no jitter (one client per host).
+ERROR_BACKOFF: Final[Backoff] = Backoff(base_s=0.5, cap_s=30.0, min_fraction=1.0)
 # Pages fetched for one range before giving up on the rest (1000 bars a page: weeks of bars).
 MAX_PAGES: Final[int] = 200
 
@@ -135,9 +137,7 @@ class RestKlineClient:
         url = self.base_url + request.path
         last_problem = "no attempt made"
         for attempt in range(self.attempts):
-            wait = self.bucket.reserve(self.clock())
-            if wait > 0:
-                await asyncio.sleep(wait)
+            await self.bucket.acquire(self.clock)
             self.stats.requests += 1
             try:
                 async with self.session.get(
@@ -149,7 +149,7 @@ class RestKlineClient:
             except (aiohttp.ClientError, TimeoutError) as exc:
                 self.stats.network_errors += 1
                 last_problem = f"network error: {exc!r}"[:300]
-                await asyncio.sleep(min(30.0, 0.5 * 2**attempt))
+                await asyncio.sleep(ERROR_BACKOFF.delay(attempt))
                 continue
             if status in (429, 418) or (status == 403 and self.adapter.name == "bybit"):
                 default = DEFAULT_RETRY_AFTER_418_S if status == 418 else DEFAULT_RETRY_AFTER_429_S
@@ -170,7 +170,7 @@ class RestKlineClient:
             if status >= 500:
                 self.stats.server_errors += 1
                 last_problem = f"HTTP {status}"
-                await asyncio.sleep(min(30.0, 0.5 * 2**attempt))
+                await asyncio.sleep(ERROR_BACKOFF.delay(attempt))
                 continue
             try:
                 payload = orjson.loads(body)

@@ -8,15 +8,22 @@ import logging
 import os
 import signal
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from jobs.cliutil import env_flag
+from connectors.bridge.config import BridgeConfig
+from jobs.cliutil import default_of, env_flag
+from jobs.config import JobSettings
+
+if TYPE_CHECKING:
+    from connectors.exchanges.base import ExchangeAdapter
 
 log = logging.getLogger("klineflow.bridge")
 
 EXCHANGES = ("binance", "okx", "bybit")
+# The command line repairs the last hour on start; BridgeConfig (library use, tests) does not.
+STARTUP_BACKFILL_MINUTES = 60
 
 
 def _positive_float(text: str) -> float:
@@ -38,6 +45,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             "series key, so linear bars go to their own topic (--linear-topic)."
         ),
     )
+    job = JobSettings()  # the bridge feeds the job: its topics and broker by default
     env_flag(
         parser, "--exchange", env="BRIDGE_EXCHANGE", choices=EXCHANGES, help="exchange to read"
     )
@@ -68,7 +76,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="REST base URL for gap repair (env BINANCE_REST_URL / OKX_REST_URL / "
         "BYBIT_REST_URL; default: the exchange's public URL)",
     )
-    env_flag(parser, "--topic", env="KLINES_TOPIC", default="klines.raw", help="topic of spot bars")
+    env_flag(
+        parser, "--topic", env="KLINES_TOPIC", default=job.klines_topic, help="topic of spot bars"
+    )
     env_flag(
         parser,
         "--linear-topic",
@@ -80,21 +90,21 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         parser,
         "--dlq-topic",
         env="KLINES_DLQ_TOPIC",
-        default="klines.dlq",
+        default=job.dlq_topic,
         help="dead-letter topic for updates that fail validation",
     )
     env_flag(
         parser,
         "--bootstrap-servers",
         env="KAFKA_BOOTSTRAP_SERVERS",
-        default="127.0.0.1:9092",
+        default=job.kafka_bootstrap,
         help="Kafka bootstrap servers",
     )
     env_flag(
         parser,
         "--stats-interval",
         env="BRIDGE_STATS_INTERVAL",
-        default=60.0,
+        default=default_of(BridgeConfig, "stats_interval_s"),
         type=_positive_float,
         help="seconds between counter reports",
     )
@@ -102,7 +112,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         parser,
         "--no-data-timeout",
         env="BRIDGE_NO_DATA_TIMEOUT",
-        default=90.0,
+        default=default_of(BridgeConfig, "no_data_timeout_s"),
         type=_positive_float,
         help="reconnect a connection that delivered no kline for this many seconds",
     )
@@ -110,7 +120,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         parser,
         "--max-connection-age",
         env="BRIDGE_MAX_CONNECTION_AGE",
-        default=None,
+        default=default_of(BridgeConfig, "max_connection_age_s"),
         type=_positive_float,
         help="seconds after which a connection is replaced with overlap "
         "(default: the exchange's, Binance 23.5 h)",
@@ -119,7 +129,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         parser,
         "--overlap-timeout",
         env="BRIDGE_OVERLAP_TIMEOUT",
-        default=30.0,
+        default=default_of(BridgeConfig, "overlap_timeout_s"),
         type=_positive_float,
         help="seconds a replacement connection may take to deliver data",
     )
@@ -127,7 +137,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         parser,
         "--backoff-base",
         env="BRIDGE_BACKOFF_BASE",
-        default=0.5,
+        default=default_of(BridgeConfig, "backoff_base_s"),
         type=_positive_float,
         help="first reconnect backoff ceiling, seconds",
     )
@@ -135,7 +145,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         parser,
         "--backoff-cap",
         env="BRIDGE_BACKOFF_CAP",
-        default=60.0,
+        default=default_of(BridgeConfig, "backoff_cap_s"),
         type=_positive_float,
         help="largest reconnect backoff, seconds",
     )
@@ -143,7 +153,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         parser,
         "--backoff-stable",
         env="BRIDGE_BACKOFF_STABLE",
-        default=60.0,
+        default=default_of(BridgeConfig, "backoff_stable_s"),
         type=_positive_float,
         help="a connection up this long resets the backoff, seconds",
     )
@@ -151,7 +161,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         parser,
         "--ping-interval",
         env="BRIDGE_PING_INTERVAL",
-        default=None,
+        default=default_of(BridgeConfig, "ping_interval_s"),
         type=_positive_float,
         help="override the exchange's application ping interval, seconds",
     )
@@ -159,7 +169,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         parser,
         "--repair-delay",
         env="BRIDGE_REPAIR_DELAY",
-        default=2.0,
+        default=default_of(BridgeConfig, "repair_delay_s"),
         type=_positive_float,
         help="seconds to wait before repairing a new gap over REST",
     )
@@ -167,7 +177,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         parser,
         "--startup-backfill-minutes",
         env="BRIDGE_STARTUP_BACKFILL_MINUTES",
-        default=60,
+        default=STARTUP_BACKFILL_MINUTES,
         type=int,
         help="on start, repair this many minutes before each series' first bar",
     )
@@ -175,7 +185,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         parser,
         "--max-pending",
         env="BRIDGE_MAX_PENDING",
-        default=20_000,
+        default=default_of(BridgeConfig, "max_pending"),
         type=int,
         help="records queued or unacknowledged before reading pauses (back-pressure)",
     )
@@ -189,7 +199,6 @@ def _exchange_env(exchange: str, kind: str) -> str | None:
 
 def run(args: argparse.Namespace) -> int:
     """Validate the settings, then run the bridge until SIGINT/SIGTERM."""
-    from connectors.bridge import BridgeConfig
     from connectors.exchanges import create_adapter
     from connectors.symbols import UnknownSymbol
 
@@ -211,8 +220,24 @@ def run(args: argparse.Namespace) -> int:
             "symbol share the series key exchange:BASE-QUOTE:1m and would overwrite each other "
             "downstream; give linear bars their own topic"
         )
+    config = bridge_config(args, adapter)
+    log.info(
+        "event=starting exchange=%s market=%s symbols=%d topic=%s dlq=%s ws=%s rest=%s",
+        adapter.name,
+        adapter.market,
+        len(adapter.symbols),
+        config.topic,
+        config.dlq_topic,
+        adapter.ws_endpoint(config.ws_url),
+        config.rest_url,
+    )
+    return asyncio.run(_run_bridge(adapter, config, args.bootstrap_servers))
+
+
+def bridge_config(args: argparse.Namespace, adapter: ExchangeAdapter) -> BridgeConfig:
+    """The bridge's settings from parsed flags (URLs: flag, else env, else the exchange's)."""
     topic = args.linear_topic if args.market == "linear" else args.topic
-    config = BridgeConfig(
+    return BridgeConfig(
         ws_url=args.ws_url or _exchange_env(args.exchange, "WS") or adapter.default_ws_base,
         rest_url=args.rest_url or _exchange_env(args.exchange, "REST") or adapter.default_rest_url,
         topic=topic,
@@ -229,17 +254,6 @@ def run(args: argparse.Namespace) -> int:
         startup_backfill_minutes=max(0, args.startup_backfill_minutes),
         max_pending=max(2, args.max_pending),
     )
-    log.info(
-        "event=starting exchange=%s market=%s symbols=%d topic=%s dlq=%s ws=%s rest=%s",
-        adapter.name,
-        adapter.market,
-        len(adapter.symbols),
-        config.topic,
-        config.dlq_topic,
-        adapter.ws_endpoint(config.ws_url),
-        config.rest_url,
-    )
-    return asyncio.run(_run_bridge(adapter, config, args.bootstrap_servers))
 
 
 def _refuse(message: str) -> int:

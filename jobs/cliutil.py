@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 from collections.abc import Callable
 from typing import Any
@@ -50,3 +51,20 @@ def env_bool_flag(
     parser.add_argument(
         flag, action="store_true", default=on, help=f"{help} (env {env}=1; default: off)"
     )
+
+
+def default_of(cls: type, name: str) -> Any:
+    """The default of field ``name`` of dataclass ``cls``, for a flag that sets it.
+
+    Reads :func:`dataclasses.fields` (a slotted dataclass has no class attribute holding it);
+    raises KeyError for an unknown field or one without a default.
+    """
+    for item in dataclasses.fields(cls):
+        if item.name != name:
+            continue
+        if item.default is not dataclasses.MISSING:
+            return item.default
+        if item.default_factory is not dataclasses.MISSING:
+            return item.default_factory()
+        break
+    raise KeyError(f"{cls.__name__}.{name} has no default")

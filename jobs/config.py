@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from connectors.clickhouse import DEFAULT_URL
 from connectors.redaction import redacted_repr
 from jobs.cliutil import env_bool_flag, env_flag
 from jobs.signals import SignalConfig, add_signal_arguments, signal_config_from_args
@@ -24,7 +25,7 @@ from udfs.volume_profile import DEFAULT_MAX_ROWS, DEFAULT_ROWS
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 STATE_DIR = PROJECT_ROOT / ".klineflow"
-DEFAULT_CLICKHOUSE_URL = "chdb://.klineflow/chdb"
+DEFAULT_CLICKHOUSE_URL = DEFAULT_URL
 
 
 def resolve_clickhouse_url(url: str) -> str:
@@ -167,40 +168,47 @@ class JobSettings:
 
 
 def add_job_arguments(parser: argparse.ArgumentParser) -> None:
-    """The job's flags; each falls back to an environment variable named in --help."""
+    """The job's flags; each falls back to an environment variable named in --help.
+
+    Every default is the one of :class:`JobSettings` (and the settings it nests), so that
+    parsing no flags gives ``JobSettings()``; the boolean switches are off by default and
+    each names the non-default behaviour.
+    """
+    job = JobSettings()
+    pipeline, sinks, analytics = job.pipeline, job.sinks, job.analytics
     env_flag(
         parser,
         "--bootstrap-servers",
         env="KAFKA_BOOTSTRAP_SERVERS",
-        default="127.0.0.1:9092",
+        default=job.kafka_bootstrap,
         help="Kafka bootstrap servers",
     )
     env_flag(
         parser,
         "--topic",
         env="KLINES_TOPIC",
-        default="klines.raw",
+        default=job.klines_topic,
         help="input topic of raw 1m klines",
     )
     env_flag(
         parser,
         "--dlq-topic",
         env="KLINES_DLQ_TOPIC",
-        default="klines.dlq",
+        default=job.dlq_topic,
         help="dead-letter topic for rejected input",
     )
     env_flag(
         parser,
         "--group-id",
         env="KLINEFLOW_GROUP_ID",
-        default="klineflow-job",
+        default=job.consumer_group,
         help="Kafka consumer group (offsets are committed on checkpoints)",
     )
     env_flag(
         parser,
         "--clickhouse-url",
         env="CLICKHOUSE_URL",
-        default=DEFAULT_CLICKHOUSE_URL,
+        default=sinks.clickhouse_url,
         help="chdb:///path (embedded) or clickhouse://user:pass@host:9000/crypto_kline",
         secret=True,
     )
@@ -208,7 +216,7 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
         parser,
         "--redis-url",
         env="REDIS_URL",
-        default="redis://127.0.0.1:6379/0",
+        default=sinks.redis_url,
         help="Redis for live state",
         secret=True,
     )
@@ -217,7 +225,7 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
         "--parallelism",
         env="KLINEFLOW_PARALLELISM",
         type=int,
-        default=None,
+        default=job.parallelism,
         help="job parallelism (default: flink-conf/config.yaml)",
     )
     env_flag(
@@ -225,7 +233,7 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-out-of-orderness-ms",
         env="KLINEFLOW_MAX_OUT_OF_ORDERNESS_MS",
         type=int,
-        default=60_000,
+        default=pipeline.max_out_of_orderness_ms,
         help="watermark bound on out-of-order bars",
     )
     env_flag(
@@ -233,7 +241,7 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
         "--idleness-ms",
         env="KLINEFLOW_IDLENESS_MS",
         type=int,
-        default=60_000,
+        default=pipeline.idleness_ms,
         help="a partition silent this long stops holding the watermark back",
     )
     env_flag(
@@ -241,7 +249,7 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
         "--allowed-lateness-ms",
         env="KLINEFLOW_ALLOWED_LATENESS_MS",
         type=int,
-        default=3_600_000,
+        default=pipeline.allowed_lateness_ms,
         help="how long after its close a bar may still change",
     )
     env_flag(
@@ -249,7 +257,7 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
         "--rollup-timeframes",
         env="KLINEFLOW_ROLLUP_TIMEFRAMES",
         type=parse_rollup_timeframes,
-        default=",".join(DEFAULT_ROLLUP_TIMEFRAMES),
+        default=",".join(pipeline.rollup_timeframes),
         help="roll-ups of 1m bars, comma separated; 'none' turns them off",
     )
     env_bool_flag(
@@ -263,7 +271,7 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
         "--rollup-idle-close-ms",
         env="KLINEFLOW_ROLLUP_IDLE_CLOSE_MS",
         type=int,
-        default=180_000,
+        default=pipeline.rollup_idle_close_ms,
         help="close a live roll-up window this long after its end if no watermark came (0: off)",
     )
     env_flag(
@@ -271,7 +279,7 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
         "--rollup-live-horizon-ms",
         env="KLINEFLOW_ROLLUP_LIVE_HORIZON_MS",
         type=int,
-        default=3_600_000,
+        default=pipeline.rollup_live_horizon_ms,
         help="re-emit open roll-up and profile windows only if they ended at most this long "
         "ago by the wall clock, so replays emit each window once (-1: always)",
     )
@@ -280,7 +288,7 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
         "--profile-timeframes",
         env="KLINEFLOW_PROFILE_TIMEFRAMES",
         type=parse_profile_timeframes,
-        default=",".join(DEFAULT_PROFILE_TIMEFRAMES),
+        default=",".join(analytics.profile_timeframes),
         help="volume profile windows over the 1m bars, comma separated; 'none' turns them off",
     )
     env_flag(
@@ -288,7 +296,7 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
         "--profile-rows",
         env="KLINEFLOW_PROFILE_ROWS",
         type=int,
-        default=DEFAULT_ROWS,
+        default=analytics.profile_rows,
         help="equal-width price rows per volume profile",
     )
     env_flag(
@@ -296,7 +304,7 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
         "--profile-row-size",
         env="KLINEFLOW_PROFILE_ROW_SIZE",
         type=parse_row_size,
-        default=None,
+        default=analytics.profile_row_size,
         help="fixed price height of a profile row (rows aligned to its multiples) instead of "
         "--profile-rows",
     )
@@ -305,7 +313,7 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
         "--profile-max-rows",
         env="KLINEFLOW_PROFILE_MAX_ROWS",
         type=int,
-        default=DEFAULT_MAX_ROWS,
+        default=analytics.profile_max_rows,
         help="with --profile-row-size: at most this many rows (the size is scaled up to fit)",
     )
     env_bool_flag(
@@ -319,7 +327,7 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
         "--clickhouse-batch-rows",
         env="KLINEFLOW_CLICKHOUSE_BATCH_ROWS",
         type=int,
-        default=10_000,
+        default=sinks.clickhouse_batch_rows,
         help="ClickHouse insert batch size",
     )
     env_flag(
@@ -327,7 +335,7 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
         "--clickhouse-flush-ms",
         env="KLINEFLOW_CLICKHOUSE_FLUSH_MS",
         type=int,
-        default=1_000,
+        default=sinks.clickhouse_flush_ms,
         help="flush ClickHouse at least this often",
     )
     env_flag(
@@ -335,7 +343,7 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
         "--clickhouse-retry-s",
         env="KLINEFLOW_CLICKHOUSE_RETRY_S",
         type=float,
-        default=60.0,
+        default=sinks.clickhouse_retry_s,
         help="retry a ClickHouse server that is down this long before the task restarts",
     )
     env_flag(
@@ -343,7 +351,7 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
         "--redis-batch-rows",
         env="KLINEFLOW_REDIS_BATCH_ROWS",
         type=int,
-        default=500,
+        default=sinks.redis_batch_rows,
         help="Redis pipeline batch size",
     )
     env_flag(
@@ -351,7 +359,7 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
         "--redis-flush-ms",
         env="KLINEFLOW_REDIS_FLUSH_MS",
         type=int,
-        default=SinkConfig().redis_flush_ms,
+        default=sinks.redis_flush_ms,
         help="flush Redis at least this often",
     )
     env_flag(
@@ -359,7 +367,7 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
         "--redis-recent-bars",
         env="KLINEFLOW_REDIS_RECENT_BARS",
         type=int,
-        default=500,
+        default=sinks.redis_recent_bars,
         help="bars kept per series in the klines: sorted set",
     )
     env_flag(
@@ -367,7 +375,7 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
         "--redis-ttl-s",
         env="KLINEFLOW_REDIS_TTL_S",
         type=int,
-        default=None,
+        default=sinks.redis_ttl_s,
         help="TTL of the Redis keys (default: no expiry)",
     )
     env_bool_flag(

@@ -125,6 +125,6 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 def _redacted(url: str) -> str:
-    from connectors.redis_store import redact_url
+    from connectors.redaction import redact_url
 
     return redact_url(url)

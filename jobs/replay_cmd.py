@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 from jobs.cliutil import env_flag
+from jobs.config import JobSettings
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -66,12 +67,14 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--timeframe", help="timeframe of archive rows, e.g. 1m (default: from the file name)"
     )
-    env_flag(parser, "--topic", env="KLINES_TOPIC", default="klines.raw",
-             help="Kafka topic for the bars")  # fmt: skip
-    env_flag(parser, "--dlq-topic", env="KLINES_DLQ_TOPIC", default="klines.dlq",
-             help="Kafka topic for rejected rows")  # fmt: skip
-    env_flag(parser, "--bootstrap-servers", env="KAFKA_BOOTSTRAP_SERVERS",
-             default="127.0.0.1:9092", help="Kafka bootstrap servers, host:port[,...]")  # fmt: skip
+    job = JobSettings()  # the replay feeds the job: its topics and broker by default
+    for flag, env, default, what in (
+        ("--topic", "KLINES_TOPIC", job.klines_topic, "Kafka topic for the bars"),
+        ("--dlq-topic", "KLINES_DLQ_TOPIC", job.dlq_topic, "Kafka topic for rejected rows"),
+        ("--bootstrap-servers", "KAFKA_BOOTSTRAP_SERVERS", job.kafka_bootstrap,
+         "Kafka bootstrap servers, host:port[,...]"),
+    ):  # fmt: skip
+        env_flag(parser, flag, env=env, default=default, help=what)
     parser.add_argument(
         "--rate",
         type=_positive_float,

@@ -105,7 +105,7 @@ def add_signal_arguments(parser: argparse.ArgumentParser) -> None:
     """The signals branch's flags (each falls back to an env var named in --help).
 
     The API key has no flag: it comes from ``INFERENCE_API_KEY`` or ``--inference-api-key-file``
-    and is read by the operator where it runs.
+    and is read by the operator where it runs. Every default is the one of :class:`SignalConfig`.
     """
     from jobs.cliutil import env_bool_flag, env_flag
 
@@ -129,7 +129,7 @@ def add_signal_arguments(parser: argparse.ArgumentParser) -> None:
         parser,
         "--inference-url",
         env="INFERENCE_URL",
-        default=None,
+        default=inference.url,
         help="OpenAI-compatible base URL (…/v1) or chat-completions URL; unset: rules analyser",
         secret=True,
     )
@@ -144,7 +144,7 @@ def add_signal_arguments(parser: argparse.ArgumentParser) -> None:
         parser,
         "--inference-api-key-file",
         env="INFERENCE_API_KEY_FILE",
-        default=None,
+        default=inference.api_key_file,
         help="file holding the API key (else env INFERENCE_API_KEY); the key is never logged",
     )
     env_flag(

@@ -10,8 +10,6 @@ from pathlib import Path
 
 from jobs.cliutil import env_flag
 from jobs.stack import (
-    DEFAULT_KAFKA_LIBS,
-    DEFAULT_STACK_HOME,
     ServiceStatus,
     StackConfig,
     StackError,
@@ -41,12 +39,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def add_stack_arguments(parser: argparse.ArgumentParser) -> None:
-    """The stack's flags (also used by ``klineflow demo``)."""
+    """The stack's flags (also used by ``klineflow demo``); defaults: :class:`StackConfig`'s."""
+    stack = StackConfig()
     env_flag(
         parser,
         "--stack-dir",
         env="KLINEFLOW_STACK_DIR",
-        default=DEFAULT_STACK_HOME,
+        default=stack.home,
         type=Path,
         help="data, logs and pid files of the stack",
     )
@@ -54,7 +53,7 @@ def add_stack_arguments(parser: argparse.ArgumentParser) -> None:
         parser,
         "--kafka-port",
         env="KLINEFLOW_KAFKA_PORT",
-        default=9092,
+        default=stack.kafka_port,
         type=int,
         help="Kafka PLAINTEXT listener port on 127.0.0.1",
     )
@@ -62,7 +61,7 @@ def add_stack_arguments(parser: argparse.ArgumentParser) -> None:
         parser,
         "--kafka-controller-port",
         env="KLINEFLOW_KAFKA_CONTROLLER_PORT",
-        default=9093,
+        default=stack.kafka_controller_port,
         type=int,
         help="Kafka KRaft controller listener port on 127.0.0.1",
     )
@@ -70,7 +69,7 @@ def add_stack_arguments(parser: argparse.ArgumentParser) -> None:
         parser,
         "--redis-port",
         env="KLINEFLOW_REDIS_PORT",
-        default=6379,
+        default=stack.redis_port,
         type=int,
         help="Redis port on 127.0.0.1",
     )
@@ -78,7 +77,7 @@ def add_stack_arguments(parser: argparse.ArgumentParser) -> None:
         parser,
         "--kafka-libs",
         env="KLINEFLOW_KAFKA_LIBS",
-        default=DEFAULT_KAFKA_LIBS,
+        default=stack.kafka_libs,
         type=Path,
         help="the Kafka broker's jars (`make setup` fills it)",
     )
@@ -86,7 +85,7 @@ def add_stack_arguments(parser: argparse.ArgumentParser) -> None:
         parser,
         "--kafka-heap",
         env="KLINEFLOW_KAFKA_HEAP",
-        default="512m",
+        default=stack.kafka_heap,
         help="the Kafka broker's JVM heap (-Xms/-Xmx)",
     )
     env_flag(

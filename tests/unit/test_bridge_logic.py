@@ -6,8 +6,9 @@ import dataclasses
 
 import pytest
 
-from connectors.backoff import ReconnectBackoff, TokenBucket, parse_retry_after
-from connectors.bridge import SeriesTracker, Verdict, _add_range, _remove_range, lag_summary
+from connectors.bridge import SeriesTracker, Verdict, lag_summary
+from connectors.bridge.tracker import _add_range, _remove_range
+from connectors.retry import ReconnectBackoff, TokenBucket, parse_retry_after
 from udfs.record import Kline
 
 MIN = 60_000

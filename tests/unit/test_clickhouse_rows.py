@@ -1,4 +1,4 @@
-"""Pure parts of connectors/clickhouse.py: rows, Arrow typing, parameters, SQL, URLs, retries."""
+"""Pure parts of connectors/clickhouse/: rows, Arrow typing, parameters, SQL, URLs, retries."""
 
 from __future__ import annotations
 

@@ -26,12 +26,11 @@ from connectors.inference import (
     InferenceSettings,
     RateLimiter,
     Secret,
-    TokenBucket,
     TTLCache,
-    full_jitter_delay,
     load_api_key,
     parse_chat_response,
 )
+from connectors.retry import Backoff, TokenBucket
 from udfs.signals import (
     ContextBar,
     InvalidReply,
@@ -211,7 +210,7 @@ def test_full_jitter_delays_are_bounded_and_vary() -> None:
     rng = random.Random(1)
     for attempt in range(6):
         ceiling = min(8.0, 0.5 * 2**attempt)
-        delays = [full_jitter_delay(attempt, 0.5, 8.0, rng) for _ in range(200)]
+        delays = [Backoff(0.5, 8.0).delay(attempt, rng.uniform) for _ in range(200)]
         assert all(0.0 <= d <= ceiling for d in delays)
         assert max(delays) - min(delays) > ceiling * 0.5  # spread over the range, not fixed
 

@@ -224,7 +224,7 @@ class SeriesCounters:
 class InstrumentState:
     """The in-memory state of one instrument (the Flink wrapper's mirror of keyed state)."""
 
-    __slots__ = ("meta", "profiles", "rollups", "upserts", "window_bars")
+    __slots__ = ("meta", "oldest_window_bar", "profiles", "rollups", "upserts", "window_bars")
 
     def __init__(self, meta: InstrumentMeta, rollups: WindowSet | None,
                  profiles: WindowSet | None) -> None:  # fmt: skip
@@ -233,6 +233,7 @@ class InstrumentState:
         self.rollups = rollups
         self.profiles = profiles
         self.window_bars: dict[int, VersionedBar] = {}
+        self.oldest_window_bar = NEVER  # the smallest key of window_bars
 
 
 def _bar_letter(bar: VersionedBar, stage: str, reason: str) -> Output:
@@ -301,6 +302,7 @@ class SeriesProcessor:
                 mirror.bars[open_time] = bar_state
         bars = list(window_bars)
         state.window_bars = {bar.kline.open_time: bar for bar in bars}
+        state.oldest_window_bar = min(state.window_bars, default=NEVER)
         for stage, family in self._families(state):
             cleaned_at = meta.cleaned_at.get(stage, -NEVER)
             kept = [b for b in bars if not self._expired_for(family, b, cleaned_at)]
@@ -351,6 +353,7 @@ class SeriesProcessor:
                 self._emit_profiles(state.profiles.add(bar, watermark, now_ms), bar, outputs)
         if windowed:
             state.window_bars[kline.open_time] = bar
+            state.oldest_window_bar = min(state.oldest_window_bar, kline.open_time)
             journal.window_bars[kline.open_time] = bar
         return outputs
 
@@ -455,12 +458,15 @@ class SeriesProcessor:
         journal.meta = True
 
     def _prune_window_bars(self, state: InstrumentState, journal: Journal) -> None:
-        oldest = min((family.oldest_start() for _, family in self._families(state)),
-                     default=NEVER)  # fmt: skip
-        stale = [open_time for open_time in state.window_bars if open_time < oldest]
+        needed_from = min((family.oldest_start() for _, family in self._families(state)),
+                          default=NEVER)  # fmt: skip
+        if state.oldest_window_bar >= needed_from:
+            return  # nothing to prune: skip the scan
+        stale = [open_time for open_time in state.window_bars if open_time < needed_from]
         for open_time in stale:
             del state.window_bars[open_time]
             journal.window_bars[open_time] = None
+        state.oldest_window_bar = min(state.window_bars, default=NEVER)
 
     # -- emissions ---------------------------------------------------------------------
 

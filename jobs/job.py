@@ -21,10 +21,17 @@ from jobs.config import JobSettings, SinkConfig, add_job_arguments, settings_fro
 log = logging.getLogger(__name__)
 
 KAFKA_CONNECTOR_JAR_GLOB = "flink-sql-connector-kafka-*.jar"
-BOUNDED_RESTART_STRATEGY = {
+BOUNDED_RUN_SETTINGS = {
+    # A bounded run (replay, backfill, demo) should end: retry a couple of times, then fail
+    # loudly instead of restarting forever like the streaming job.
     "restart-strategy.type": "fixed-delay",
     "restart-strategy.fixed-delay.attempts": "2",
     "restart-strategy.fixed-delay.delay": "2s",
+    # It is all backlog, read as fast as it goes: large Python bundles (each bundle end
+    # commits every touched key's state in blocking round trips), where a live job keeps
+    # flink-conf's short bundles for latency.
+    "python.fn-execution.bundle.size": "10000",
+    "python.fn-execution.bundle.time": "1000",
 }
 
 
@@ -71,9 +78,7 @@ def job_configuration(settings: JobSettings) -> dict[str, str]:
     )
     config["pipeline.name"] = settings.job_name
     if settings.bounded:
-        # A bounded run (replay, demo) should end: retry a couple of times, then fail loudly
-        # instead of restarting forever like the streaming job.
-        config.update(BOUNDED_RESTART_STRATEGY)
+        config.update(BOUNDED_RUN_SETTINGS)
     config.update(settings.flink_overrides)
     return config
 

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from typing import Final
 
 from kafka import KafkaConsumer, TopicPartition
 from kafka.admin import KafkaAdminClient
@@ -57,6 +58,12 @@ def _consumer(bootstrap: str, *, isolation_level: str) -> Iterator[KafkaConsumer
         consumer.close()
 
 
+# The dead-letter topic: the broker stamps each letter with its arrival time. A letter
+# otherwise keeps the timestamp of the record it came from (a replayed bar of last year),
+# and time-based retention would delete it as soon as its segment rolls.
+DEAD_LETTER_TOPIC: Final[Mapping[str, str]] = {"message.timestamp.type": "LogAppendTime"}
+
+
 def ensure_topics(
     bootstrap: str,
     topics: Sequence[str],
@@ -64,8 +71,11 @@ def ensure_topics(
     *,
     replication_factor: int = 1,
     timeout_s: float = 30.0,
+    configs: Mapping[str, str] | None = None,
 ) -> None:
     """Create each of ``topics`` that does not exist yet and wait until all are usable.
+
+    ``configs`` are topic settings for the topics created now (e.g. :data:`DEAD_LETTER_TOPIC`).
 
     Idempotent: existing topics are left as they are (also their partition count), and a
     concurrent creation (``TopicAlreadyExists``) is fine. Returns once the broker's metadata
@@ -83,7 +93,11 @@ def ensure_topics(
             log.info("creating topics %s (%d partitions)", missing, partitions)
             response = admin.create_topics(
                 {
-                    topic: {"num_partitions": partitions, "replication_factor": replication_factor}
+                    topic: {
+                        "num_partitions": partitions,
+                        "replication_factor": replication_factor,
+                        "configs": dict(configs or {}),
+                    }
                     for topic in missing
                 },
                 timeout_ms=int(timeout_s * 1000),

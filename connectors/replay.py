@@ -26,7 +26,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from connectors.archives import ArchiveError, ArchiveSource, Rejection, iter_source, plan_sources
-from connectors.kafka_admin import TopicError, ensure_topics
+from connectors.kafka_admin import DEAD_LETTER_TOPIC, TopicError, ensure_topics
 from connectors.kafka_producer import DeliveryCounter, create_producer
 from udfs.dead_letter import DeadLetter, encode_dead_letter
 from udfs.record import Kline, encode_kline, now_ms
@@ -134,7 +134,8 @@ def replay_files(
     result = ReplayResult(files=len(sources))
     try:
         ensure_topics(bootstrap, [topic], partitions=RAW_PARTITIONS)
-        ensure_topics(bootstrap, [dlq_topic], partitions=DLQ_PARTITIONS)
+        ensure_topics(bootstrap, [dlq_topic], partitions=DLQ_PARTITIONS,
+                      configs=DEAD_LETTER_TOPIC)  # fmt: skip
         producer = create_producer(bootstrap, client_id="klineflow-replay")
     except (KafkaError, TopicError) as exc:
         raise ReplayError(f"Kafka at {bootstrap}: {_describe_kafka_error(exc)}") from exc

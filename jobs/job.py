@@ -209,9 +209,10 @@ def attach_job(env: Any, settings: JobSettings) -> None:
 def prepare_services(settings: JobSettings) -> None:
     """Create the topics and apply the ClickHouse schema before the job starts."""
     from connectors.clickhouse import migrate
-    from connectors.kafka_admin import ensure_topics
+    from connectors.kafka_admin import DEAD_LETTER_TOPIC, ensure_topics
 
-    ensure_topics(settings.kafka_bootstrap, [settings.klines_topic, settings.dlq_topic])
+    ensure_topics(settings.kafka_bootstrap, [settings.klines_topic])
+    ensure_topics(settings.kafka_bootstrap, [settings.dlq_topic], configs=DEAD_LETTER_TOPIC)
     migrate(settings.sinks.clickhouse_url)
 
 

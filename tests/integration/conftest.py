@@ -32,7 +32,7 @@ KAFKA_PYTHON_DEPRECATIONS = ("read_text is deprecated", "open_text is deprecated
 for _message in KAFKA_PYTHON_DEPRECATIONS:
     warnings.filterwarnings("ignore", message=_message, category=DeprecationWarning)
 
-from connectors.kafka_admin import ensure_topics  # noqa: E402
+from connectors.kafka_admin import DEAD_LETTER_TOPIC, ensure_topics  # noqa: E402
 from jobs.stack import KafkaBroker, RedisServer, StackConfig, StackError  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -157,5 +157,5 @@ def kafka_topics(kafka_bootstrap: str, request: pytest.FixtureRequest) -> TopicN
     suffix = uuid.uuid4().hex[:8]
     names = TopicNames(raw=f"klines-raw-{slug}-{suffix}", dlq=f"klines-dlq-{slug}-{suffix}")
     ensure_topics(kafka_bootstrap, [names.raw], partitions=4)
-    ensure_topics(kafka_bootstrap, [names.dlq], partitions=1)
+    ensure_topics(kafka_bootstrap, [names.dlq], partitions=1, configs=DEAD_LETTER_TOPIC)
     return names

@@ -19,9 +19,15 @@ from typing import Any
 
 import pytest
 import redis
-from kafka import KafkaProducer
+from kafka import KafkaConsumer, KafkaProducer
 
-from connectors.kafka_admin import admin_client, end_offsets_total, ensure_topics, read_topic
+from connectors.kafka_admin import (
+    DEAD_LETTER_TOPIC,
+    admin_client,
+    end_offsets_total,
+    ensure_topics,
+    read_topic,
+)
 from jobs.cli import main as klineflow_main
 from jobs.stack import (
     KafkaBroker,
@@ -362,3 +368,24 @@ def test_services_of_a_test_session_stop_when_it_dies(own_config: StackConfig) -
         time.sleep(0.1)
     assert not pid_alive(redis_pid)
     assert server.status().state == "stopped"
+
+
+def test_dead_letters_are_stamped_with_their_arrival_not_their_bar(kafka_bootstrap: str) -> None:
+    """A dead letter of a replayed bar carries last year's timestamp; on the dead-letter
+    topic the broker stamps its arrival instead, so time-based retention keeps it."""
+    topic = f"dlq-{uuid.uuid4().hex[:8]}"
+    ensure_topics(kafka_bootstrap, [topic], partitions=1, configs=DEAD_LETTER_TOPIC)
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap)
+    last_year = int(time.time() * 1000) - 365 * 86_400_000
+    producer.send(topic, b"letter", timestamp_ms=last_year)
+    producer.flush(timeout=30)
+    producer.close()
+    consumer = KafkaConsumer(topic, bootstrap_servers=kafka_bootstrap,
+                             auto_offset_reset="earliest", consumer_timeout_ms=20_000)  # fmt: skip
+    try:
+        record = next(iter(consumer))
+    finally:
+        consumer.close()
+    assert record.value == b"letter"
+    assert record.timestamp_type == 1  # LogAppendTime
+    assert record.timestamp > last_year + 300 * 86_400_000

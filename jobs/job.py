@@ -32,6 +32,7 @@ BOUNDED_RUN_SETTINGS = {
     # flink-conf's short bundles for latency.
     "python.fn-execution.bundle.size": "10000",
     "python.fn-execution.bundle.time": "1000",
+    "execution.buffer-timeout.interval": "100ms",
 }
 
 

@@ -305,12 +305,9 @@ class SeriesProcessor:
         state.oldest_window_bar = min(state.window_bars, default=NEVER)
         for stage, family in self._families(state):
             cleaned_at = meta.cleaned_at.get(stage, -NEVER)
-            kept = [b for b in bars if not self._expired_for(family, b, cleaned_at)]
+            kept = [b for b in bars if not family.is_late(b.kline.open_time, cleaned_at)]
             family.restore(kept, meta.finalized.get(stage, ()), now_ms)
         return state
-
-    def _expired_for(self, family: WindowSet, bar: VersionedBar, cleaned_at: int) -> bool:
-        return family.is_late(bar.kline.open_time, cleaned_at)
 
     def _families(self, state: InstrumentState) -> list[tuple[str, WindowSet]]:
         families = []
@@ -350,7 +347,7 @@ class SeriesProcessor:
                 outputs.append(self._gate_letter(bar, PROFILE_WINDOWS, watermark))
             else:
                 windowed = True
-                self._emit_profiles(state.profiles.add(bar, watermark, now_ms), bar, outputs)
+                self._emit_profiles(state.profiles.add(bar, watermark, now_ms), outputs)
         if windowed:
             state.window_bars[kline.open_time] = bar
             state.oldest_window_bar = min(state.oldest_window_bar, kline.open_time)
@@ -421,7 +418,7 @@ class SeriesProcessor:
             self._emit_rollups(state, state.rollups.on_watermark(watermark), outputs, journal)
             self._note_cleaned(state, ROLLUP_WINDOWS.stage, state.rollups, watermark, journal)
         if state.profiles is not None and state.profiles.next_event_due() <= watermark:
-            self._emit_profiles(state.profiles.on_watermark(watermark), None, outputs)
+            self._emit_profiles(state.profiles.on_watermark(watermark), outputs)
             self._note_cleaned(state, PROFILE_WINDOWS.stage, state.profiles, watermark, journal)
         self._prune_window_bars(state, journal)
         return outputs
@@ -435,8 +432,7 @@ class SeriesProcessor:
             firings = state.rollups.on_processing_time(now_ms, watermark)
             self._emit_rollups(state, firings, outputs, journal)
         if state.profiles is not None:
-            self._emit_profiles(state.profiles.on_processing_time(now_ms, watermark), None,
-                                outputs)  # fmt: skip
+            self._emit_profiles(state.profiles.on_processing_time(now_ms, watermark), outputs)
         return outputs
 
     def next_event_due(self, state: InstrumentState) -> int:
@@ -484,9 +480,7 @@ class SeriesProcessor:
             outputs.append((Tag.BAR, rollup))
             self._analyse_closed(state, rollup, outputs, journal)
 
-    def _emit_profiles(
-        self, firings: list[Firing], bar: VersionedBar | None, outputs: list[Output]
-    ) -> None:
+    def _emit_profiles(self, firings: list[Firing], outputs: list[Output]) -> None:
         for firing in firings:
             window = firing.window
             accumulator: ProfileWindow = window.accumulator

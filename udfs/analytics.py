@@ -51,6 +51,8 @@ import bisect
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from itertools import islice
+from operator import itemgetter
 from typing import Any, Final
 
 from udfs.indicators import IndicatorState, IndicatorValues
@@ -226,21 +228,27 @@ class ProfileWindow:
         return f"ProfileWindow({self.exchange}:{self.symbol}, bars={len(self)})"
 
 
-def add_profile_bar(window: ProfileWindow, bar: VersionedBar, arrival_ms: int = 0) -> bool:
+def add_profile_bar(
+    window: ProfileWindow,
+    bar: VersionedBar,
+    arrival_ms: int = 0,
+    values: tuple[float, ...] | None = None,
+) -> bool:
     """Put one version of a 1m bar into ``window``, replacing an older version of it.
 
     A version not newer than the one held is ignored (the upsert emits strictly growing
     versions, so that happens only when a stream is replayed into the window twice).
     ``arrival_ms``: the wall clock when the bar reached the window; only the first is kept
     (the processing-time close fallback, see ``udfs.rollup.is_window_closed``).
-    Returns whether the window changed. Raises ValueError for a bar the profile maths
-    refuses (not possible for a validated ``Kline``).
+    ``values``: ``bar_values(bar.kline)`` if already computed. Returns whether the window
+    changed. Raises ValueError for a bar the profile maths refuses (not possible for a
+    validated ``Kline``).
     """
     kline = bar.kline
     held = window.versions.get(kline.open_time)
     if held is not None and held >= bar.version:
         return False
-    window.accumulator.upsert(kline)
+    window.accumulator.upsert(kline, values)
     if not window.versions:
         window.exchange, window.symbol = kline.exchange, kline.symbol
         window.first_arrival_ms = arrival_ms
@@ -331,7 +339,7 @@ class IndicatorSeries:
     into ``base``, ascending; ``current`` is ``base`` advanced over the whole history.
     """
 
-    __slots__ = ("base", "current", "history", "horizon_ms")
+    __slots__ = ("base", "current", "history", "horizon_ms", "snapshots")
 
     def __init__(self, horizon_ms: int) -> None:
         if horizon_ms < 1:
@@ -340,12 +348,17 @@ class IndicatorSeries:
         self.base = IndicatorState()
         self.current = IndicatorState()
         self.history: list[tuple[int, float, int]] = []
+        # open_time -> the state right after that bar of ``history``, kept from the
+        # incremental path (never mutated, never pickled): folding old bars into ``base``
+        # then takes a snapshot instead of advancing ``base`` once more per bar.
+        self.snapshots: dict[int, IndicatorState] = {}
 
     def __getstate__(self) -> tuple[Any, ...]:
         return (self.horizon_ms, self.base, self.current, self.history)
 
     def __setstate__(self, state: tuple[Any, ...]) -> None:
         self.horizon_ms, self.base, self.current, self.history = state
+        self.snapshots = {}
 
     def __repr__(self) -> str:
         return f"IndicatorSeries(horizon_ms={self.horizon_ms}, history={len(self.history)})"
@@ -386,6 +399,7 @@ class IndicatorSeries:
             candidate = _copy_state(self.current)
             values = check_finite_indicators(candidate.update(entry[1], open_time))
             self.current = candidate
+            self.snapshots[open_time] = candidate
             if replaces:
                 history[position] = entry
             else:
@@ -412,6 +426,8 @@ class IndicatorSeries:
                 computed.append((index, check_finite_indicators(values)))
         self.history = history
         self.current = state
+        for stale in [t for t in self.snapshots if t >= entry[0]]:
+            del self.snapshots[stale]
         return [
             IndicatorEmission(history[index][0], values, self._version_of(index))
             for index, values in computed
@@ -420,14 +436,10 @@ class IndicatorSeries:
     def _version_of(self, index: int) -> int:
         """Sum of the versions of the bars in ``(t - horizon, t]``, ``t`` = bar ``index``."""
         history = self.history
-        open_time = history[index][0]
-        total = 0
-        for position in range(index, -1, -1):
-            bar_open, _close, version = history[position]
-            if bar_open <= open_time - self.horizon_ms:
-                break
-            total += version
-        return total
+        first = bisect.bisect_right(
+            history, history[index][0] - self.horizon_ms, hi=index, key=itemgetter(0)
+        )
+        return sum(map(itemgetter(2), islice(history, first, index + 1)))
 
     def _fold_old(self) -> None:
         """Move closes older than twice the horizon behind the newest into ``base``."""
@@ -437,11 +449,22 @@ class IndicatorSeries:
         cutoff = history[-1][0] - 2 * self.horizon_ms
         folded = 0
         while folded < len(history) and history[folded][0] <= cutoff:
-            open_time, close, _version = history[folded]
-            self.base.update(close, open_time)
             folded += 1
-        if folded:
-            del history[:folded]
+        if not folded:
+            return
+        snapshots = self.snapshots
+        start = folded  # fold history[start:folded] into the state after history[start - 1]
+        while start > 0 and history[start - 1][0] not in snapshots:
+            start -= 1
+        base = snapshots[history[start - 1][0]] if start else self.base
+        if start < folded:
+            base = _copy_state(base)  # snapshots and the current base are never mutated
+            for open_time, close, _version in history[start:folded]:
+                base.update(close, open_time)
+        self.base = base
+        for open_time, _close, _version in history[:folded]:
+            snapshots.pop(open_time, None)
+        del history[:folded]
 
 
 def batch_indicator_versions(bars: Sequence[tuple[int, int]], horizon_ms: int) -> dict[int, int]:

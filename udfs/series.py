@@ -65,6 +65,7 @@ from udfs.signals import (
     rules_signal,
 )
 from udfs.upsert import BarState, SeriesClock, SeriesMirror, decide_upsert, is_beyond_lateness
+from udfs.volume_profile import bar_values
 from udfs.windows import NEVER, Firing, WindowSet, WindowTiming
 
 _TIMEFRAME_INDEX: Final[dict[str, int]] = {name: i for i, name in enumerate(TIMEFRAME_MS)}
@@ -144,19 +145,30 @@ class RollupAccumulating:
         return accumulator.first_arrival_ms
 
 
-@dataclass(frozen=True, slots=True)
 class ProfileAccumulating:
-    """Profile windows keep a ``udfs.analytics.ProfileWindow``."""
+    """Profile windows keep a ``udfs.analytics.ProfileWindow``.
 
-    rows: int
-    row_size: float | None
-    max_rows: int
+    A bar goes into every profile window of its series one after another: its validated
+    profile values are computed once, for the first window.
+    """
+
+    __slots__ = ("_last", "max_rows", "row_size", "rows")
+
+    def __init__(self, rows: int, row_size: float | None, max_rows: int) -> None:
+        self.rows = rows
+        self.row_size = row_size
+        self.max_rows = max_rows
+        self._last: tuple[VersionedBar | None, tuple[float, ...]] = (None, ())
 
     def create(self) -> ProfileWindow:
         return ProfileWindow(rows=self.rows, row_size=self.row_size, max_rows=self.max_rows)
 
     def add(self, accumulator: ProfileWindow, bar: VersionedBar, arrival_ms: int) -> None:
-        add_profile_bar(accumulator, bar, arrival_ms)
+        last_bar, values = self._last
+        if last_bar is not bar:
+            values = bar_values(bar.kline)
+            self._last = (bar, values)
+        add_profile_bar(accumulator, bar, arrival_ms, values)
 
     def first_arrival_ms(self, accumulator: ProfileWindow) -> int:
         return accumulator.first_arrival_ms

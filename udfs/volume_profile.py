@@ -426,9 +426,13 @@ class ProfileAccumulator:
         """Open times of the bars held, ascending."""
         return sorted(self._slots)
 
-    def upsert(self, bar: Kline) -> None:
-        """Add ``bar`` or replace the bar with the same open time."""
-        self._put(bar.open_time, bar_values(bar))
+    def upsert(self, bar: Kline, values: tuple[float, ...] | None = None) -> None:
+        """Add ``bar`` or replace the bar with the same open time.
+
+        ``values``: ``bar_values(bar)`` when the caller has it already (one bar goes into
+        every profile window of its series).
+        """
+        self._put(bar.open_time, bar_values(bar) if values is None else values)
 
     def copy_bar(self, other: ProfileAccumulator, open_time: int) -> None:
         """Add or replace the bar of ``open_time`` with ``other``'s (merging accumulators).

@@ -101,7 +101,7 @@ class Firing:
 class WindowSet:
     """The windows of one family (lengths ``timeframes``) of one series."""
 
-    __slots__ = ("_event_due", "accumulating", "lengths", "timing", "windows")
+    __slots__ = ("_event_due", "_processing_due", "accumulating", "lengths", "timing", "windows")
 
     def __init__(
         self, timeframes: Sequence[str], accumulating: Accumulating, timing: WindowTiming
@@ -112,8 +112,10 @@ class WindowSet:
         self.accumulating = accumulating
         self.timing = timing
         self.windows: dict[tuple[int, int], Window] = {}
-        # next_event_due, kept as windows are added; None: to be recomputed.
+        # next_event_due and next_processing_due, kept as windows are added (both are asked
+        # after every bar); None: to be recomputed.
         self._event_due: int | None = NEVER
+        self._processing_due: int | None = NEVER
 
     def __len__(self) -> int:
         return len(self.windows)
@@ -147,6 +149,8 @@ class WindowSet:
                 due = max_timestamp + timing.idle_close_ms
                 if due > now_ms:
                     window.idle_due = due
+                    if self._processing_due is not None:
+                        self._processing_due = min(self._processing_due, due)
             if live_update and (
                 timing.live_horizon_ms < 0 or max_timestamp + timing.live_horizon_ms >= now_ms
             ):
@@ -177,6 +181,7 @@ class WindowSet:
         for key in expired:
             del self.windows[key]
         self._event_due = None
+        self._processing_due = None
         return firings
 
     def on_processing_time(self, now_ms: int, watermark: int) -> list[Firing]:
@@ -187,6 +192,7 @@ class WindowSet:
             if due is None or due > now_ms:
                 continue
             window.idle_due = None
+            self._processing_due = None
             if watermark < window.max_timestamp:
                 firings.append(Firing(window, self._closed(window, watermark, now_ms)))
         return firings
@@ -204,9 +210,12 @@ class WindowSet:
 
     def next_processing_due(self) -> int:
         """The earliest wall-clock time of an idle fallback, ``NEVER`` if none."""
-        return min(
-            (w.idle_due for w in self.windows.values() if w.idle_due is not None), default=NEVER
-        )
+        if self._processing_due is None:
+            self._processing_due = min(
+                (w.idle_due for w in self.windows.values() if w.idle_due is not None),
+                default=NEVER,
+            )
+        return self._processing_due
 
     def oldest_start(self) -> int:
         """The open time of the oldest window held (``NEVER`` when none): older 1m bars are
@@ -237,6 +246,7 @@ class WindowSet:
             if window is not None:
                 window.finalized = True
         self._event_due = None
+        self._processing_due = None
         if self.timing.idle_close_ms > 0:
             for window in self.windows.values():
                 due = window.max_timestamp + self.timing.idle_close_ms

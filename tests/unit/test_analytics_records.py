@@ -98,19 +98,27 @@ def test_newest_per_window_keeps_the_highest_version() -> None:
     assert newest_per_window([last, first, other]) == [last, other]
 
 
-def _final_rows(series: IndicatorSeries, arrivals: list[tuple[int, float, int]]) -> dict:
-    """Apply arrivals; return the last emission per open time, checking versions grow."""
+def _final_rows(
+    series: IndicatorSeries, arrivals: list[tuple[int, float, int]], *, checkpoints: bool
+) -> dict:
+    """Apply arrivals; return the last emission per open time, checking versions grow.
+
+    ``checkpoints``: pickle the series after every bar (state survives a checkpoint, and
+    the in-memory snapshots of folded states are dropped each time).
+    """
     rows: dict[int, tuple[int, object]] = {}
     for open_time, close, version in arrivals:
         for emission in series.apply(open_time, close, version):
             held = rows.get(emission.open_time)
             assert held is None or emission.version > held[0], (emission, held)
             rows[emission.open_time] = (emission.version, emission.values)
-        series = pickle.loads(pickle.dumps(series))  # state survives a checkpoint
+        if checkpoints:
+            series = pickle.loads(pickle.dumps(series))
     return rows
 
 
-def test_indicators_equal_batch_through_shuffles_and_corrections() -> None:
+@pytest.mark.parametrize("checkpoints", [False, True], ids=["in-memory", "checkpointed"])
+def test_indicators_equal_batch_through_shuffles_and_corrections(checkpoints: bool) -> None:
     rng = random.Random(7)
     horizon = 61 * MINUTE
     closes = {
@@ -133,7 +141,7 @@ def test_indicators_equal_batch_through_shuffles_and_corrections() -> None:
         arrivals.insert(position, (target, closes[target], versions[target]))
     arrivals.append(arrivals[-1])  # a repeat changes nothing
 
-    rows = _final_rows(IndicatorSeries(horizon), arrivals)
+    rows = _final_rows(IndicatorSeries(horizon), arrivals, checkpoints=checkpoints)
     ordered = sorted(closes)
     want = compute_indicators([closes[t] for t in ordered])
     assert sorted(rows) == ordered

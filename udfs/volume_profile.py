@@ -60,7 +60,7 @@ computes the same profile as :func:`compute_volume_profile` on the same final ba
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -217,15 +217,31 @@ def _grid_equal(low: float, high: float, rows: int) -> tuple[float, FloatArray]:
     return size, edges
 
 
-def _spread(
+@dataclass(slots=True)
+class SpreadParts:
+    """What :func:`spread_parts` sums over some bars, in open-time order.
+
+    ``ranged``: the row sums of the bars with a range (high > low), added one bar after
+    another; ``points``: the row sums of the one-price bars, likewise; None when there was
+    no such bar. Sums are sequential, so extending the parts of bars ``[0, k)`` by bar ``k``
+    gives exactly the parts of bars ``[0, k]`` (see :class:`ProfileAccumulator`).
+    """
+
+    ranged: FloatArray | None
+    points: FloatArray | None
+
+
+def spread_parts(
     edges: FloatArray,
     lows: FloatArray,
     highs: FloatArray,
     weights: FloatArray,
-) -> FloatArray:
-    """Per-row sums of ``weights`` spread uniformly over each bar's [low, high]."""
+    start: SpreadParts | None = None,
+) -> SpreadParts:
+    """The parts of ``start`` (None: of no bar) extended by the given bars, in order."""
     count = len(edges) - 1
-    result = np.zeros(count, dtype=np.float64)
+    ranged_sum = None if start is None else start.ranged
+    points_sum = None if start is None else start.points
     spans = highs - lows
     ranged = spans > 0
     if ranged.any():
@@ -234,15 +250,47 @@ def _spread(
         overlap = np.minimum(bar_high, edges[None, 1:]) - np.maximum(bar_low, edges[None, :-1])
         np.maximum(overlap, 0.0, out=overlap)
         share = weights[ranged] / spans[ranged]
-        # An explicit product and axis-0 sum (not BLAS) so the rounding never depends on
-        # memory alignment: the accumulator and the batch function must agree bit for bit.
-        result += (overlap * share[:, None]).sum(axis=0)
+        # An explicit product and axis-0 sum (not BLAS): numpy adds the rows of a C-ordered
+        # array one after another, so the rounding never depends on memory alignment or on
+        # how many bars were summed before (the accumulator and the batch function agree
+        # bit for bit).
+        contributions = overlap * share[:, None]
+        if ranged_sum is not None:
+            contributions = np.concatenate([ranged_sum[None, :], contributions])
+        ranged_sum = contributions.sum(axis=0)
     if not ranged.all():
         points = ~ranged
         index = np.searchsorted(edges, lows[points], side="right") - 1
-        np.clip(index, 0, count - 1, out=index)
-        result += np.bincount(index, weights=weights[points], minlength=count)
+        np.minimum(np.maximum(index, 0, out=index), count - 1, out=index)  # np.clip, cheaper
+        if points_sum is None:
+            points_sum = np.bincount(index, weights=weights[points], minlength=count).astype(
+                np.float64, copy=False
+            )
+        else:
+            points_sum = points_sum.copy()
+            for row, weight in zip(index.tolist(), weights[points].tolist(), strict=True):
+                points_sum[row] += weight  # in order, as bincount adds
+    return SpreadParts(ranged_sum, points_sum)
+
+
+def combine_spread(count: int, parts: SpreadParts) -> FloatArray:
+    """Per-row sums of the parts' bars (``count`` rows)."""
+    result = np.zeros(count, dtype=np.float64)
+    if parts.ranged is not None:
+        result += parts.ranged
+    if parts.points is not None:
+        result += parts.points
     return result
+
+
+def _spread(
+    edges: FloatArray,
+    lows: FloatArray,
+    highs: FloatArray,
+    weights: FloatArray,
+) -> FloatArray:
+    """Per-row sums of ``weights`` spread uniformly over each bar's [low, high]."""
+    return combine_spread(len(edges) - 1, spread_parts(edges, lows, highs, weights))
 
 
 def _point_of_control(volumes: FloatArray, middle_position: float) -> int:
@@ -271,7 +319,23 @@ def _value_area(volumes: Sequence[float], poc: int, total: float) -> tuple[int, 
     return first, last
 
 
-def _profile(table: FloatArray, rows: int, row_size: float | None, max_rows: int) -> VolumeProfile:
+# (edges, lows, highs, weights, weights column) -> per-row sums, as ``_spread`` gives them.
+SpreadFunction = Callable[[FloatArray, FloatArray, FloatArray, FloatArray, int], FloatArray]
+
+
+def _batch_spread(
+    edges: FloatArray, lows: FloatArray, highs: FloatArray, weights: FloatArray, _column: int
+) -> FloatArray:
+    return _spread(edges, lows, highs, weights)
+
+
+def _profile(
+    table: FloatArray,
+    rows: int,
+    row_size: float | None,
+    max_rows: int,
+    spread: SpreadFunction = _batch_spread,
+) -> VolumeProfile:
     """The profile of a bar table sorted by open time (see ``_sorted_table``)."""
     if len(table) == 0:
         raise ValueError("a volume profile needs at least one bar")
@@ -286,11 +350,11 @@ def _profile(table: FloatArray, rows: int, row_size: float | None, max_rows: int
         size, edges = _grid_fixed(low, high, row_size, max_rows)
     count = len(edges) - 1
 
-    row_volume = _spread(edges, lows, highs, volumes)
+    row_volume = spread(edges, lows, highs, volumes, _VOLUME)
     buy: tuple[float, ...] | None = None
     takers = np.ascontiguousarray(table[:, _TAKER])
     if not np.isnan(takers).any():
-        buy = tuple(_spread(edges, lows, highs, takers).tolist())
+        buy = tuple(spread(edges, lows, highs, takers, _TAKER).tolist())
 
     total_volume = float(volumes.sum())
     row_total = float(row_volume.sum())
@@ -324,19 +388,13 @@ def _profile(table: FloatArray, rows: int, row_size: float | None, max_rows: int
 
 
 def _check_finite(profile: VolumeProfile) -> None:
-    numbers = [
-        profile.row_size,
-        profile.total_volume,
-        *profile.row_low,
-        *profile.volume,
-        *(profile.buy_volume or ()),
-    ]
-    numbers += [
-        value
-        for value in (profile.poc, profile.value_area_low, profile.value_area_high, profile.vwap)
-        if value is not None
-    ]
-    if not all(math.isfinite(value) for value in numbers):
+    scalars = (profile.row_size, profile.total_volume, profile.poc, profile.value_area_low,
+               profile.value_area_high, profile.vwap)  # fmt: skip
+    rows = np.array((profile.row_low, profile.volume, profile.buy_volume or profile.volume))
+    if not (
+        all(value is None or math.isfinite(value) for value in scalars)
+        and bool(np.isfinite(rows).all())
+    ):
         raise ValueError("volume profile overflowed (non-finite result)")
 
 
@@ -377,7 +435,16 @@ class ProfileAccumulator:
     most 1,440 rows (~80 KB); the object pickles to just those rows and the settings.
     """
 
-    __slots__ = ("_count", "_open_times", "_slots", "_table", "max_rows", "row_size", "rows")
+    __slots__ = (
+        "_count",
+        "_open_times",
+        "_slots",
+        "_spread_cache",
+        "_table",
+        "max_rows",
+        "row_size",
+        "rows",
+    )
 
     def __init__(
         self,
@@ -400,6 +467,7 @@ class ProfileAccumulator:
         self._table[: len(open_times)] = table
         self._count = len(open_times)
         self._slots = {int(t): slot for slot, t in enumerate(open_times.tolist())}
+        self._spread_cache: dict[int, _CachedSpread] = {}
 
     def __getstate__(self) -> tuple[Any, ...]:
         count = self._count
@@ -442,6 +510,7 @@ class ProfileAccumulator:
         self._put(open_time, other._table[other._slots[open_time]].copy())
 
     def _put(self, open_time: int, values: Any) -> None:
+        self._forget_spreads_from(open_time)
         slot = self._slots.get(open_time)
         if slot is None:
             slot = self._count
@@ -460,6 +529,7 @@ class ProfileAccumulator:
         slot = self._slots.pop(open_time, None)
         if slot is None:
             return False
+        self._forget_spreads_from(open_time)
         last = self._count - 1
         if slot != last:  # move the last row into the hole
             moved = int(self._open_times[last])
@@ -473,5 +543,73 @@ class ProfileAccumulator:
         """The profile of the bars held now; ``None`` while the window has no bar."""
         if not self._count:
             return None
-        table = _sorted_table(self._open_times[: self._count], self._table[: self._count])
-        return _profile(table, self.rows, self.row_size, self.max_rows)
+        count = self._count
+        open_times = self._open_times[:count]
+        order = np.argsort(open_times, kind="stable")
+        table = np.ascontiguousarray(self._table[:count][order])  # as _sorted_table
+        if count < _REUSE_SPREAD_FROM_BARS:
+            return _profile(table, self.rows, self.row_size, self.max_rows)
+        previous_open_time = int(open_times[order[-2]])
+
+        def spread(
+            edges: FloatArray, lows: FloatArray, highs: FloatArray, weights: FloatArray,
+            column: int,
+        ) -> FloatArray:  # fmt: skip
+            return self._spread_with_cache(
+                edges, lows, highs, weights, column=column, previous_open_time=previous_open_time
+            )
+
+        return _profile(table, self.rows, self.row_size, self.max_rows, spread)
+
+    def _spread_with_cache(
+        self,
+        edges: FloatArray,
+        lows: FloatArray,
+        highs: FloatArray,
+        weights: FloatArray,
+        *,
+        column: int,
+        previous_open_time: int,
+    ) -> FloatArray:
+        """``_spread`` of all bars, reusing the parts of all but the newest bar.
+
+        A live window's newest minute changes with every update, its older minutes rarely:
+        the parts of the bars before the newest one are kept (per column, for the grid they
+        were spread on) and extended by the bars added since, so an update costs the
+        spreading of a few bars instead of all of them. Sums are sequential in open-time
+        order, so the result is bit for bit what ``_spread`` gives.
+        """
+        count = len(lows)
+        cached = self._spread_cache.get(column)
+        start: SpreadParts | None = None
+        done = 0
+        if cached is not None and cached.count <= count - 1 and np.array_equal(cached.edges, edges):
+            start, done = cached.parts, cached.count
+        prefix = spread_parts(
+            edges, lows[done : count - 1], highs[done : count - 1], weights[done : count - 1],
+            start,
+        )  # fmt: skip
+        self._spread_cache[column] = _CachedSpread(edges, count - 1, previous_open_time, prefix)
+        whole = spread_parts(edges, lows[count - 1 :], highs[count - 1 :], weights[count - 1 :],
+                             prefix)  # fmt: skip
+        return combine_spread(len(edges) - 1, whole)
+
+    def _forget_spreads_from(self, open_time: int) -> None:
+        """Drop the cached parts that include the bar of ``open_time`` (it changes)."""
+        cache = self._spread_cache
+        for column in [c for c, cached in cache.items() if open_time <= cached.last_open_time]:
+            del cache[column]
+
+
+# Below this many bars spreading them all again costs less than keeping and checking parts.
+_REUSE_SPREAD_FROM_BARS: Final = 64
+
+
+@dataclass(frozen=True, slots=True)
+class _CachedSpread:
+    """The parts of a window's ``count`` oldest bars (up to ``last_open_time``) on ``edges``."""
+
+    edges: FloatArray
+    count: int
+    last_open_time: int
+    parts: SpreadParts

@@ -531,3 +531,56 @@ def test_accumulator_remove_keeps_the_other_bars() -> None:
     accumulator.upsert(bars[17])
     restored = pickle.loads(pickle.dumps(accumulator))
     assert restored.profile() == compute_volume_profile([*kept, bars[17]], rows=12)
+
+
+@pytest.mark.parametrize("row_size", [None, 0.5])
+@pytest.mark.parametrize("seed", [21, 22, 23])
+def test_accumulator_equals_batch_after_every_live_update(
+    seed: int, row_size: float | None
+) -> None:
+    """A live window: the newest minute updated over and over, new minutes appended, now and
+    then an older minute corrected, a minute arriving late or removed; the profile after
+    every step equals the batch function's exactly (the accumulator reuses the spreading of
+    the unchanged minutes, which must never show)."""
+    rng = random.Random(seed)
+    final = random_window(seed, 90)
+    accumulator = ProfileAccumulator(rows=24, row_size=row_size)
+    held: dict[int, Kline] = {}
+    late = {bar.open_time for bar in rng.sample(final, 5)}
+    steps = 0
+    for bar in final:
+        if bar.open_time in late:
+            continue
+        for _ in range(rng.randint(1, 4)):  # in-progress versions of the newest minute
+            scale = rng.uniform(0.2, 1.0)
+            taker = None if rng.random() < 0.05 else bar.volume * scale / 2
+            update = replace(bar, volume=bar.volume * scale, is_closed=False,
+                             taker_buy_volume=taker, low=bar.low - rng.uniform(0, 0.5))  # fmt: skip
+            accumulator.upsert(update)
+            held[bar.open_time] = update
+            assert accumulator.profile() == compute_volume_profile(
+                list(held.values()), row_size=row_size
+            )
+            steps += 1
+        accumulator.upsert(bar)
+        held[bar.open_time] = bar
+        roll = rng.random()
+        if roll < 0.1 and len(held) > 3:  # a correction of an older minute
+            older = rng.choice(sorted(held)[:-1])
+            corrected = replace(held[older], volume=held[older].volume * 1.5)
+            accumulator.upsert(corrected)
+            held[older] = corrected
+        elif roll < 0.15 and late:  # a late minute arrives in the middle
+            missing = min(late)
+            late.discard(missing)
+            arrival = next(b for b in final if b.open_time == missing)
+            accumulator.upsert(arrival)
+            held[missing] = arrival
+        elif roll < 0.18 and len(held) > 3:
+            gone = rng.choice(sorted(held)[:-1])
+            assert accumulator.remove(gone)
+            del held[gone]
+        assert accumulator.profile() == compute_volume_profile(
+            list(held.values()), row_size=row_size
+        )
+    assert steps > 90

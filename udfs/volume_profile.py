@@ -221,10 +221,11 @@ def _grid_equal(low: float, high: float, rows: int) -> tuple[float, FloatArray]:
 class SpreadParts:
     """What :func:`spread_parts` sums over some bars, in open-time order.
 
-    ``ranged``: the row sums of the bars with a range (high > low), added one bar after
-    another; ``points``: the row sums of the one-price bars, likewise; None when there was
-    no such bar. Sums are sequential, so extending the parts of bars ``[0, k)`` by bar ``k``
-    gives exactly the parts of bars ``[0, k]`` (see :class:`ProfileAccumulator`).
+    ``ranged``: the row sums (rows x weight columns) of the bars with a range (high > low),
+    added one bar after another; ``points``: the row sums of the one-price bars, likewise;
+    None when there was no such bar. Sums are sequential, so extending the parts of bars
+    ``[0, k)`` by bar ``k`` gives exactly the parts of bars ``[0, k]`` (see
+    :class:`ProfileAccumulator`).
     """
 
     ranged: FloatArray | None
@@ -238,7 +239,11 @@ def spread_parts(
     weights: FloatArray,
     start: SpreadParts | None = None,
 ) -> SpreadParts:
-    """The parts of ``start`` (None: of no bar) extended by the given bars, in order."""
+    """The parts of ``start`` (None: of no bar) extended by the given bars, in order.
+
+    ``weights``: one row per bar, one column per quantity spread (volume, buy volume): the
+    bars' overlaps with the rows are computed once for all of them.
+    """
     count = len(edges) - 1
     ranged_sum = None if start is None else start.ranged
     points_sum = None if start is None else start.points
@@ -249,33 +254,36 @@ def spread_parts(
         bar_high = highs[ranged, None]
         overlap = np.minimum(bar_high, edges[None, 1:]) - np.maximum(bar_low, edges[None, :-1])
         np.maximum(overlap, 0.0, out=overlap)
-        share = weights[ranged] / spans[ranged]
-        # An explicit product and axis-0 sum (not BLAS): numpy adds the rows of a C-ordered
+        share = weights[ranged] / spans[ranged, None]
+        # An explicit product and axis-0 sum (not BLAS): numpy adds the slices of a C-ordered
         # array one after another, so the rounding never depends on memory alignment or on
         # how many bars were summed before (the accumulator and the batch function agree
         # bit for bit).
-        contributions = overlap * share[:, None]
+        contributions = overlap[:, :, None] * share[:, None, :]
         if ranged_sum is not None:
-            contributions = np.concatenate([ranged_sum[None, :], contributions])
+            contributions = np.concatenate([ranged_sum[None, :, :], contributions])
         ranged_sum = contributions.sum(axis=0)
     if not ranged.all():
         points = ~ranged
         index = np.searchsorted(edges, lows[points], side="right") - 1
         np.minimum(np.maximum(index, 0, out=index), count - 1, out=index)  # np.clip, cheaper
+        point_weights = weights[points]
         if points_sum is None:
-            points_sum = np.bincount(index, weights=weights[points], minlength=count).astype(
-                np.float64, copy=False
-            )
+            points_sum = np.stack(
+                [np.bincount(index, weights=point_weights[:, column], minlength=count)
+                 for column in range(weights.shape[1])],
+                axis=1,
+            ).astype(np.float64, copy=False)  # fmt: skip
         else:
             points_sum = points_sum.copy()
-            for row, weight in zip(index.tolist(), weights[points].tolist(), strict=True):
-                points_sum[row] += weight  # in order, as bincount adds
+            for row, bar_weights in zip(index.tolist(), point_weights, strict=True):
+                points_sum[row] += bar_weights  # in order, as bincount adds
     return SpreadParts(ranged_sum, points_sum)
 
 
-def combine_spread(count: int, parts: SpreadParts) -> FloatArray:
-    """Per-row sums of the parts' bars (``count`` rows)."""
-    result = np.zeros(count, dtype=np.float64)
+def combine_spread(count: int, columns: int, parts: SpreadParts) -> FloatArray:
+    """Per-row sums (``count`` rows x ``columns``) of the parts' bars."""
+    result = np.zeros((count, columns), dtype=np.float64)
     if parts.ranged is not None:
         result += parts.ranged
     if parts.points is not None:
@@ -289,8 +297,10 @@ def _spread(
     highs: FloatArray,
     weights: FloatArray,
 ) -> FloatArray:
-    """Per-row sums of ``weights`` spread uniformly over each bar's [low, high]."""
-    return combine_spread(len(edges) - 1, spread_parts(edges, lows, highs, weights))
+    """Per-row sums (rows x columns) of ``weights`` (bars x columns), each bar's spread
+    uniformly over its [low, high]."""
+    parts = spread_parts(edges, lows, highs, weights)
+    return combine_spread(len(edges) - 1, weights.shape[1], parts)
 
 
 def _point_of_control(volumes: FloatArray, middle_position: float) -> int:
@@ -319,12 +329,18 @@ def _value_area(volumes: Sequence[float], poc: int, total: float) -> tuple[int, 
     return first, last
 
 
-# (edges, lows, highs, weights, weights column) -> per-row sums, as ``_spread`` gives them.
-SpreadFunction = Callable[[FloatArray, FloatArray, FloatArray, FloatArray, int], FloatArray]
+# (edges, lows, highs, weights, their table columns) -> per-row sums, as ``_spread`` gives.
+SpreadFunction = Callable[
+    [FloatArray, FloatArray, FloatArray, FloatArray, tuple[int, ...]], FloatArray
+]
 
 
 def _batch_spread(
-    edges: FloatArray, lows: FloatArray, highs: FloatArray, weights: FloatArray, _column: int
+    edges: FloatArray,
+    lows: FloatArray,
+    highs: FloatArray,
+    weights: FloatArray,
+    _columns: tuple[int, ...],
 ) -> FloatArray:
     return _spread(edges, lows, highs, weights)
 
@@ -350,11 +366,11 @@ def _profile(
         size, edges = _grid_fixed(low, high, row_size, max_rows)
     count = len(edges) - 1
 
-    row_volume = spread(edges, lows, highs, volumes, _VOLUME)
-    buy: tuple[float, ...] | None = None
-    takers = np.ascontiguousarray(table[:, _TAKER])
-    if not np.isnan(takers).any():
-        buy = tuple(spread(edges, lows, highs, takers, _TAKER).tolist())
+    # Buy volume only when every bar has it (see "Buy volume nulls").
+    columns = (_VOLUME, _TAKER) if not np.isnan(table[:, _TAKER]).any() else (_VOLUME,)
+    spread_rows = spread(edges, lows, highs, np.ascontiguousarray(table[:, columns]), columns)
+    row_volume = np.ascontiguousarray(spread_rows[:, 0])
+    buy = tuple(spread_rows[:, 1].tolist()) if len(columns) == 2 else None
 
     total_volume = float(volumes.sum())
     row_total = float(row_volume.sum())
@@ -383,17 +399,19 @@ def _profile(
         vwap=_vwap(table),
         total_volume=total_volume,
     )
-    _check_finite(profile)
+    _check_finite(profile, edges[:-1], spread_rows)
     return profile
 
 
-def _check_finite(profile: VolumeProfile) -> None:
+def _check_finite(profile: VolumeProfile, row_lows: FloatArray, spread_rows: FloatArray) -> None:
+    """ValueError unless every number of ``profile`` is finite (its row lists are checked on
+    the arrays they were made from)."""
     scalars = (profile.row_size, profile.total_volume, profile.poc, profile.value_area_low,
                profile.value_area_high, profile.vwap)  # fmt: skip
-    rows = np.array((profile.row_low, profile.volume, profile.buy_volume or profile.volume))
     if not (
         all(value is None or math.isfinite(value) for value in scalars)
-        and bool(np.isfinite(rows).all())
+        and bool(np.isfinite(row_lows).all())
+        and bool(np.isfinite(spread_rows).all())
     ):
         raise ValueError("volume profile overflowed (non-finite result)")
 
@@ -467,7 +485,7 @@ class ProfileAccumulator:
         self._table[: len(open_times)] = table
         self._count = len(open_times)
         self._slots = {int(t): slot for slot, t in enumerate(open_times.tolist())}
-        self._spread_cache: dict[int, _CachedSpread] = {}
+        self._spread_cache: _CachedSpread | None = None
 
     def __getstate__(self) -> tuple[Any, ...]:
         count = self._count
@@ -553,10 +571,10 @@ class ProfileAccumulator:
 
         def spread(
             edges: FloatArray, lows: FloatArray, highs: FloatArray, weights: FloatArray,
-            column: int,
+            columns: tuple[int, ...],
         ) -> FloatArray:  # fmt: skip
             return self._spread_with_cache(
-                edges, lows, highs, weights, column=column, previous_open_time=previous_open_time
+                edges, lows, highs, weights, columns=columns, previous_open_time=previous_open_time
             )
 
         return _profile(table, self.rows, self.row_size, self.max_rows, spread)
@@ -568,37 +586,42 @@ class ProfileAccumulator:
         highs: FloatArray,
         weights: FloatArray,
         *,
-        column: int,
+        columns: tuple[int, ...],
         previous_open_time: int,
     ) -> FloatArray:
         """``_spread`` of all bars, reusing the parts of all but the newest bar.
 
         A live window's newest minute changes with every update, its older minutes rarely:
-        the parts of the bars before the newest one are kept (per column, for the grid they
-        were spread on) and extended by the bars added since, so an update costs the
+        the parts of the bars before the newest one are kept (for the grid and the columns
+        they were spread on) and extended by the bars added since, so an update costs the
         spreading of a few bars instead of all of them. Sums are sequential in open-time
         order, so the result is bit for bit what ``_spread`` gives.
         """
         count = len(lows)
-        cached = self._spread_cache.get(column)
+        cached = self._spread_cache
         start: SpreadParts | None = None
         done = 0
-        if cached is not None and cached.count <= count - 1 and np.array_equal(cached.edges, edges):
+        if (
+            cached is not None
+            and cached.columns == columns
+            and cached.count <= count - 1
+            and np.array_equal(cached.edges, edges)
+        ):
             start, done = cached.parts, cached.count
         prefix = spread_parts(
             edges, lows[done : count - 1], highs[done : count - 1], weights[done : count - 1],
             start,
         )  # fmt: skip
-        self._spread_cache[column] = _CachedSpread(edges, count - 1, previous_open_time, prefix)
+        self._spread_cache = _CachedSpread(edges, columns, count - 1, previous_open_time, prefix)
         whole = spread_parts(edges, lows[count - 1 :], highs[count - 1 :], weights[count - 1 :],
                              prefix)  # fmt: skip
-        return combine_spread(len(edges) - 1, whole)
+        return combine_spread(len(edges) - 1, len(columns), whole)
 
     def _forget_spreads_from(self, open_time: int) -> None:
-        """Drop the cached parts that include the bar of ``open_time`` (it changes)."""
-        cache = self._spread_cache
-        for column in [c for c, cached in cache.items() if open_time <= cached.last_open_time]:
-            del cache[column]
+        """Drop the cached parts if they include the bar of ``open_time`` (it changes)."""
+        cached = self._spread_cache
+        if cached is not None and open_time <= cached.last_open_time:
+            self._spread_cache = None
 
 
 # Below this many bars spreading them all again costs less than keeping and checking parts.
@@ -610,6 +633,7 @@ class _CachedSpread:
     """The parts of a window's ``count`` oldest bars (up to ``last_open_time``) on ``edges``."""
 
     edges: FloatArray
+    columns: tuple[int, ...]
     count: int
     last_open_time: int
     parts: SpreadParts

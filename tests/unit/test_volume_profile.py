@@ -584,3 +584,14 @@ def test_accumulator_equals_batch_after_every_live_update(
             list(held.values()), row_size=row_size
         )
     assert steps > 90
+
+
+def test_a_profile_that_overflows_is_refused_not_published() -> None:
+    huge = [kline(0, 1.0, 2.0, 1.5e308), kline(1, 1.0, 2.0, 1.5e308)]
+    with pytest.raises(ValueError, match="overflowed"):
+        compute_volume_profile(huge, rows=4)
+    accumulator = ProfileAccumulator(rows=4)
+    for bar in huge:
+        accumulator.upsert(bar)
+    with pytest.raises(ValueError, match="overflowed"):
+        accumulator.profile()

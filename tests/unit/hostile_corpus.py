@@ -229,6 +229,9 @@ WIRE_RECORD: dict[str, Any] = {
     "is_closed": True,
     "event_time": OPEN_MS + 60_012,
     "ingest_time": INGEST_MS,
+    "market": "spot",
+    "base_multiplier": 1,
+    "provenance": "ws",
 }
 BINANCE_PUSH: dict[str, Any] = {
     "stream": "btcusdt@kline_1m",
@@ -257,7 +260,7 @@ BINANCE_PUSH: dict[str, Any] = {
 OKX_PUSH: dict[str, Any] = {
     "arg": {"channel": "candle1m", "instId": "BTC-USDT"},
     "data": [
-        [str(OPEN_MS), "67512.1", "67544", "67508", "67530", "18.86934", "1.27e6", "1e6", "0"]
+        [str(OPEN_MS), "67512.1", "67544", "67508", "67530", "18.86934", "1.27e6", "1.2742e6", "0"]
     ],
 }
 BYBIT_PUSH: dict[str, Any] = {

@@ -54,6 +54,9 @@ def test_binance_combined_push_becomes_the_contract_record() -> None:
         "is_closed": True,
         "event_time": 1717171260012,
         "ingest_time": INGEST,
+        "market": "spot",
+        "base_multiplier": 1,
+        "provenance": "unknown",
     }
     assert kline.series_key == "binance:BTC-USDT:1m"
 

@@ -312,13 +312,20 @@ def test_rest_client_honours_429_and_418_retry_after_and_pages() -> None:
     assert statuses == [429, 200, 200, 418, 200]
 
 
-def test_cli_refuses_unknown_symbols_and_a_shared_topic(capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_refuses_unknown_symbols_and_unknown_contract_sizes(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     from jobs.cli import main
 
     assert main(["bridge", "--exchange", "binance", "--symbols", "BTCUSDT,FOOBAR"]) == 2
     assert "FOOBAR" in capsys.readouterr().err
-    shared = ["--topic", "klines.raw", "--linear-topic", "klines.raw"]
-    assert main(["bridge", "--exchange", "bybit", "--symbols", "BTCUSDT", *shared]) == 2
-    assert "share the series key" in capsys.readouterr().err
+    # Issue 13: spot and perp bars have their own series keys, so one topic is fine; an
+    # unknown contract size is refused at start-up.
     assert main(["bridge", "--exchange", "okx", "--symbols", "BTC-USDT-SWAP"]) == 2
     assert "--market linear" in capsys.readouterr().err
+    assert main(["bridge", "--exchange", "okx", "--market", "linear",
+                 "--symbols", "PEPE-USDT-SWAP"]) == 2  # fmt: skip
+    assert "contract size is not known" in capsys.readouterr().err
+    assert main(["bridge", "--exchange", "okx", "--market", "linear", "--symbols",
+                 "PEPE-USDT-SWAP", "--contract-size", "PEPE-USDT-SWAP=abc"]) == 2  # fmt: skip
+    assert "expected RAW_SYMBOL=<positive number>" in capsys.readouterr().err

@@ -46,8 +46,12 @@ from connectors.inference import (
     parse_chat_response,
 )
 from tests.unit.hostile_corpus import (
+    BINANCE_COINM_PUSH,
+    BINANCE_COINM_REST,
     BINANCE_PUSH,
     BINANCE_REST,
+    BYBIT_INVERSE_PUSH,
+    BYBIT_INVERSE_REST,
     BYBIT_PUSH,
     BYBIT_REST,
     CSV_ROW,
@@ -56,8 +60,11 @@ from tests.unit.hostile_corpus import (
     HOSTILE_SETTINGS,
     INGEST_MS,
     MODEL_REPLY,
+    OKX_LEGACY_PUSH,
     OKX_PUSH,
     OKX_REST,
+    OKX_SWAP_PUSH,
+    OKX_SWAP_REST,
     OPEN_MS,
     WIRE_RECORD,
     Raw,
@@ -97,6 +104,15 @@ ADAPTERS: dict[str, tuple[ExchangeAdapter, Any, Any]] = {
     "binance": (BinanceSpot("spot", ["BTCUSDT"]), BINANCE_PUSH, BINANCE_REST),
     "okx": (Okx("spot", ["BTC-USDT"]), OKX_PUSH, OKX_REST),
     "bybit": (Bybit("spot", ["BTCUSDT"]), BYBIT_PUSH, BYBIT_REST),
+    # Derivatives (issue 13): their pushes count contracts, the adapters convert.
+    "binance-coinm": (
+        BinanceSpot("inverse", ["BTCUSD_PERP"]),
+        BINANCE_COINM_PUSH,
+        BINANCE_COINM_REST,
+    ),
+    "okx-swap": (Okx("linear", ["BTC-USDT-SWAP"]), OKX_SWAP_PUSH, OKX_SWAP_REST),
+    "okx-legacy": (Okx("spot", ["BTC-USDT"]), OKX_LEGACY_PUSH, OKX_REST),
+    "bybit-inverse": (Bybit("inverse", ["BTCUSD"]), BYBIT_INVERSE_PUSH, BYBIT_INVERSE_REST),
 }
 SERIES = Series("binance", "BTC-USDT", "BTCUSDT", "1m")
 

@@ -61,7 +61,7 @@ def sample_bars(raw_symbol: str = "BTCUSDT", count: int = 5) -> list[Kline]:
 
 def as_archive_row(bar: Kline) -> Kline:
     """What replay makes of a generated bar: final at its close, ingested now."""
-    return replace(bar, event_time=bar.close_time, ingest_time=NOW)
+    return replace(bar, event_time=bar.close_time, ingest_time=NOW, provenance="archive")
 
 
 def write_zip(path: Path, members: list[tuple[str, bytes]], *, stored: bool = False) -> Path:

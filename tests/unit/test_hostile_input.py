@@ -115,6 +115,8 @@ ADAPTERS: dict[str, tuple[ExchangeAdapter, Any, Any]] = {
     "bybit-inverse": (Bybit("inverse", ["BTCUSD"]), BYBIT_INVERSE_PUSH, BYBIT_INVERSE_REST),
 }
 SERIES = Series("binance", "BTC-USDT", "BTCUSDT", "1m")
+# A COIN-M archive series: its rows' volume columns are contracts, converted on the way.
+COIN_M_SERIES = Series("binance", "BTC-USD-PERP", "BTCUSD_PERP", "1m", "perp", "inverse", 1, 100.0)
 
 
 def set_path(document: Any, path: tuple[Any, ...], value: Any) -> Any:
@@ -430,9 +432,10 @@ def csv_lines(columns: list[str]) -> bytes:
         max_size=3,
     ),
     st.booleans(),
+    st.sampled_from([SERIES, COIN_M_SERIES]),
 )
 def test_archive_csv_rows_are_bars_or_located_rejections(
-    changes: list[tuple[int, str]], short: bool
+    changes: list[tuple[int, str]], short: bool, series: Series
 ) -> None:
     columns = list(CSV_ROW)
     for index, text in changes:
@@ -440,7 +443,7 @@ def test_archive_csv_rows_are_bars_or_located_rejections(
     if short:
         columns = columns[:-1]
     rows = iter_csv_rows(
-        [csv_lines(columns)], location="a.csv", series=SERIES, clock=lambda: INGEST_MS
+        [csv_lines(columns)], location="a.csv", series=series, clock=lambda: INGEST_MS
     )
     event(rows_outcome(rows, "a.csv"))
 

@@ -107,6 +107,11 @@ FIELDS: Final[tuple[str, ...]] = (
 # value each then takes; ``market`` follows from the symbol.
 OPTIONAL_FIELDS: Final[tuple[str, ...]] = ("market", "base_multiplier", "provenance")
 REQUIRED_FIELDS: Final[tuple[str, ...]] = tuple(n for n in FIELDS if n not in OPTIONAL_FIELDS)
+# The fields that hold strings (a store that writes other values as JSON literals, such as
+# the Redis hash, decodes these as they are).
+STRING_FIELDS: Final[frozenset[str]] = frozenset(
+    {"exchange", "symbol", "raw_symbol", "timeframe", "market", "provenance"}
+)
 _FIELD_SET: Final = frozenset(FIELDS)
 # A Kline's values in field order (FIELDS is also the dataclass's field order).
 _KLINE_VALUES: Final = attrgetter(*FIELDS)

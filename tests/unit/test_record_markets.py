@@ -162,3 +162,10 @@ def test_any_value_of_the_new_fields_is_accepted_or_rejected_with_a_reason(
     assert kline.market == "spot"
     assert kline.base_multiplier in {10**p for p in range(10)}
     assert kline.provenance in ("ws", "rest", "archive", "unknown", "mixed")
+
+
+def test_string_fields_are_exactly_the_fields_that_hold_strings() -> None:
+    from udfs.record import FIELDS, STRING_FIELDS
+
+    kline = kline_from_dict(WIRE_RECORD)
+    assert {name for name in FIELDS if isinstance(getattr(kline, name), str)} == STRING_FIELDS

@@ -111,7 +111,8 @@ def split_concatenated(raw_symbol: str, quotes: tuple[str, ...] | None = None) -
                 )
             return parts[0], parts[1]
         raise UnknownSymbol(f"{raw_symbol!r}: expected BASEQUOTE or BASE-QUOTE")
-    for quote in sorted(allowed, key=len, reverse=True) if quotes else _QUOTES_LONGEST_FIRST:
+    longest_first = _QUOTES_LONGEST_FIRST if quotes is None else sorted(quotes, key=len)[::-1]
+    for quote in longest_first:
         if upper.endswith(quote) and len(upper) > len(quote):
             base = upper[: -len(quote)]
             if _ASSET_RE.fullmatch(base):

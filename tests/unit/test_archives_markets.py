@@ -161,3 +161,23 @@ def test_spot_layouts_stay_spot(tmp_path: Path) -> None:
 @given(st.lists(st.binary(max_size=200), max_size=3))
 def test_file_layout_takes_any_bytes(head: list[bytes]) -> None:
     assert file_layout(head) in ("spot", "coin-m", "futures-like")
+
+
+@HOSTILE_SETTINGS
+@given(
+    st.text(max_size=60),
+    st.one_of(st.none(), st.sampled_from(["spot", "perp", "future", "swap"])),
+    st.lists(st.binary(max_size=120), max_size=2),
+)
+def test_resolve_series_refuses_only_with_a_replay_config_error(
+    name: str, market: str | None, head: list[bytes]
+) -> None:
+    from connectors.archives import resolve_series
+
+    try:
+        series = resolve_series(name, market=market, head=head)
+    except ReplayConfigError as exc:
+        assert str(exc)
+        return
+    assert series.market in ("spot", "perp", "future")
+    assert market is None or series.market == market

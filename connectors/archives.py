@@ -19,6 +19,23 @@ the wall clock when the row is read. Each row is validated by building it throug
 JSONL (``.jsonl``, or gzip-compressed ``.jsonl.gz``) holds one wire record (DESIGN.md) per
 line, validated with :func:`~udfs.record.decode_kline`; such records name their own exchange,
 symbol and timeframe, so the overrides below do not apply to them.
+
+**Markets** (issue 13). data.binance.vision publishes spot (``data/spot/...``), USDT-M
+(``data/futures/um/...``) and COIN-M (``data/futures/cm/...``) klines with the same 12
+columns, and a USDT-M file is named exactly like the spot file of its pair. The market of a
+CSV is told, first match wins, by: the ``market`` override (``--market spot|perp|future``);
+the path (a ``spot``, ``futures/um`` or ``futures/cm`` directory); the symbol
+(``BTCUSD_PERP``, ``BTCUSDT_250627``); the layout of the file's first line: a COIN-M header
+(``base_asset_volume``) means COIN-M, microsecond times mean spot (only spot archives moved
+to µs, in 2025), no header with millisecond times is the historic spot layout. A header row
+with millisecond times is how futures archives look, so such a file outside a ``futures/``
+path is refused unless ``--market`` says what it is: never guessed.
+
+USDT-M volumes are in the base asset already. COIN-M rows count contracts (100 USD for BTC,
+10 USD for other coins): the ``volume``/``taker_buy_volume`` columns are contracts and the
+next ones (``base_asset_volume``, ``taker_buy_base_asset_volume``) the base volumes, so a bar
+takes the latter as volume and contracts x size as the USD quote volume. Archive bars carry
+``provenance`` ``archive``.
 """
 
 from __future__ import annotations
@@ -35,7 +52,7 @@ from pathlib import Path, PurePath
 from typing import Final, Literal
 
 from connectors.exchanges.base import to_float, to_int
-from connectors.symbols import UnknownSymbol, parse_symbol
+from connectors.symbols import SymbolInfo, UnknownSymbol, parse_symbol
 from udfs.record import (
     EXCHANGES,
     InvalidKline,
@@ -63,12 +80,20 @@ BINANCE_COLUMNS: Final[tuple[str, ...]] = (
     "ignore",
 )
 """Column names of the header row of newer Binance kline CSVs (older files have none)."""
+COIN_M_HEADER_COLUMNS: Final[tuple[str, ...]] = (
+    "base_asset_volume",
+    "taker_buy_base_asset_volume",
+)
+"""Header columns only COIN-M archives have (their volumes count contracts)."""
+REPLAY_MARKETS: Final[tuple[str, ...]] = ("spot", "perp", "future")
+_MICROSECOND_DIGITS: Final = 16
 
 SourceKind = Literal["csv", "zip", "jsonl"]
 
-# SYMBOL-INTERVAL[-anything], e.g. BTCUSDT-1m-2024-01-01, BTCUSDT-1m-2024-01, ETHBTC-1h-2025-03.
+# SYMBOL-INTERVAL[-anything], e.g. BTCUSDT-1m-2024-01-01, BTCUSDT-1m-2024-01, ETHBTC-1h-2025-03,
+# BTCUSD_PERP-1m-2024-01-01 (COIN-M), BTCUSDT_240329-1m-2024-01-01 (a dated future).
 _ARCHIVE_NAME_RE: Final = re.compile(
-    r"^(?P<symbol>[A-Za-z0-9]{2,40})-(?P<interval>[0-9]{1,3}(?:mo|s|m|h|d|w|M))(?:-|$)"
+    r"^(?P<symbol>[A-Za-z0-9]{2,40}(?:_[A-Za-z0-9]{4,6})?)-(?P<interval>[0-9]{1,3}(?:mo|s|m|h|d|w|M))(?:-|$)"
 )
 _SUFFIXES: Final[dict[str, SourceKind]] = {
     ".csv": "csv",
@@ -113,6 +138,10 @@ class Series:
     symbol: str
     raw_symbol: str
     timeframe: str
+    market: str = "spot"
+    margin: str = "spot"
+    base_multiplier: int = 1
+    contract_size: float = 1.0
 
     @property
     def key(self) -> str:
@@ -177,13 +206,16 @@ def resolve_series(
     symbol: str | None = None,
     timeframe: str | None = None,
     label: str | None = None,
+    market: str | None = None,
+    head: Sequence[bytes] | None = None,
 ) -> Series:
     """The series of an archive CSV: the flags win, else the file name says it.
 
     ``exchange`` defaults to ``binance``; ``symbol`` is the exchange's raw spelling (normalised
-    through connectors/symbols.py). Raises ReplayConfigError when the symbol or timeframe is
-    unknown or cannot be taken from the name; its message starts with ``label`` (default: the
-    name).
+    through connectors/symbols.py). ``market`` (spot, perp, future) overrides what the path
+    (``name``), the symbol and ``head`` (the file's first lines, when known) tell
+    (module docstring). Raises ReplayConfigError when the symbol, timeframe or market is
+    unknown or cannot be told; its message starts with ``label`` (default: the name).
     """
     label = label or name
     parsed = parse_archive_name(name)
@@ -203,13 +235,101 @@ def resolve_series(
         timeframe_ms(interval)
     except InvalidKline as exc:
         raise ReplayConfigError(f"{label}: {exc.reason}") from None
+    margin = _archive_margin(name, raw_symbol, market, head, label)
     try:
-        info = parse_symbol(exchange, raw_symbol)
+        info = parse_symbol(exchange, raw_symbol, margin)
     except UnknownSymbol as exc:
+        hint = "--symbol BASE-QUOTE" if margin == "spot" else "--symbol and --market"
         raise ReplayConfigError(
-            f"{label}: cannot normalise the {exchange} symbol: {exc} (use --symbol BASE-QUOTE)"
+            f"{label}: cannot normalise the {exchange} symbol: {exc} (use {hint})"
         ) from None
-    return Series(exchange, info.symbol, info.raw_symbol, interval)
+    if market is not None and info.market != market:
+        raise ReplayConfigError(
+            f"{label}: {info.raw_symbol} is a {info.market} instrument ({info.symbol}), "
+            f"not {market}"
+        )
+    return series_of(info, interval)
+
+
+def series_of(info: SymbolInfo, timeframe: str) -> Series:
+    """The archive series of a normalised symbol."""
+    return Series(
+        info.exchange,
+        info.symbol,
+        info.raw_symbol,
+        timeframe,
+        info.market,
+        info.margin,
+        info.base_multiplier,
+        info.contract_size,
+    )
+
+
+def _archive_margin(
+    name: str, raw_symbol: str, market: str | None, head: Sequence[bytes] | None, label: str
+) -> str:
+    """spot, linear (USDT-M) or inverse (COIN-M) of one archive CSV (module docstring)."""
+    upper = raw_symbol.strip().upper()
+    pair, underscore, _ = upper.partition("_")
+    coin_margined = pair.endswith("USD")
+    if market is not None:
+        if market not in REPLAY_MARKETS:
+            raise ReplayConfigError(
+                f"{label}: --market {market!r} (expected {', '.join(REPLAY_MARKETS)})"
+            )
+        if market == "spot":
+            return "spot"
+        return "inverse" if coin_margined and underscore else "linear"
+    parts = [part.lower() for part in PurePath(name).parts[:-1]]
+    for index, part in enumerate(parts[:-1]):
+        if part == "futures" and parts[index + 1] in ("um", "cm"):
+            return "linear" if parts[index + 1] == "um" else "inverse"
+    if "spot" in parts:
+        return "spot"
+    if underscore:
+        return "inverse" if coin_margined else "linear"
+    layout = file_layout(head or [])
+    if layout == "coin-m":
+        return "inverse"
+    if layout == "futures-like":
+        raise ReplayConfigError(
+            f"{label}: cannot tell the market: a header row with millisecond times is the "
+            "layout of futures archives (data/futures/um|cm/...), but the path does not say "
+            "which; pass --market spot, perp or future"
+        )
+    return "spot"
+
+
+def file_layout(head: Sequence[bytes]) -> str:
+    """What the first lines of a Binance kline CSV look like: ``coin-m`` (a COIN-M header),
+    ``futures-like`` (a header, then millisecond times) or ``spot`` (microsecond times, or no
+    header at all: the historic spot layout)."""
+    lines = [line.lstrip(codecs.BOM_UTF8).strip() for line in head if line.strip()]
+    if not lines:
+        return "spot"
+    fields = [f.strip().strip('"').lower() for f in lines[0].decode("utf-8", "replace").split(",")]
+    if fields[0].lstrip("\ufeff") != BINANCE_COLUMNS[0]:
+        return "spot"
+    if any(column in fields for column in COIN_M_HEADER_COLUMNS):
+        return "coin-m"
+    if len(lines) > 1:
+        first_time = lines[1].split(b",", 1)[0].strip().lstrip(b"+-")
+        if len(first_time) >= _MICROSECOND_DIGITS:
+            return "spot"
+    return "futures-like"
+
+
+def read_head(path: Path, member: str | None = None, count: int = 2) -> list[bytes]:
+    """The first ``count`` lines of a CSV (or of a zip's member); empty when unreadable
+    (reading the file later reports why)."""
+    try:
+        if member is None:
+            with open(path, "rb") as handle:
+                return [line for _, line in zip(range(count), handle, strict=False)]
+        with zipfile.ZipFile(path) as archive, archive.open(member) as handle:
+            return [line for _, line in zip(range(count), handle, strict=False)]
+    except _READ_ERRORS:
+        return []
 
 
 def discover_files(paths: Iterable[str | Path]) -> tuple[list[Path], list[str]]:
@@ -247,11 +367,13 @@ def plan_sources(
     exchange: str | None = None,
     symbol: str | None = None,
     timeframe: str | None = None,
+    market: str | None = None,
 ) -> list[ArchiveSource]:
     """Every input file with its series, checked before anything is read.
 
-    Raises ReplayConfigError listing every file whose type, symbol or timeframe is refused.
-    A zip's CSVs take their series from their own names (falling back to the zip's name).
+    Raises ReplayConfigError listing every file whose type, symbol, timeframe or market is
+    refused. A zip's CSVs take their series from their own names (falling back to the zip's
+    name); the market from ``market``, else the path, the symbol or the first lines.
     """
     files, problems = discover_files(paths)
     sources: list[ArchiveSource] = []
@@ -262,17 +384,19 @@ def plan_sources(
                 sources.append(ArchiveSource(path, "jsonl"))
             elif kind == "zip":
                 members = _plan_zip_members(
-                    path, exchange=exchange, symbol=symbol, timeframe=timeframe
+                    path, exchange=exchange, symbol=symbol, timeframe=timeframe, market=market
                 )
                 sources.append(ArchiveSource(path, "zip", members=members))
             else:
                 # A missing file of no known type is planned as CSV; reading it reports it.
                 series = resolve_series(
-                    path.name,
+                    str(path),
                     exchange=exchange,
                     symbol=symbol,
                     timeframe=timeframe,
                     label=str(path),
+                    market=market,
+                    head=read_head(path),
                 )
                 sources.append(ArchiveSource(path, "csv", series=series))
         except ReplayConfigError as exc:
@@ -283,7 +407,12 @@ def plan_sources(
 
 
 def _plan_zip_members(
-    path: Path, *, exchange: str | None, symbol: str | None, timeframe: str | None
+    path: Path,
+    *,
+    exchange: str | None,
+    symbol: str | None,
+    timeframe: str | None,
+    market: str | None,
 ) -> tuple[tuple[str, Series], ...]:
     try:
         with zipfile.ZipFile(path) as archive:
@@ -296,9 +425,18 @@ def _plan_zip_members(
         return ()  # unreadable: iter_source reports it when its turn comes
     members: list[tuple[str, Series]] = []
     for name in names:
-        named_by = name if parse_archive_name(name) else path.name
+        # The member's own name, in the zip's directory (which may say the market).
+        named_by = (
+            str(path.with_name(PurePath(name).name)) if parse_archive_name(name) else str(path)
+        )
         series = resolve_series(
-            named_by, exchange=exchange, symbol=symbol, timeframe=timeframe, label=f"{path}!{name}"
+            named_by,
+            exchange=exchange,
+            symbol=symbol,
+            timeframe=timeframe,
+            label=f"{path}!{name}",
+            market=market,
+            head=read_head(path, name),
         )
         members.append((name, series))
     return tuple(members)
@@ -314,6 +452,17 @@ def csv_row_to_kline(fields: Sequence[str], series: Series, ingest_time: int) ->
         raise InvalidKline(f"expected {len(BINANCE_COLUMNS)} columns, got {len(fields)}")
     open_time = parse_timestamp_ms(fields[0], "open_time")
     close_time = parse_timestamp_ms(fields[6], "close_time")
+    volume = _number(fields[5], "volume")
+    quote_volume = _number(fields[7], "quote_volume")
+    taker_buy_volume = _number(fields[9], "taker_buy_volume")
+    taker_buy_quote_volume = _number(fields[10], "taker_buy_quote_volume")
+    if series.margin == "inverse":
+        # COIN-M: volume columns count contracts, the next ones are base-asset volumes.
+        volume, quote_volume = quote_volume, volume * series.contract_size
+        taker_buy_volume, taker_buy_quote_volume = (
+            taker_buy_quote_volume,
+            taker_buy_volume * series.contract_size,
+        )
     return kline_from_dict(
         {
             "exchange": series.exchange,
@@ -326,14 +475,17 @@ def csv_row_to_kline(fields: Sequence[str], series: Series, ingest_time: int) ->
             "high": _number(fields[2], "high"),
             "low": _number(fields[3], "low"),
             "close": _number(fields[4], "close"),
-            "volume": _number(fields[5], "volume"),
-            "quote_volume": _number(fields[7], "quote_volume"),
+            "volume": volume,
+            "quote_volume": quote_volume,
             "trades": _integer(fields[8], "trades"),
-            "taker_buy_volume": _number(fields[9], "taker_buy_volume"),
-            "taker_buy_quote_volume": _number(fields[10], "taker_buy_quote_volume"),
+            "taker_buy_volume": taker_buy_volume,
+            "taker_buy_quote_volume": taker_buy_quote_volume,
             "is_closed": True,
             "event_time": close_time,
             "ingest_time": ingest_time,
+            "market": series.market,
+            "base_multiplier": series.base_multiplier,
+            "provenance": "archive",
         }
     )
 

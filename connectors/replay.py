@@ -113,6 +113,7 @@ def replay_files(
     exchange: str | None = None,
     symbol: str | None = None,
     timeframe: str | None = None,
+    market: str | None = None,
     progress: bool = True,
     rate_limit: float | None = None,
     report_limit: int = DEFAULT_REPORT_LIMIT,
@@ -120,17 +121,19 @@ def replay_files(
 ) -> ReplayResult:
     """Replay CSV/ZIP archives and JSONL files (or directories of them) into Kafka.
 
-    ``exchange``/``symbol``/``timeframe`` override what archive file names say (they do not
-    apply to JSONL, whose records name their series). ``rate_limit`` caps bars per second
-    (e.g. to watch a replay like a live feed). ``clock`` gives the ``ingest_time`` of archive
-    rows.
+    ``exchange``/``symbol``/``timeframe``/``market`` override what archive file names, paths
+    and layouts say (they do not apply to JSONL, whose records name their series).
+    ``rate_limit`` caps bars per second (e.g. to watch a replay like a live feed). ``clock``
+    gives the ``ingest_time`` of archive rows.
 
     Raises ReplayConfigError (from connectors.archives) before connecting when a file's series
     cannot be determined, and ReplayError when Kafka is unreachable or stops acknowledging.
     """
     started = time.monotonic()
     pacer = _Pacer(rate_limit)
-    sources = plan_sources(paths, exchange=exchange, symbol=symbol, timeframe=timeframe)
+    sources = plan_sources(
+        paths, exchange=exchange, symbol=symbol, timeframe=timeframe, market=market
+    )
     result = ReplayResult(files=len(sources))
     try:
         ensure_topics(bootstrap, [topic], partitions=RAW_PARTITIONS)

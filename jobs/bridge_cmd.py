@@ -41,8 +41,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description=(
             "Subscribe to the 1m kline streams of SYMBOLS on one exchange and market, turn every "
             "update into the klines.raw record and produce it keyed per series; repair gaps over "
-            "REST. One market per process: spot and linear bars of the same symbol share a "
-            "series key, so linear bars go to their own topic (--linear-topic)."
+            "REST. One market per process; the canonical symbol names the instrument "
+            "(BTC-USDT, BTC-USDT-PERP, BTC-USD-PERP, BTC-USDT-250627), so spot and "
+            "derivatives bars of one pair never share a series key and may share a topic."
         ),
     )
     job = JobSettings()  # the bridge feeds the job: its topics and broker by default
@@ -54,15 +55,26 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--symbols",
         env="BRIDGE_SYMBOLS",
         help="comma-separated exchange symbols, e.g. BTCUSDT,ETHUSDT (OKX: BTC-USDT, "
-        "BTC-USDT-SWAP); a symbol that cannot be split into BASE-QUOTE is refused",
+        "BTC-USDT-SWAP; Binance COIN-M: BTCUSD_PERP); a symbol whose quote is no known quote "
+        "asset, or a contract of unknown size, is refused",
     )
     env_flag(
         parser,
         "--market",
         env="BRIDGE_MARKET",
         default="spot",
-        choices=("spot", "linear"),
-        help="spot, or linear (USDT/USDC-margined perpetuals: OKX SWAP, Bybit linear)",
+        choices=("spot", "linear", "inverse"),
+        help="spot; linear (quote-margined: Binance USDT-M, OKX USDT/USDC SWAP and futures, "
+        "Bybit linear); inverse (coin-margined: Binance COIN-M, OKX USD SWAP, Bybit inverse)",
+    )
+    env_flag(
+        parser,
+        "--contract-size",
+        env="BRIDGE_CONTRACT_SIZES",
+        default="",
+        metavar="RAW=SIZE,...",
+        help="contract sizes of derivatives not in the built-in table, comma-separated "
+        "(base units per contract for linear, USD per contract for inverse)",
     )
     parser.add_argument(
         "--ws-url",
@@ -83,8 +95,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         parser,
         "--linear-topic",
         env="KLINES_LINEAR_TOPIC",
-        default="klines.raw.linear",
-        help="topic of linear-contract bars (must differ from --topic)",
+        default=None,
+        help="topic of derivatives bars (default: --topic; their series keys differ from spot's)",
     )
     env_flag(
         parser,
@@ -197,6 +209,25 @@ def _exchange_env(exchange: str, kind: str) -> str | None:
     return value or None
 
 
+def parse_contract_sizes(text: str) -> dict[str, float]:
+    """``--contract-size RAW=SIZE,RAW=SIZE`` to a mapping; UnknownSymbol for a malformed one."""
+    from connectors.symbols import UnknownSymbol
+
+    sizes: dict[str, float] = {}
+    for item in (part.strip() for part in (text or "").split(",")):
+        if not item:
+            continue
+        raw, sep, text = item.partition("=")
+        try:
+            size = float(text)
+        except ValueError:
+            size = float("nan")
+        if not sep or not raw.strip() or not 0 < size < 1e12:
+            raise UnknownSymbol(f"--contract-size {item!r}: expected RAW_SYMBOL=<positive number>")
+        sizes[raw.strip().upper()] = size
+    return sizes
+
+
 def run(args: argparse.Namespace) -> int:
     """Validate the settings, then run the bridge until SIGINT/SIGTERM."""
     from connectors.exchanges import create_adapter
@@ -208,18 +239,14 @@ def run(args: argparse.Namespace) -> int:
     if not symbols:
         return _refuse("--symbols (or BRIDGE_SYMBOLS) is required, e.g. BTCUSDT,ETHUSDT")
     try:
-        adapter = create_adapter(args.exchange, args.market, symbols)
+        contract_sizes = parse_contract_sizes(args.contract_size)
+        adapter = create_adapter(args.exchange, args.market, symbols, contract_sizes)
     except UnknownSymbol as exc:
         hint = ""
-        if args.exchange == "okx" and "linear instrument" in str(exc):
-            hint = " (use --market linear for SWAP instruments)"
+        for margin in ("linear", "inverse"):
+            if args.exchange == "okx" and f"{margin} instrument" in str(exc):
+                hint = f" (use --market {margin} for this instrument)"
         return _refuse(f"{exc}{hint}")
-    if args.topic == args.linear_topic:
-        return _refuse(
-            f"--topic and --linear-topic are both {args.topic!r}: spot and linear bars of one "
-            "symbol share the series key exchange:BASE-QUOTE:1m and would overwrite each other "
-            "downstream; give linear bars their own topic"
-        )
     config = bridge_config(args, adapter)
     log.info(
         "event=starting exchange=%s market=%s symbols=%d topic=%s dlq=%s ws=%s rest=%s",
@@ -236,10 +263,12 @@ def run(args: argparse.Namespace) -> int:
 
 def bridge_config(args: argparse.Namespace, adapter: ExchangeAdapter) -> BridgeConfig:
     """The bridge's settings from parsed flags (URLs: flag, else env, else the exchange's)."""
-    topic = args.linear_topic if args.market == "linear" else args.topic
+    topic = (args.linear_topic or args.topic) if args.market != "spot" else args.topic
     return BridgeConfig(
-        ws_url=args.ws_url or _exchange_env(args.exchange, "WS") or adapter.default_ws_base,
-        rest_url=args.rest_url or _exchange_env(args.exchange, "REST") or adapter.default_rest_url,
+        ws_url=args.ws_url or _exchange_env(args.exchange, "WS") or adapter.default_ws_url(),
+        rest_url=args.rest_url
+        or _exchange_env(args.exchange, "REST")
+        or adapter.default_rest_base(),
         topic=topic,
         dlq_topic=args.dlq_topic,
         stats_interval_s=args.stats_interval,

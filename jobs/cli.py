@@ -17,6 +17,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "jobs.bridge_cmd",
     "jobs.db_cmd",
     "jobs.query_cmd",
+    "jobs.gaps_cmd",
     "jobs.plot_cmd",
     "jobs.demo_cmd",
 )

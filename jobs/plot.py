@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from udfs.record import Kline
+from udfs.record import Kline, market_of_symbol
 from udfs.volume_profile import VolumeProfile, compute_volume_profile
 
 UP_COLOUR = "#26a69a"
@@ -55,6 +55,9 @@ def bars_to_klines(rows: Sequence[Mapping[str, Any]], exchange: str, symbol: str
             is_closed=bool(row["is_closed"]),
             event_time=int(row["open_time"]),
             ingest_time=int(row["open_time"]),
+            market=str(row.get("market") or market_of_symbol(symbol)),
+            base_multiplier=int(row.get("base_multiplier") or 1),
+            provenance=str(row.get("provenance") or "unknown"),
         )
         for row in rows
     ]

@@ -35,12 +35,13 @@ SPECS: Final[Mapping[str, TableSpec]] = {
     "klines": TableSpec(
         "klines",
         "open_time",
-        # Every klines column but the series columns (they are the query's filter) and
-        # updated_at (bookkeeping).
+        # Every klines column but the series columns (they are the query's filter; market
+        # follows from the symbol), updated_at (bookkeeping) and provenance (--provenance).
         tuple(
             column
             for column in KLINE_COLUMNS
-            if column not in ("exchange", "symbol", "timeframe", "updated_at")
+            if column
+            not in ("exchange", "symbol", "market", "timeframe", "updated_at", "provenance")
         ),
         ("open_time", "close_time"),
     ),
@@ -236,7 +237,21 @@ def register(subparsers: Any) -> None:
     parser.add_argument("what", choices=sorted(SPECS), help="what to read")
     add_series_arguments(parser)
     parser.add_argument("--format", choices=FORMATS, default="table", help="output format")
+    parser.add_argument(
+        "--provenance",
+        action="store_true",
+        help="klines: also show where each bar came from (ws, rest, archive; a roll-up is ws "
+        "only when every minute was live, else mixed; unknown for bars stored before it was "
+        "recorded)",
+    )
     parser.set_defaults(func=run_query)
+
+
+def with_provenance(spec: TableSpec) -> TableSpec:
+    """The klines spec with the ``provenance`` column after ``is_closed``."""
+    at = spec.columns.index("is_closed") + 1
+    columns = (*spec.columns[:at], "provenance", *spec.columns[at:])
+    return TableSpec(spec.table, spec.time_column, columns, spec.time_columns)
 
 
 def run_query(args: argparse.Namespace) -> int:
@@ -244,6 +259,11 @@ def run_query(args: argparse.Namespace) -> int:
     from connectors.clickhouse import ClickHouseError, open_writer
 
     spec = SPECS[args.what]
+    if getattr(args, "provenance", False):
+        if args.what != "klines":
+            print("klineflow query: --provenance applies to klines only", file=sys.stderr)
+            return 2
+        spec = with_provenance(spec)
     if args.limit is not None and not 0 <= args.limit <= MAX_LIMIT:
         print(f"klineflow query: --limit must be from 0 to {MAX_LIMIT}", file=sys.stderr)
         return 2

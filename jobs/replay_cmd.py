@@ -67,6 +67,12 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--timeframe", help="timeframe of archive rows, e.g. 1m (default: from the file name)"
     )
+    parser.add_argument(
+        "--market",
+        choices=("spot", "perp", "future"),
+        help="market of archive rows (default: told by the path data/spot|futures/um|"
+        "futures/cm, the symbol or the file's layout; refused when it cannot be told)",
+    )
     job = JobSettings()  # the replay feeds the job: its topics and broker by default
     for flag, env, default, what in (
         ("--topic", "KLINES_TOPIC", job.klines_topic, "Kafka topic for the bars"),
@@ -101,6 +107,7 @@ def _replay(args: argparse.Namespace) -> int:
             exchange=args.exchange,
             symbol=args.symbol,
             timeframe=args.timeframe,
+            market=args.market,
             progress=not args.no_progress and sys.stderr.isatty(),
             rate_limit=args.rate,
         )

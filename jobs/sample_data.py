@@ -34,7 +34,7 @@ from typing import Final
 import numpy as np
 import orjson
 
-from udfs.record import TIMEFRAME_MS, Kline, encode_kline
+from udfs.record import OPTIONAL_FIELDS, TIMEFRAME_MS, Kline
 
 REPO_ROOT: Final[Path] = Path(__file__).resolve().parents[1]
 SAMPLE_DIR: Final[Path] = REPO_ROOT / "data" / "sample"
@@ -341,9 +341,16 @@ def deterministic_gzip(data: bytes) -> bytes:
     return buffer.getvalue()
 
 
+def legacy_record(bar: Kline) -> dict[str, object]:
+    """The wire record as producers wrote it before issue 13 (no ``market``,
+    ``base_multiplier``, ``provenance``): the sample recordings keep that form, so every replay
+    of the sample also checks that old recordings stay valid (DESIGN.md's defaults)."""
+    return {name: value for name, value in bar.to_dict().items() if name not in OPTIONAL_FIELDS}
+
+
 def jsonl(bars: Sequence[Kline]) -> bytes:
-    """Bars as JSONL wire records, one per line."""
-    return b"".join(encode_kline(bar) + b"\n" for bar in bars)
+    """Bars as JSONL wire records in the pre-issue-13 form, one per line."""
+    return b"".join(orjson.dumps(legacy_record(bar)) + b"\n" for bar in bars)
 
 
 # ----------------------------------------------------------------------------- the sample
@@ -467,7 +474,7 @@ def bad_jsonl_rows(seed: int = SAMPLE_SEED) -> list[tuple[bytes, str]]:
     bar = generate_series(okx.exchange, okx.symbol, okx.raw_symbol, start, 1, seed, okx.base_price)[
         0
     ]
-    good = bar.to_dict()
+    good = legacy_record(bar)
 
     def changed(**fields: object) -> bytes:
         return orjson.dumps({**good, **fields})

@@ -34,10 +34,27 @@ MIN_EPOCH_MS: Final[int] = 1_230_768_000_000  # 2009-01-01T00:00:00Z
 MAX_EPOCH_MS: Final[int] = 4_102_444_800_000  # 2100-01-01T00:00:00Z
 
 # --- Validation bounds (README.md, "Validation bounds", gives each one with its reason) ------
-# A canonical symbol is BASE-QUOTE, each part 1..20 upper-case ASCII letters or digits, matched
-# whole (re.fullmatch: a trailing newline is not "the end"); so at most 41 characters.
-MAX_SYMBOL_CHARS: Final[int] = 41
-_SYMBOL_RE: Final = re.compile(r"[A-Z0-9]{1,20}-[A-Z0-9]{1,20}")
+# A canonical symbol names the instrument: BASE-QUOTE (spot), BASE-QUOTE-PERP (perpetual) or
+# BASE-QUOTE-YYMMDD (dated future), base and quote 1..20 upper-case ASCII letters or digits,
+# matched whole (re.fullmatch: a trailing newline is not "the end"); so at most 48 characters.
+MAX_SYMBOL_CHARS: Final[int] = 48
+_SYMBOL_RE: Final = re.compile(
+    r"[A-Z0-9]{1,20}-[A-Z0-9]{1,20}(?:-PERP|-[0-9]{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12][0-9]|3[01]))?"
+)
+# The market of an instrument (DESIGN.md); it always agrees with the symbol's suffix.
+MARKETS: Final[tuple[str, ...]] = ("spot", "perp", "future")
+# What delivered a bar. ``unknown`` is the default of records made before the field existed;
+# ``mixed`` marks a roll-up whose minutes did not all come from the live stream.
+PROVENANCES: Final[tuple[str, ...]] = ("ws", "rest", "archive", "unknown", "mixed")
+DEFAULT_PROVENANCE: Final[str] = "unknown"
+# base_multiplier: units of the base asset per unit named in the symbol (1000 for 1000PEPE).
+# Real ones are powers of ten (1000PEPE, 1000000MOG, 1MBABYDOGE); at most 10**9.
+MAX_BASE_MULTIPLIER: Final[int] = 10**9
+_BASE_MULTIPLIERS: Final = frozenset(10**power for power in range(10))
+# How far the implied price quote_volume / volume may lie outside [low, high], relative: a bar
+# priced in contracts or in the wrong asset is off by a factor of 100 and more, while exchanges'
+# rounding of small volumes moves it by far less than this.
+VWAP_TOLERANCE: Final[float] = 0.1
 # The exchange's own spelling (BTCUSDT, BTC-USDT-SWAP, BTCUSD_PERP): ASCII, at most 64.
 MAX_RAW_SYMBOL_CHARS: Final[int] = 64
 _RAW_SYMBOL_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]*")
@@ -82,6 +99,18 @@ FIELDS: Final[tuple[str, ...]] = (
     "is_closed",
     "event_time",
     "ingest_time",
+    "market",
+    "base_multiplier",
+    "provenance",
+)
+# The fields a record may omit (DESIGN.md: older recordings and producers lack them) and the
+# value each then takes; ``market`` follows from the symbol.
+OPTIONAL_FIELDS: Final[tuple[str, ...]] = ("market", "base_multiplier", "provenance")
+REQUIRED_FIELDS: Final[tuple[str, ...]] = tuple(n for n in FIELDS if n not in OPTIONAL_FIELDS)
+# The fields that hold strings (a store that writes other values as JSON literals, such as
+# the Redis hash, decodes these as they are).
+STRING_FIELDS: Final[frozenset[str]] = frozenset(
+    {"exchange", "symbol", "raw_symbol", "timeframe", "market", "provenance"}
 )
 _FIELD_SET: Final = frozenset(FIELDS)
 # A Kline's values in field order (FIELDS is also the dataclass's field order).
@@ -103,7 +132,12 @@ class InvalidKline(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Kline:
-    """One OHLCV bar, exactly the fields of the wire record (DESIGN.md)."""
+    """One OHLCV bar, exactly the fields of the wire record (DESIGN.md).
+
+    ``market``, ``base_multiplier`` and ``provenance`` come last with their defaults, so code
+    written before they existed still builds spot bars; a perpetual or future must say its
+    market (:func:`validate_kline` checks that it agrees with the symbol).
+    """
 
     exchange: str
     symbol: str
@@ -123,6 +157,9 @@ class Kline:
     is_closed: bool
     event_time: int
     ingest_time: int
+    market: str = "spot"
+    base_multiplier: int = 1
+    provenance: str = DEFAULT_PROVENANCE
 
     def __reduce__(self) -> tuple[type[Kline], tuple[Any, ...]]:
         # Pickle as constructor arguments: every hop between Flink operators pickles bars,
@@ -156,6 +193,16 @@ class Kline:
 def series_key(exchange: str, symbol: str, timeframe: str) -> str:
     """``"{exchange}:{symbol}:{timeframe}"``, the per-series key used on Kafka and in Flink."""
     return f"{exchange}:{symbol}:{timeframe}"
+
+
+def market_of_symbol(symbol: str) -> str:
+    """The market a canonical symbol names: ``perp`` (``-PERP``), ``future`` (``-YYMMDD``), else
+    ``spot``. Does not validate the symbol."""
+    if symbol.endswith("-PERP"):
+        return "perp"
+    if symbol.count("-") == 2:
+        return "future"
+    return "spot"
 
 
 def timeframe_ms(timeframe: str) -> int:
@@ -327,13 +374,14 @@ def kline_from_dict(data: Any, *, clock: Callable[[], int] | None = None) -> Kli
     """
     if not isinstance(data, dict):
         raise InvalidKline(f"expected a JSON object, got {type(data).__name__}")
-    missing = [name for name in FIELDS if name not in data]
+    missing = [name for name in REQUIRED_FIELDS if name not in data]
     if missing:
         raise InvalidKline(f"missing field(s): {', '.join(missing)}")
-    if len(data) > len(FIELDS):
+    if len(data) > len(REQUIRED_FIELDS):
         extra = sorted(_field_name(name) for name in data if name not in _FIELD_SET)
-        shown = ", ".join(extra[:5]) + (f" and {len(extra) - 5} more" if len(extra) > 5 else "")
-        raise InvalidKline(f"unknown field(s): {shown}")
+        if extra:
+            shown = ", ".join(extra[:5]) + (f" and {len(extra) - 5} more" if len(extra) > 5 else "")
+            raise InvalidKline(f"unknown field(s): {shown}")
 
     exchange = _require_str(data, "exchange")
     if exchange not in EXCHANGES:
@@ -347,7 +395,17 @@ def kline_from_dict(data: Any, *, clock: Callable[[], int] | None = None) -> Kli
             f"symbol: {len(symbol)} characters (a canonical symbol has at most {MAX_SYMBOL_CHARS})"
         )
     if not _SYMBOL_RE.fullmatch(symbol):
-        raise InvalidKline(f"symbol: {quote(symbol)} is not canonical BASE-QUOTE upper case")
+        raise InvalidKline(
+            f"symbol: {quote(symbol)} is not canonical upper case BASE-QUOTE, "
+            "BASE-QUOTE-PERP or BASE-QUOTE-YYMMDD"
+        )
+    market = _market(data, symbol)
+    base_multiplier = _base_multiplier(data)
+    provenance = data.get("provenance", DEFAULT_PROVENANCE)
+    if provenance not in PROVENANCES:
+        raise InvalidKline(
+            f"provenance: {_describe(provenance)} is not one of {', '.join(PROVENANCES)}"
+        )
     raw_symbol = _require_str(data, "raw_symbol")
     if len(raw_symbol) > MAX_RAW_SYMBOL_CHARS or not _RAW_SYMBOL_RE.fullmatch(raw_symbol):
         raise InvalidKline(
@@ -407,6 +465,15 @@ def kline_from_dict(data: Any, *, clock: Callable[[], int] | None = None) -> Kli
             f"taker_buy_quote_volume: {taker_buy_quote_volume} exceeds quote_volume {quote_volume}"
         )
 
+    if quote_volume is not None and volume > 0:
+        implied = quote_volume / volume
+        if not low * (1 - VWAP_TOLERANCE) <= implied <= high * (1 + VWAP_TOLERANCE):
+            raise InvalidKline(
+                f"quote_volume: quote_volume / volume = {implied:.6g} lies far outside "
+                f"[low, high] = [{low:g}, {high:g}] (volume not in the base asset, or "
+                "quote_volume not in the quote asset?)"
+            )
+
     trades = data["trades"]
     if trades is not None:
         if isinstance(trades, bool) or not isinstance(trades, int):
@@ -439,7 +506,34 @@ def kline_from_dict(data: Any, *, clock: Callable[[], int] | None = None) -> Kli
         is_closed=is_closed,
         event_time=event_time,
         ingest_time=ingest_time,
+        market=market,
+        base_multiplier=base_multiplier,
+        provenance=provenance,
     )
+
+
+def _market(data: dict[str, Any], symbol: str) -> str:
+    implied = market_of_symbol(symbol)
+    if "market" not in data:
+        return implied
+    market = data["market"]
+    if market not in MARKETS:
+        raise InvalidKline(f"market: {_describe(market)} is not one of {', '.join(MARKETS)}")
+    if market != implied:
+        raise InvalidKline(f"market: {market} disagrees with symbol {symbol} (a {implied} symbol)")
+    return str(market)
+
+
+def _base_multiplier(data: dict[str, Any]) -> int:
+    value = data.get("base_multiplier", 1)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidKline(f"base_multiplier: expected an integer, got {_describe(value)}")
+    if value not in _BASE_MULTIPLIERS:
+        raise InvalidKline(
+            f"base_multiplier: {quote(value)} is not a power of ten from 1 to "
+            f"{MAX_BASE_MULTIPLIER:,}"
+        )
+    return value
 
 
 def decode_kline(raw: bytes | str) -> Kline:

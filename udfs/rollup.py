@@ -13,6 +13,11 @@ bar (an in-progress update, the closed bar, a correction) replaces the older one
 being counted twice. Its summary is kept up to date incrementally so that reading it at each
 firing costs O(1); only a replacement that removes the running high or low rescans the bars.
 
+Identity and provenance (issue 13): a roll-up keeps the market and base multiplier of its
+1m bars, and its ``provenance`` is the one its 1m bars share (``ws`` only when every minute
+present came from the live stream), else ``mixed``; the accumulator counts the 1m bars per
+provenance, so a replaced minute moves from one count to the other.
+
 Versions: ``2 * (sum of the versions of the 1m bars present) + closed``. A 1m bar's version
 grows strictly with each of its emitted updates (``udfs.upsert``) and is positive, so the sum
 grows strictly whenever the window's content changes, and the final firing (``closed``) adds
@@ -45,9 +50,12 @@ SUM_FIELDS: Final[tuple[str, ...]] = (
     "taker_buy_quote_volume",
 )
 _SUM_START: Final = 5
+# The provenance of the 1m bar, after the summed fields.
+_PROVENANCE: Final = _SUM_START + len(SUM_FIELDS)
 # (version, open, high, low, close, volume, quote_volume, trades, taker_buy_volume,
-#  taker_buy_quote_volume)
+#  taker_buy_quote_volume, provenance)
 Entry = tuple[Any, ...]
+MIXED_PROVENANCE: Final = "mixed"
 
 
 def parse_rollup_timeframes(text: str) -> tuple[str, ...]:
@@ -153,6 +161,9 @@ class RollupSummary:
     event_time: int
     latest_ingest_time: int
     first_arrival_ms: int
+    market: str = "spot"
+    base_multiplier: int = 1
+    provenance: str = MIXED_PROVENANCE
 
 
 class RollupAccumulator:
@@ -161,11 +172,13 @@ class RollupAccumulator:
     ``entries`` maps a 1m open time to ``(version, open, high, low, close, volume,
     quote_volume, trades, taker_buy_volume, taker_buy_quote_volume)``. Running values:
     first/last open time, high, low, one sum and one missing-value count per summed field,
-    the sum of versions, the newest event and ingest times, and the wall-clock time at which
-    the first bar reached the window (for the processing-time fallback only).
+    the sum of versions, the newest event and ingest times, the wall-clock time at which
+    the first bar reached the window (for the processing-time fallback only), and the number
+    of 1m bars per provenance.
     """
 
     __slots__ = (
+        "base_multiplier",
         "entries",
         "event_time",
         "exchange",
@@ -175,7 +188,9 @@ class RollupAccumulator:
         "last_open_time",
         "latest_ingest_time",
         "low",
+        "market",
         "missing",
+        "provenance_counts",
         "raw_symbol",
         "sums",
         "symbol",
@@ -197,6 +212,9 @@ class RollupAccumulator:
         self.event_time = 0
         self.latest_ingest_time = 0
         self.first_arrival_ms = 0
+        self.market = "spot"
+        self.base_multiplier = 1
+        self.provenance_counts: dict[str, int] = {}
 
     def __getstate__(self) -> tuple[object, ...]:
         return tuple(getattr(self, name) for name in self.__slots__)
@@ -222,6 +240,7 @@ def _entry(bar: VersionedBar) -> Entry:
         k.trades,
         k.taker_buy_volume,
         k.taker_buy_quote_volume,
+        k.provenance,
     )
 
 
@@ -238,6 +257,7 @@ def add_bar(acc: RollupAccumulator, bar: VersionedBar, arrival_ms: int = 0) -> R
     k = bar.kline
     if not acc.entries:
         acc.exchange, acc.symbol = k.exchange, k.symbol
+        acc.market, acc.base_multiplier = k.market, k.base_multiplier
         acc.first_open_time = acc.last_open_time = k.open_time
         acc.first_arrival_ms = arrival_ms
     if _put(acc, k.open_time, _entry(bar)):
@@ -257,6 +277,14 @@ def _put(acc: RollupAccumulator, open_time: int, entry: Entry) -> bool:
     acc.version_sum += entry[_VERSION] - (old[_VERSION] if old is not None else 0)
     acc.first_open_time = min(acc.first_open_time, open_time)
     acc.last_open_time = max(acc.last_open_time, open_time)
+    counts = acc.provenance_counts
+    if old is not None:
+        left = counts[old[_PROVENANCE]] - 1
+        if left:
+            counts[old[_PROVENANCE]] = left
+        else:
+            del counts[old[_PROVENANCE]]
+    counts[entry[_PROVENANCE]] = counts.get(entry[_PROVENANCE], 0) + 1
 
     high, low = entry[_HIGH], entry[_LOW]
     if high >= acc.high:
@@ -332,6 +360,13 @@ def summarize(acc: RollupAccumulator) -> RollupSummary:
         event_time=acc.event_time,
         latest_ingest_time=acc.latest_ingest_time,
         first_arrival_ms=acc.first_arrival_ms,
+        market=acc.market,
+        base_multiplier=acc.base_multiplier,
+        provenance=(
+            next(iter(acc.provenance_counts))
+            if len(acc.provenance_counts) == 1
+            else MIXED_PROVENANCE
+        ),
     )
 
 
@@ -360,6 +395,9 @@ def build_rollup_bar(
         is_closed=closed,
         event_time=summary.event_time,
         ingest_time=summary.latest_ingest_time,
+        market=summary.market,
+        base_multiplier=summary.base_multiplier,
+        provenance=summary.provenance,
     )
     return VersionedBar(
         kline=kline,

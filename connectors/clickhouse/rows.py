@@ -19,6 +19,8 @@ from udfs.record import VersionedBar
 KLINE_COLUMNS: Final[tuple[str, ...]] = (
     "exchange",
     "symbol",
+    "market",
+    "base_multiplier",
     "timeframe",
     "open_time",
     "close_time",
@@ -32,12 +34,14 @@ KLINE_COLUMNS: Final[tuple[str, ...]] = (
     "taker_buy_volume",
     "taker_buy_quote_volume",
     "is_closed",
+    "provenance",
     "bars_present",
     "bars_expected",
     "version",
     "updated_at",
 )
-_KLINE_FIELDS: Final = KLINE_COLUMNS[:15]  # the ones copied from the Kline record
+# The columns copied from the Kline record (the rest come from the VersionedBar and the sink).
+_KLINE_FIELDS: Final = KLINE_COLUMNS[: KLINE_COLUMNS.index("bars_present")]
 _KLINE_TIME_COLUMNS: Final = ("open_time", "close_time", "updated_at")
 
 _IDENTIFIER_RE: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Final
 
 from connectors.exchanges.base import ExchangeAdapter, FrameKind, ParsedFrame, RestPage
@@ -18,8 +18,15 @@ ADAPTERS: Final[dict[str, type[ExchangeAdapter]]] = {
 }
 
 
-def create_adapter(exchange: str, market: str, raw_symbols: Sequence[str]) -> ExchangeAdapter:
-    """The adapter of ``exchange`` for ``market`` and ``raw_symbols``.
+def create_adapter(
+    exchange: str,
+    market: str,
+    raw_symbols: Sequence[str],
+    contract_sizes: Mapping[str, float] | None = None,
+) -> ExchangeAdapter:
+    """The adapter of ``exchange`` for ``market`` (spot, linear, inverse) and ``raw_symbols``.
+
+    ``contract_sizes`` adds or overrides contract sizes by raw symbol.
 
     Raises UnknownSymbol (with a message fit for an operator) for an unknown exchange, an
     unsupported market or any symbol that cannot be normalised without guessing.
@@ -30,7 +37,7 @@ def create_adapter(exchange: str, market: str, raw_symbols: Sequence[str]) -> Ex
         raise UnknownSymbol(
             f"unknown exchange {exchange!r} (expected one of {', '.join(ADAPTERS)})"
         ) from None
-    return adapter_class(market, raw_symbols)
+    return adapter_class(market, raw_symbols, contract_sizes)
 
 
 __all__ = [

@@ -187,7 +187,17 @@ class ExchangeAdapter(ABC):
     rest_burst: ClassVar[float] = 5.0
     rest_page_limit: ClassVar[int] = 500
 
-    def __init__(self, market: str, raw_symbols: Sequence[str]) -> None:
+    def __init__(
+        self,
+        market: str,
+        raw_symbols: Sequence[str],
+        contract_sizes: Mapping[str, float] | None = None,
+    ) -> None:
+        """Normalise ``raw_symbols`` of venue category ``market`` (spot, linear, inverse).
+
+        ``contract_sizes`` (raw symbol -> size) adds or overrides contract sizes; a
+        derivative whose size is unknown raises UnknownSymbol here, at start-up.
+        """
         if market not in self.markets:
             raise UnknownSymbol(
                 f"{self.name}: market {market!r} is not supported "
@@ -196,6 +206,7 @@ class ExchangeAdapter(ABC):
         if not raw_symbols:
             raise UnknownSymbol(f"{self.name}: no symbols given")
         self.market = market
+        self.contract_sizes: Mapping[str, float] = dict(contract_sizes or {})
         infos: dict[str, SymbolInfo] = {}
         for raw in raw_symbols:
             info = self.symbol_info(raw)
@@ -206,7 +217,15 @@ class ExchangeAdapter(ABC):
 
     def symbol_info(self, raw_symbol: str) -> SymbolInfo:
         """Normalise one user-given symbol of this exchange and market (UnknownSymbol if not)."""
-        return parse_symbol(self.name, raw_symbol, self.market)
+        return parse_symbol(self.name, raw_symbol, self.market, self.contract_sizes)
+
+    def default_ws_url(self) -> str:
+        """The public WebSocket base URL of this adapter's market."""
+        return self.default_ws_base
+
+    def default_rest_base(self) -> str:
+        """The public REST base URL of this adapter's market."""
+        return self.default_rest_url
 
     def ws_endpoint(self, base_url: str) -> str:
         """``base_url`` plus this market's WebSocket path, unless it already has a path."""
@@ -219,14 +238,20 @@ class ExchangeAdapter(ABC):
         """The Kafka key of the 1m series of ``info``."""
         return series_key(self.name, info.symbol, TIMEFRAME)
 
-    def build(self, info: SymbolInfo, fields: dict[str, Any]) -> Kline:
-        """Validate one bar through the shared record contract."""
+    def build(self, info: SymbolInfo, fields: dict[str, Any], provenance: str = "ws") -> Kline:
+        """Validate one bar through the shared record contract.
+
+        ``provenance`` is ``ws`` for stream pushes and ``rest`` for REST answers.
+        """
         record = {
             "exchange": self.name,
             "symbol": info.symbol,
             "raw_symbol": info.raw_symbol,
             "timeframe": TIMEFRAME,
             **fields,
+            "market": info.market,
+            "base_multiplier": info.base_multiplier,
+            "provenance": provenance,
         }
         return kline_from_dict(record)
 

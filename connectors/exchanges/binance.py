@@ -1,4 +1,4 @@
-"""Binance spot: combined kline streams and ``/api/v3/klines`` for repair."""
+"""Binance spot, USDT-M and COIN-M futures: combined kline streams and REST klines for repair."""
 
 from __future__ import annotations
 
@@ -53,14 +53,40 @@ class BinanceSpot(ExchangeAdapter):
 
     ``/api/v3/klines`` answers arrays ``[openTime, open, high, low, close, volume, closeTime,
     quoteVolume, trades, takerBuyBase, takerBuyQuote, ignore]``, weight 2 of 6000 per minute;
-    429 carries ``Retry-After`` and repeated abuse earns a 418 ban with ``Retry-After``.
+    429 carries ``Retry-After`` and repeated abuse earns a 418 ban with ``Retry-After``. The
+    answer includes the still-open bar when the range reaches the present: a row whose
+    ``closeTime`` is not yet past (by the ingest clock) is listed as unconfirmed, never stored
+    as closed.
+
+    Markets (``linear`` = USDT-M on ``fstream``/``fapi``, ``inverse`` = COIN-M on
+    ``dstream``/``dapi``) use the same push and row layouts. USDT-M ``v`` is base volume
+    (``BTCUSDT`` -> ``BTC-USDT-PERP``, ``BTCUSDT_250627`` -> ``BTC-USDT-250627``). COIN-M counts
+    contracts (100 USD for BTC, 10 USD for other coins): ``v``/``V`` are contracts and
+    ``q``/``Q`` the base-asset volumes, so the record takes ``q``/``Q`` as volume and
+    contracts x size as the USD quote volume. A real COIN-M push::
+
+        {"stream":"btcusd_perp@kline_1m","data":{"e":"kline","E":1591261542539,
+         "s":"BTCUSD_PERP","k":{"t":1591261500000,"T":1591261559999,"s":"BTCUSD_PERP",
+         "i":"1m","f":606400,"L":606430,"o":"9638.9","c":"9639.8","h":"9639.8",
+         "l":"9638.6","v":"156","n":30,"x":false,"q":"1.61836886","V":"73",
+         "Q":"0.75731156","B":"0"}}}
     """
 
     name: ClassVar[str] = "binance"
-    markets: ClassVar[tuple[str, ...]] = ("spot",)
+    markets: ClassVar[tuple[str, ...]] = ("spot", "linear", "inverse")
     default_ws_base: ClassVar[str] = "wss://stream.binance.com:9443"
-    ws_paths: ClassVar[dict[str, str]] = {"spot": "/stream"}
+    ws_paths: ClassVar[dict[str, str]] = {
+        "spot": "/stream",
+        "linear": "/stream",
+        "inverse": "/stream",
+    }
     default_rest_url: ClassVar[str] = "https://api.binance.com"
+    # Per market: WebSocket base, REST base, REST kline path.
+    market_endpoints: ClassVar[dict[str, tuple[str, str, str]]] = {
+        "spot": ("wss://stream.binance.com:9443", "https://api.binance.com", "/api/v3/klines"),
+        "linear": ("wss://fstream.binance.com", "https://fapi.binance.com", "/fapi/v1/klines"),
+        "inverse": ("wss://dstream.binance.com", "https://dapi.binance.com", "/dapi/v1/klines"),
+    }
     max_streams_per_connection: ClassVar[int] = 200
     subscribe_batch: ClassVar[int] = 200
     subscribe_rate_per_s: ClassVar[float] = 4.0
@@ -69,6 +95,33 @@ class BinanceSpot(ExchangeAdapter):
     rest_rate_per_s: ClassVar[float] = 10.0
     rest_burst: ClassVar[float] = 10.0
     rest_page_limit: ClassVar[int] = 1000
+
+    def default_ws_url(self) -> str:
+        """``stream.binance.com``, ``fstream`` (USDT-M) or ``dstream`` (COIN-M)."""
+        return self.market_endpoints[self.market][0]
+
+    def default_rest_base(self) -> str:
+        """``api``, ``fapi`` (USDT-M) or ``dapi`` (COIN-M) ``.binance.com``."""
+        return self.market_endpoints[self.market][1]
+
+    def _volumes(
+        self, info: SymbolInfo, volume: float, quote: float, taker: float, taker_quote: float
+    ) -> dict[str, float]:
+        """The record's four volumes from the exchange's, in base and quote units."""
+        if info.margin == "inverse":
+            size = info.contract_size
+            return {
+                "volume": quote,
+                "quote_volume": volume * size,
+                "taker_buy_volume": taker_quote,
+                "taker_buy_quote_volume": taker * size,
+            }
+        return {
+            "volume": volume,
+            "quote_volume": quote,
+            "taker_buy_volume": taker,
+            "taker_buy_quote_volume": taker_quote,
+        }
 
     def ws_url(self, base_url: str, symbols: Sequence[SymbolInfo]) -> str:
         """``{base}/stream?streams=a@kline_1m/b@kline_1m`` (the combined-stream endpoint)."""
@@ -123,11 +176,14 @@ class BinanceSpot(ExchangeAdapter):
                     "high": to_float(k.get("h"), "h"),
                     "low": to_float(k.get("l"), "l"),
                     "close": to_float(k.get("c"), "c"),
-                    "volume": to_float(k.get("v"), "v"),
-                    "quote_volume": to_float(k.get("q"), "q"),
+                    **self._volumes(
+                        info,
+                        to_float(k.get("v"), "v"),
+                        to_float(k.get("q"), "q"),
+                        to_float(k.get("V"), "V"),
+                        to_float(k.get("Q"), "Q"),
+                    ),
                     "trades": to_int(k.get("n"), "n"),
-                    "taker_buy_volume": to_float(k.get("V"), "V"),
-                    "taker_buy_quote_volume": to_float(k.get("Q"), "Q"),
                     "is_closed": k.get("x"),
                     "event_time": to_int(data.get("E"), "E"),
                     "ingest_time": ingest_time,
@@ -139,9 +195,9 @@ class BinanceSpot(ExchangeAdapter):
         return ParsedFrame(FrameKind.KLINES, klines=[kline])
 
     def rest_request(self, info: SymbolInfo, start_ms: int, end_ms: int) -> RestRequest:
-        """``GET /api/v3/klines`` for ``[start_ms, end_ms)``, oldest first."""
+        """``GET /api/v3/klines`` (``/fapi/v1``, ``/dapi/v1``) for ``[start_ms, end_ms)``."""
         return RestRequest(
-            "/api/v3/klines",
+            self.market_endpoints[self.market][2],
             {
                 "symbol": info.raw_symbol,
                 "interval": "1m",
@@ -154,7 +210,11 @@ class BinanceSpot(ExchangeAdapter):
     def parse_rest(
         self, info: SymbolInfo, payload: Any, start_ms: int, end_ms: int, ingest_time: int
     ) -> RestPage:
-        """Closed bars of a ``/api/v3/klines`` answer; pages forward while the page is full."""
+        """Closed bars of a klines answer; pages forward while the page is full.
+
+        A row whose close time is not before ``ingest_time`` is the still-open bar: it goes to
+        ``unconfirmed`` (fetched again later), never into ``klines`` as closed.
+        """
         if isinstance(payload, dict):
             raise RestError(
                 f"binance error {text_of(payload.get('code'))}: {text_of(payload.get('msg'), 200)}"
@@ -163,6 +223,7 @@ class BinanceSpot(ExchangeAdapter):
             raise RestError(f"binance klines: unexpected body {quote(payload, 200)}")
         klines: list[Kline] = []
         rejected: list[RejectedBar] = []
+        unconfirmed: list[int] = []
         last_open: int | None = None
         for row in payload:
             try:
@@ -172,25 +233,33 @@ class BinanceSpot(ExchangeAdapter):
                 last_open = open_time if last_open is None else max(last_open, open_time)
                 if not start_ms <= open_time < end_ms:
                     continue
+                close_time = to_int(row[6], "closeTime")
+                if close_time >= ingest_time:
+                    unconfirmed.append(open_time)
+                    continue
                 klines.append(
                     self.build(
                         info,
                         {
                             "open_time": open_time,
-                            "close_time": to_int(row[6], "closeTime"),
+                            "close_time": close_time,
                             "open": to_float(row[1], "open"),
                             "high": to_float(row[2], "high"),
                             "low": to_float(row[3], "low"),
                             "close": to_float(row[4], "close"),
-                            "volume": to_float(row[5], "volume"),
-                            "quote_volume": to_float(row[7], "quoteVolume"),
+                            **self._volumes(
+                                info,
+                                to_float(row[5], "volume"),
+                                to_float(row[7], "quoteVolume"),
+                                to_float(row[9], "takerBuyBase"),
+                                to_float(row[10], "takerBuyQuote"),
+                            ),
                             "trades": to_int(row[8], "trades"),
-                            "taker_buy_volume": to_float(row[9], "takerBuyBase"),
-                            "taker_buy_quote_volume": to_float(row[10], "takerBuyQuote"),
                             "is_closed": True,
                             "event_time": self.rest_event_time(open_time),
                             "ingest_time": ingest_time,
                         },
+                        provenance="rest",
                     )
                 )
             except InvalidKline as exc:
@@ -200,4 +269,4 @@ class BinanceSpot(ExchangeAdapter):
         full_page = len(payload) >= self.rest_page_limit
         if full_page and last_open is not None and last_open + MINUTE_MS < end_ms:
             next_start = last_open + MINUTE_MS
-        return RestPage(klines, rejected, next_start_ms=next_start)
+        return RestPage(klines, rejected, next_start_ms=next_start, unconfirmed=unconfirmed)

@@ -48,21 +48,31 @@ class Bybit(ExchangeAdapter):
     Units: ``volume`` is in base coin on spot; on linear it counts contracts, and a Bybit
     USDT/USDC linear contract is one unit of the base coin (orders and positions on linear are
     sized in base coin; for ``1000PEPEUSDT`` the base is ``1000PEPE``, which the canonical
-    symbol keeps), so it is the base volume. ``turnover`` is the quote volume. No trade count
-    or taker volumes: null. Event time: the push's ``ts`` (when Bybit generated it), else the
-    bar's ``timestamp``.
+    symbol ``1000PEPE-USDT-PERP`` keeps, with base_multiplier 1000), so it is the base volume.
+    ``turnover`` is the quote volume. On inverse (``/v5/public/inverse``, ``BTCUSD`` ->
+    ``BTC-USD-PERP``) ``volume`` counts 1-USD contracts and ``turnover`` is in the base coin:
+    the record takes turnover as volume and contracts x 1 USD as quote volume. No trade count
+    or taker volumes: null. Symbols: spot ``BTCUSDT`` -> ``BTC-USDT``, linear ``BTCUSDT`` ->
+    ``BTC-USDT-PERP``, ``BTCPERP`` -> ``BTC-USDC-PERP``. Event time: the push's ``ts`` (when
+    Bybit generated it), else the bar's ``timestamp``.
 
     ``GET /v5/market/kline?category=spot&symbol=BTCUSDT&interval=1&start=..&end=..&limit=1000``
     answers ``{"retCode":0,"retMsg":"OK","result":{"category":"spot","symbol":"BTCUSDT",
     "list":[["1717171200000","67512.01","67544","67508","67530","18.869342",
     "1274220.8258747"], ...]}}`` newest first; 600 requests per 5 s per IP; over it: HTTP 403
-    or 429, or ``retCode`` 10006.
+    or 429, or ``retCode`` 10006. The answer has no confirm flag and includes the still-open
+    bar: a row whose minute has not ended by the ingest clock is listed as unconfirmed, never
+    stored as closed.
     """
 
     name: ClassVar[str] = "bybit"
-    markets: ClassVar[tuple[str, ...]] = ("spot", "linear")
+    markets: ClassVar[tuple[str, ...]] = ("spot", "linear", "inverse")
     default_ws_base: ClassVar[str] = "wss://stream.bybit.com"
-    ws_paths: ClassVar[dict[str, str]] = {"spot": "/v5/public/spot", "linear": "/v5/public/linear"}
+    ws_paths: ClassVar[dict[str, str]] = {
+        "spot": "/v5/public/spot",
+        "linear": "/v5/public/linear",
+        "inverse": "/v5/public/inverse",
+    }
     default_rest_url: ClassVar[str] = "https://api.bybit.com"
     max_streams_per_connection: ClassVar[int] = 200
     subscribe_batch: ClassVar[int] = 10
@@ -72,6 +82,13 @@ class Bybit(ExchangeAdapter):
     rest_rate_per_s: ClassVar[float] = 10.0
     rest_burst: ClassVar[float] = 10.0
     rest_page_limit: ClassVar[int] = 1000
+
+    @staticmethod
+    def _volumes(info: SymbolInfo, volume: float, turnover: float) -> dict[str, float]:
+        """Base and quote volume: inverse contracts are quote (USD) value, turnover is base."""
+        if info.margin == "inverse":
+            return {"volume": turnover, "quote_volume": volume * info.contract_size}
+        return {"volume": volume * info.contract_size, "quote_volume": turnover}
 
     def subscribe_messages(self, symbols: Sequence[SymbolInfo]) -> list[str]:
         """Subscribe requests of 10 ``kline.1.{symbol}`` topics each."""
@@ -149,8 +166,11 @@ class Bybit(ExchangeAdapter):
                             "high": to_float(item.get("high"), "high"),
                             "low": to_float(item.get("low"), "low"),
                             "close": to_float(item.get("close"), "close"),
-                            "volume": to_float(item.get("volume"), "volume"),
-                            "quote_volume": to_float(item.get("turnover"), "turnover"),
+                            **self._volumes(
+                                info,
+                                to_float(item.get("volume"), "volume"),
+                                to_float(item.get("turnover"), "turnover"),
+                            ),
                             "trades": None,
                             "taker_buy_volume": None,
                             "taker_buy_quote_volume": None,
@@ -183,7 +203,10 @@ class Bybit(ExchangeAdapter):
     def parse_rest(
         self, info: SymbolInfo, payload: Any, start_ms: int, end_ms: int, ingest_time: int
     ) -> RestPage:
-        """Bars of one answer, oldest first; pages backwards while the page is full."""
+        """Closed bars of one answer, oldest first; pages backwards while the page is full.
+
+        The minute still open at ``ingest_time`` goes to ``unconfirmed``, never into ``klines``.
+        """
         if not isinstance(payload, dict):
             raise RestError(f"bybit kline: unexpected body {quote(payload, 200)}")
         code = payload.get("retCode")
@@ -212,6 +235,9 @@ class Bybit(ExchangeAdapter):
                 oldest = open_time if oldest is None else min(oldest, open_time)
                 if not start_ms <= open_time < end_ms:
                     continue
+                if open_time + MINUTE_MS > ingest_time:
+                    page.unconfirmed.append(open_time)
+                    continue
                 page.klines.append(
                     self.build(
                         info,
@@ -222,8 +248,9 @@ class Bybit(ExchangeAdapter):
                             "high": to_float(row[2], "high"),
                             "low": to_float(row[3], "low"),
                             "close": to_float(row[4], "close"),
-                            "volume": to_float(row[5], "volume"),
-                            "quote_volume": to_float(row[6], "turnover"),
+                            **self._volumes(
+                                info, to_float(row[5], "volume"), to_float(row[6], "turnover")
+                            ),
                             "trades": None,
                             "taker_buy_volume": None,
                             "taker_buy_quote_volume": None,
@@ -231,6 +258,7 @@ class Bybit(ExchangeAdapter):
                             "event_time": self.rest_event_time(open_time),
                             "ingest_time": ingest_time,
                         },
+                        provenance="rest",
                     )
                 )
             except InvalidKline as exc:

@@ -31,7 +31,8 @@ _SERVICE_UPGRADE_NOTICE = "64008"
 
 
 class Okx(ExchangeAdapter):
-    """OKX spot (``BTC-USDT``) and USDT/USDC-margined perpetual swaps (``BTC-USDT-SWAP``).
+    """OKX spot (``BTC-USDT``), perpetual swaps (``BTC-USDT-SWAP`` linear, ``BTC-USD-SWAP``
+    inverse) and dated futures (``BTC-USDT-250627``).
 
     Candle channels live on ``/ws/v5/business`` (``/ws/v5/public`` rejects them). The client
     keeps the link alive by sending the text ``ping`` after a quiet spell (answer: ``pong``);
@@ -46,9 +47,20 @@ class Okx(ExchangeAdapter):
                   "1274220.82587470","1274220.82587470","0"]]}
 
     Fields: ``[ts, o, h, l, c, vol, volCcy, volCcyQuote, confirm]``. On spot ``vol`` is in
-    base currency and ``volCcyQuote`` in quote currency. On a SWAP ``vol`` counts contracts,
-    ``volCcy`` is the base-currency volume (contracts x ctVal, computed by OKX) and
-    ``volCcyQuote`` the quote volume; the bridge takes ``volCcy`` as the base volume there.
+    base currency and ``volCcyQuote`` in quote currency. On a SWAP or future ``vol`` counts
+    contracts of ``ctVal`` each (``connectors.symbols.OKX_CONTRACT_VALUES``, an unknown one is
+    refused at start-up): linear volume = ``volCcy`` (OKX's contracts x ctVal; the legacy
+    row: vol x ctVal), quote = ``volCcyQuote``; inverse
+    (ctVal in USD) volume = ``volCcy`` (base), quote = vol x ctVal (USD). Canonical symbols:
+    ``BTC-USDT-SWAP`` -> ``BTC-USDT-PERP``, ``BTC-USD-SWAP`` -> ``BTC-USD-PERP``.
+
+    Recordings from 2021-22 hold the older 7-field rows ``[ts, o, h, l, c, vol, volCcy]``
+    (no ``volCcyQuote``, no ``confirm``; on spot ``volCcy`` is the quote volume)::
+
+        ["1635739200000","61312.1","61350","61300.2","61340.5","12.3361","756441.8"]
+
+    With no confirm flag such a row is closed only when its minute had ended by the time it
+    was received (close_time < ingest_time); the 7-field linear row has no quote volume.
     OKX gives no trade count, no taker volumes and no event time: those are null, and the
     event time is the bridge's ingest time (made non-decreasing per series by the bridge).
 
@@ -62,9 +74,13 @@ class Okx(ExchangeAdapter):
     """
 
     name: ClassVar[str] = "okx"
-    markets: ClassVar[tuple[str, ...]] = ("spot", "linear")
+    markets: ClassVar[tuple[str, ...]] = ("spot", "linear", "inverse")
     default_ws_base: ClassVar[str] = "wss://ws.okx.com:8443"
-    ws_paths: ClassVar[dict[str, str]] = {"spot": "/ws/v5/business", "linear": "/ws/v5/business"}
+    ws_paths: ClassVar[dict[str, str]] = {
+        "spot": "/ws/v5/business",
+        "linear": "/ws/v5/business",
+        "inverse": "/ws/v5/business",
+    }
     default_rest_url: ClassVar[str] = "https://www.okx.com"
     max_streams_per_connection: ClassVar[int] = 200
     subscribe_batch: ClassVar[int] = 20
@@ -140,33 +156,59 @@ class Okx(ExchangeAdapter):
             return parsed
         return ParsedFrame(FrameKind.MALFORMED, detail="unknown message type")
 
-    def _row_to_kline(self, info: SymbolInfo, row: Any, event_time: int, ingest_time: int) -> Kline:
-        if not isinstance(row, list) or len(row) < 9:
-            raise InvalidKline("candle: expected [ts,o,h,l,c,vol,volCcy,volCcyQuote,confirm]")
-        confirm = row[8]
-        if confirm not in ("0", "1"):
-            raise InvalidKline(f"confirm: expected '0' or '1', got {quote(confirm)}"[:100])
+    def _row_to_kline(
+        self,
+        info: SymbolInfo,
+        row: Any,
+        event_time: int,
+        ingest_time: int,
+        provenance: str = "ws",
+    ) -> Kline:
+        if not isinstance(row, list) or len(row) not in (7, 9):
+            raise InvalidKline(
+                "candle: expected [ts,o,h,l,c,vol,volCcy,volCcyQuote,confirm] "
+                "or the legacy [ts,o,h,l,c,vol,volCcy]"
+            )
         open_time = to_int(row[0], "ts")
-        # SWAP: vol counts contracts; volCcy is the base-currency volume OKX computes.
-        volume_field = 6 if info.market == "linear" else 5
+        close_time = open_time + MINUTE_MS - 1
+        legacy = len(row) == 7
+        if legacy:
+            is_closed = close_time < ingest_time
+        else:
+            confirm = row[8]
+            if confirm not in ("0", "1"):
+                raise InvalidKline(f"confirm: expected '0' or '1', got {quote(confirm)}"[:100])
+            is_closed = confirm == "1"
+        vol = to_float(row[5], "vol")
+        vol_ccy = to_float(row[6], "volCcy")
+        vol_ccy_quote = None if legacy else to_float(row[7], "volCcyQuote")
+        if info.margin == "linear":
+            # volCcy is OKX's own contracts x ctVal; the 7-field row is converted with ctVal.
+            volume = vol * info.contract_size if legacy else vol_ccy
+            quote_volume = vol_ccy_quote
+        elif info.margin == "inverse":
+            volume, quote_volume = vol_ccy, vol * info.contract_size
+        else:
+            volume, quote_volume = vol, vol_ccy if legacy else vol_ccy_quote
         return self.build(
             info,
             {
                 "open_time": open_time,
-                "close_time": open_time + MINUTE_MS - 1,
+                "close_time": close_time,
                 "open": to_float(row[1], "o"),
                 "high": to_float(row[2], "h"),
                 "low": to_float(row[3], "l"),
                 "close": to_float(row[4], "c"),
-                "volume": to_float(row[volume_field], "volCcy" if volume_field == 6 else "vol"),
-                "quote_volume": to_float(row[7], "volCcyQuote"),
+                "volume": volume,
+                "quote_volume": quote_volume,
                 "trades": None,
                 "taker_buy_volume": None,
                 "taker_buy_quote_volume": None,
-                "is_closed": confirm == "1",
+                "is_closed": is_closed,
                 "event_time": event_time,
                 "ingest_time": ingest_time,
             },
+            provenance,
         )
 
     def rest_request(self, info: SymbolInfo, start_ms: int, end_ms: int) -> RestRequest:
@@ -206,7 +248,7 @@ class Okx(ExchangeAdapter):
         for row in rows:
             try:
                 kline = self._row_to_kline(
-                    info, row, self.rest_event_time(to_int(row[0], "ts")), ingest_time
+                    info, row, self.rest_event_time(to_int(row[0], "ts")), ingest_time, "rest"
                 )
             except (InvalidKline, TypeError, IndexError, KeyError) as exc:
                 reason = exc.reason if isinstance(exc, InvalidKline) else "candle: bad row shape"

@@ -523,17 +523,36 @@ def _json(payload: Any, status: int = 200, headers: dict[str, str] | None = None
 
 
 class BinanceFake(FakeExchange):
-    """``/stream?streams=...`` combined streams, server pings, serverShutdown, /api/v3/klines."""
+    """``/stream?streams=...`` combined streams, server pings, serverShutdown, /api/v3/klines.
+
+    Markets: ``spot``, ``linear`` (USDT-M, ``/fapi/v1/klines``) and ``inverse`` (COIN-M,
+    ``/dapi/v1/klines``). COIN-M counts contracts as Binance does: ``v``/``V`` are contracts
+    of 100 USD (BTC) or 10 USD (others), ``q``/``Q`` the base-asset volumes.
+    """
 
     name = "binance"
+
+    def _volumes(self, raw_symbol: str, bar: Any) -> tuple[str, str, str, str]:
+        """``(v, q, V, Q)`` of one bar or update in this market's units."""
+        if self.market == "inverse":
+            size = 100.0 if raw_symbol.startswith("BTCUSD_") else 10.0
+            return (num(bar.quote_volume / size), num(bar.volume),
+                    num(bar.taker_buy_quote_volume / size), num(bar.taker_buy_volume))  # fmt: skip
+        return (num(bar.volume), num(bar.quote_volume), num(bar.taker_buy_volume),
+                num(bar.taker_buy_quote_volume))  # fmt: skip
 
     def __init__(self, raw_symbols: list[str], **kwargs: Any) -> None:
         kwargs.setdefault("ws_ping_interval_s", 1.0)
         super().__init__(raw_symbols, **kwargs)
 
     def routes(self) -> list[web.RouteDef]:
-        """WebSocket ``/stream`` and REST ``/api/v3/klines``."""
-        return [web.get("/stream", self._ws), web.get("/api/v3/klines", self._klines)]
+        """WebSocket ``/stream`` and REST ``/api/v3/klines`` (``/fapi/v1``, ``/dapi/v1``)."""
+        return [
+            web.get("/stream", self._ws),
+            web.get("/api/v3/klines", self._klines),
+            web.get("/fapi/v1/klines", self._klines),
+            web.get("/dapi/v1/klines", self._klines),
+        ]
 
     async def _ws(self, request: web.Request) -> web.StreamResponse:
         names = [name for name in request.query.get("streams", "").split("/") if name]
@@ -567,6 +586,7 @@ class BinanceFake(FakeExchange):
     def update_frame(self, update: TapeUpdate) -> str:
         """The combined-stream kline event."""
         symbol = update.raw_symbol
+        volume, quote_volume, taker, taker_quote = self._volumes(symbol, update)
         return orjson.dumps(
             {
                 "stream": f"{symbol.lower()}@kline_1m",
@@ -585,12 +605,12 @@ class BinanceFake(FakeExchange):
                         "c": num(update.close),
                         "h": num(update.high),
                         "l": num(update.low),
-                        "v": num(update.volume),
+                        "v": volume,
                         "n": update.trades,
                         "x": update.closed,
-                        "q": num(update.quote_volume),
-                        "V": num(update.taker_buy_volume),
-                        "Q": num(update.taker_buy_quote_volume),
+                        "q": quote_volume,
+                        "V": taker,
+                        "Q": taker_quote,
                         "B": "0",
                     },
                 },
@@ -621,29 +641,23 @@ class BinanceFake(FakeExchange):
             return _json({"code": -1003, "msg": message}, limit_plan.status, headers)
         query = request.query
         index = self.symbol_index(query.get("symbol", ""))
-        if index is None or query.get("interval") != "1m":
+        expected_path = {"spot": "/api/v3/klines", "linear": "/fapi/v1/klines",
+                         "inverse": "/dapi/v1/klines"}[self.market]  # fmt: skip
+        if index is None or query.get("interval") != "1m" or request.path != expected_path:
             self.log_rest(request, 400)
             return _json({"code": -1121, "msg": "Invalid symbol."}, status=400)
         limit = min(1000, int(query.get("limit", "500")))
         start = int(query.get("startTime", "0"))
         end = int(query.get("endTime", str(2**62)))
-        rows = [
-            [
-                bar.open_time,
-                num(bar.open),
-                num(bar.high),
-                num(bar.low),
-                num(bar.close),
-                num(bar.volume),
-                bar.open_time + MINUTE_MS - 1,
-                num(bar.quote_volume),
-                bar.trades,
-                num(bar.taker_buy_volume),
-                num(bar.taker_buy_quote_volume),
-                "0",
-            ]
-            for bar in self.rest_bars(index, start, end)[:limit]
-        ]
+        raw_symbol = query.get("symbol", "")
+        rows = []
+        for bar in self.rest_bars(index, start, end)[:limit]:
+            volume, quote_volume, taker, taker_quote = self._volumes(raw_symbol, bar)
+            rows.append(
+                [bar.open_time, num(bar.open), num(bar.high), num(bar.low), num(bar.close),
+                 volume, bar.open_time + MINUTE_MS - 1, quote_volume, bar.trades, taker,
+                 taker_quote, "0"]
+            )  # fmt: skip
         self.log_rest(request, 200)
         return _json(rows, headers={"X-MBX-USED-WEIGHT-1M": str(2 * len(self.rest_requests))})
 
@@ -795,7 +809,9 @@ class OkxFake(FakeExchange):
 
 
 class BybitFake(FakeExchange):
-    """``/v5/public/{spot,linear}``, ``{"op":"ping"}``, ``/v5/market/kline`` (retCode 10006)."""
+    """``/v5/public/{spot,linear,inverse}``, ``{"op":"ping"}``, ``/v5/market/kline`` (retCode
+    10006). Inverse counts 1-USD contracts as Bybit does: ``volume`` is the USD value,
+    ``turnover`` the base coin."""
 
     name = "bybit"
 
@@ -809,6 +825,7 @@ class BybitFake(FakeExchange):
         return [
             web.get("/v5/public/spot", self._ws),
             web.get("/v5/public/linear", self._ws),
+            web.get("/v5/public/inverse", self._ws),
             web.get("/v5/market/kline", self._klines),
         ]
 
@@ -857,7 +874,13 @@ class BybitFake(FakeExchange):
                 {"success": True, "ret_msg": "", "conn_id": conn_id,
                  "req_id": request.get("req_id", ""), "op": "subscribe"}).decode())  # fmt: skip
 
+    def _volume_turnover(self, bar: Any) -> tuple[str, str]:
+        if self.market == "inverse":
+            return num(bar.quote_volume), num(bar.volume)
+        return num(bar.volume), num(bar.quote_volume)
+
     def _item(self, update: TapeUpdate) -> dict[str, Any]:
+        volume, turnover = self._volume_turnover(update)
         return {
             "start": update.open_time,
             "end": update.open_time + MINUTE_MS - 1,
@@ -866,8 +889,8 @@ class BybitFake(FakeExchange):
             "close": num(update.close),
             "high": num(update.high),
             "low": num(update.low),
-            "volume": num(update.volume),
-            "turnover": num(update.quote_volume),
+            "volume": volume,
+            "turnover": turnover,
             "confirm": update.closed,
             "timestamp": update.event_time,
         }
@@ -913,7 +936,7 @@ class BybitFake(FakeExchange):
         bars.reverse()  # newest first
         rows = [
             [str(bar.open_time), num(bar.open), num(bar.high), num(bar.low), num(bar.close),
-             num(bar.volume), num(bar.quote_volume)]
+             *self._volume_turnover(bar)]
             for bar in bars[:limit]
         ]  # fmt: skip
         self.log_rest(request, 200)

@@ -32,7 +32,7 @@ from connectors.kafka_admin import admin_client, read_topic
 from connectors.kafka_producer import create_producer
 from jobs.config import JobSettings, PipelineConfig, SinkConfig
 from udfs.dead_letter import decode_dead_letter
-from udfs.record import Kline, encode_kline
+from udfs.record import STRING_FIELDS, Kline, encode_kline
 
 MINUTE = 60_000
 HOUR = 60 * MINUTE
@@ -710,9 +710,8 @@ def latest_bar(client: redis.Redis, key: str) -> dict[str, Any] | None:
     stored = cast(dict[bytes, bytes], client.hgetall(key))
     if not stored:
         return None
-    strings = {"exchange", "symbol", "raw_symbol", "timeframe"}
     return {
-        name.decode(): value.decode() if name.decode() in strings else orjson.loads(value)
+        name.decode(): value.decode() if name.decode() in STRING_FIELDS else orjson.loads(value)
         for name, value in stored.items()
     }
 

@@ -37,6 +37,9 @@ SCENARIOS = {
     "binance": ("spot", ["BTCUSDT", "ETHUSDT"], 418, True),
     "okx": ("linear", ["BTC-USDT-SWAP", "ETH-USDT-SWAP"], 429, True),
     "bybit": ("spot", ["BTCUSDT", "ETHUSDT"], 200, False),  # 200 + retCode 10006
+    # Issue 13: coin-margined markets, whose feeds count contracts.
+    "binance-inverse": ("inverse", ["BTCUSD_PERP", "ETHUSD_PERP"], 418, True),
+    "bybit-inverse": ("inverse", ["BTCUSD", "ETHUSD"], 200, False),
 }
 
 
@@ -72,20 +75,21 @@ def test_bridge_survives_faults_and_loses_no_bar(
     exchange: str, kafka_bootstrap: str, kafka_topics: Any, tmp_path: Path
 ) -> None:
     market, symbols, limit_status, has_shutdown = SCENARIOS[exchange]
+    venue = exchange.partition("-")[0]
     extra: dict[str, Any] = {"tick_interval_s": 0.02}
-    if exchange != "binance":
+    if venue != "binance":
         extra["client_idle_timeout_s"] = 1.0  # OKX: 30 s, Bybit: ping timeout; short here
-    fake = FAKES[exchange](symbols, market=market, **extra)
+    fake = FAKES[venue](symbols, market=market, **extra)
     log_path = tmp_path / "bridge.log"
     topic_flags = (
         ["--topic", kafka_topics.raw + ".spot", "--linear-topic", kafka_topics.raw]
-        if market == "linear"
+        if market != "spot"
         else ["--topic", kafka_topics.raw, "--linear-topic", kafka_topics.raw + ".linear"]
     )
     with ThreadedFake(fake) as threaded, log_path.open("w") as log_file:
         command = [
             sys.executable, "-m", "jobs.cli", "bridge",
-            "--exchange", exchange, "--market", market, "--symbols", ",".join(symbols),
+            "--exchange", venue, "--market", market, "--symbols", ",".join(symbols),
             "--ws-url", fake.ws_base, "--rest-url", fake.rest_base,
             *topic_flags, "--dlq-topic", kafka_topics.dlq,
             "--bootstrap-servers", kafka_bootstrap,
@@ -93,7 +97,7 @@ def test_bridge_survives_faults_and_loses_no_bar(
             "--backoff-cap", "0.5", "--ping-interval", "0.3", "--repair-delay", "0.2",
             "--startup-backfill-minutes", str(BACKFILL_MINUTES), "--overlap-timeout", "3",
         ]  # fmt: skip
-        if exchange == "binance":
+        if venue == "binance":
             command += ["--max-connection-age", "2.5"]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         bridge = subprocess.Popen(
@@ -209,11 +213,13 @@ def _check_kafka(
     tape = fake.tape
     by_symbol: dict[int, list[dict[str, Any]]] = collections.defaultdict(list)
     market = SCENARIOS[exchange][0]
+    exchange = exchange.partition("-")[0]
     canonical = {
         raw: info.symbol for raw, info in create_adapter(exchange, market, symbols).symbols.items()
     }
     for key, record in records:
         assert key == f"{exchange}:{record['symbol']}:1m".encode()
+        assert record["market"] == ("spot" if market == "spot" else "perp")
         assert record["symbol"] == canonical[record["raw_symbol"]]
         by_symbol[symbols.index(record["raw_symbol"])].append(record)
 
@@ -255,6 +261,12 @@ def _check_kafka(
             # SWAP: the fake sends contracts in vol and base in volCcy; records carry base.
             assert all(r["volume"] < 10 for r in series)
             assert all(r["trades"] is None for r in series)
+        # Every bar in base units whatever the feed counted (contracts on COIN-M/inverse):
+        # its implied price lies in its range, and its provenance says where it came from.
+        for record in series:
+            implied = record["quote_volume"] / record["volume"]
+            assert record["low"] * 0.999 <= implied <= record["high"] * 1.001, record
+            assert record["provenance"] == ("rest" if record in repaired else "ws")
     assert missing_in_progress <= totals["stale_dropped"]
     # The deliberately skipped final update of symbol 0 came over REST.
     skipped_bars = {bar for _, bar, _ in fake.skipped}
@@ -312,13 +324,20 @@ def test_rest_client_honours_429_and_418_retry_after_and_pages() -> None:
     assert statuses == [429, 200, 200, 418, 200]
 
 
-def test_cli_refuses_unknown_symbols_and_a_shared_topic(capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_refuses_unknown_symbols_and_unknown_contract_sizes(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     from jobs.cli import main
 
     assert main(["bridge", "--exchange", "binance", "--symbols", "BTCUSDT,FOOBAR"]) == 2
     assert "FOOBAR" in capsys.readouterr().err
-    shared = ["--topic", "klines.raw", "--linear-topic", "klines.raw"]
-    assert main(["bridge", "--exchange", "bybit", "--symbols", "BTCUSDT", *shared]) == 2
-    assert "share the series key" in capsys.readouterr().err
+    # Issue 13: spot and perp bars have their own series keys, so one topic is fine; an
+    # unknown contract size is refused at start-up.
     assert main(["bridge", "--exchange", "okx", "--symbols", "BTC-USDT-SWAP"]) == 2
     assert "--market linear" in capsys.readouterr().err
+    assert main(["bridge", "--exchange", "okx", "--market", "linear",
+                 "--symbols", "PEPE-USDT-SWAP"]) == 2  # fmt: skip
+    assert "contract size is not known" in capsys.readouterr().err
+    assert main(["bridge", "--exchange", "okx", "--market", "linear", "--symbols",
+                 "PEPE-USDT-SWAP", "--contract-size", "PEPE-USDT-SWAP=abc"]) == 2  # fmt: skip
+    assert "expected RAW_SYMBOL=<positive number>" in capsys.readouterr().err

@@ -102,15 +102,19 @@ def _without_updated_at(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def test_migrating_twice_is_harmless_and_records_the_version(chdb_url: str) -> None:
     before = now_ms()
-    assert migrate(chdb_url) == ["001_schema.sql", "002_profile_nullables.sql"]
+    assert migrate(chdb_url) == [
+        "001_schema.sql",
+        "002_profile_nullables.sql",
+        "003_markets.sql",
+    ]
     assert migrate(chdb_url) == []
     with open_writer(chdb_url) as writer:  # migrate_schema=True a third time
-        assert writer.schema_version() == 2
+        assert writer.schema_version() == 3
         recorded = writer.query(
             "SELECT version, name, checksum, applied_at FROM crypto_kline.schema_migrations "
             "ORDER BY version"
         )
-        assert len(recorded) == 2
+        assert len(recorded) == 3
         row = recorded[0]
         assert (row["version"], row["name"]) == (1, "001_schema.sql")
         data = (DEFAULT_SQL_DIR / "001_schema.sql").read_bytes()
@@ -148,6 +152,8 @@ def test_migrating_twice_is_harmless_and_records_the_version(chdb_url: str) -> N
         assert types["trades"] == "Nullable(UInt64)"
         assert types["timeframe"] == "LowCardinality(String)"
         assert types["version"] == "UInt64"
+        assert types["market"] == types["provenance"] == "LowCardinality(String)"
+        assert types["base_multiplier"] == "UInt32"
 
 
 def test_new_migration_files_are_applied_once_in_order(chdb_url: str, tmp_path: Path) -> None:
@@ -203,13 +209,52 @@ def test_cli_db_migrate_and_status(chdb_url: str, capsys: pytest.CaptureFixture[
     assert klineflow_main(["db", "migrate", "--clickhouse-url", chdb_url]) == 0
     assert "applied 001_schema.sql" in capsys.readouterr().out
     assert klineflow_main(["db", "migrate", "--clickhouse-url", chdb_url]) == 0
-    assert "up to date; schema version 2" in capsys.readouterr().out
+    assert "up to date; schema version 3" in capsys.readouterr().out
     assert klineflow_main(["db", "status", "--clickhouse-url", chdb_url]) == 0
     out = capsys.readouterr().out
-    assert "schema version 2" in out
+    assert "schema version 3" in out
     assert "klines" in out and "signals" in out
     assert klineflow_main(["db", "migrate", "--clickhouse-url", "chdb://"]) == 1
     assert "needs a data directory" in capsys.readouterr().err
+
+
+def test_the_markets_migration_keeps_old_rows_as_spot_with_unknown_provenance(
+    chdb_url: str, tmp_path: Path
+) -> None:
+    """A store written before issue 13 (schema 2) holds bars; 003 keeps every one of them."""
+    old_sql = tmp_path / "sql-v2"
+    old_sql.mkdir()
+    for name in ("001_schema.sql", "002_profile_nullables.sql"):
+        (old_sql / name).write_bytes((DEFAULT_SQL_DIR / name).read_bytes())
+    assert migrate(chdb_url, sql_dir=old_sql) == ["001_schema.sql", "002_profile_nullables.sql"]
+    old_columns = [c for c in KLINE_COLUMNS if c not in ("market", "base_multiplier", "provenance")]
+    old_rows = [
+        {name: row[name] for name in old_columns}
+        for row in (bar_to_row(make_bar(minute), 0) for minute in range(3))
+    ]
+    indicator = {
+        "exchange": "binance", "symbol": "BTC-USDT", "timeframe": "1m", "open_time": START,
+        "rsi_14": 55.0, "macd": None, "macd_signal": None, "macd_hist": None,
+        "bb_middle": None, "bb_upper": None, "bb_lower": None, "version": 1,
+    }  # fmt: skip
+    with open_writer(chdb_url, migrate_schema=False, sql_dir=old_sql) as writer:
+        assert writer.insert_rows("klines", old_rows) == 3
+        assert writer.insert_rows("indicators", [indicator]) == 1
+    assert migrate(chdb_url) == ["003_markets.sql"]
+    with open_writer(chdb_url) as writer:
+        stored = writer.fetch_klines("binance", "BTC-USDT", "1m")
+        assert len(stored) == 3
+        assert {(r["market"], r["base_multiplier"], r["provenance"]) for r in stored} == {
+            ("spot", 1, "unknown")
+        }
+        assert [r["volume"] for r in stored] == [row["volume"] for row in old_rows]
+        assert writer.query("SELECT market FROM crypto_kline.indicators") == [{"market": "spot"}]
+        # New rows keep their own market; a perp of the same pair is a series of its own.
+        perp = make_bar(0, symbol="BTC-USDT-PERP", market="perp", provenance="ws")
+        writer.insert_bars([perp])
+        (stored_perp,) = writer.fetch_klines("binance", "BTC-USDT-PERP", "1m")
+        assert (stored_perp["market"], stored_perp["provenance"]) == ("perp", "ws")
+        assert len(writer.fetch_klines("binance", "BTC-USDT", "1m")) == 3
 
 
 # -- writing and reading -------------------------------------------------------------------
@@ -337,7 +382,7 @@ def test_insert_rows_into_the_other_tables_and_table_counts(writer: ClickHouseWr
     )
     assert stored == [
         {**{k: v for k, v in profile.items() if not k.startswith("window_")}, "version": 2,
-         "ws": START}
+         "market": "spot", "ws": START}
     ]  # fmt: skip
     signals = writer.query(
         "SELECT source, key_levels, latency_ms, tokens, cached FROM crypto_kline.signals FINAL "

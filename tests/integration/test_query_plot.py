@@ -238,3 +238,41 @@ def test_plot_writes_a_png_and_a_self_contained_html(
         str(out),
     )
     assert code == 1 and "no bars" in err
+
+
+def test_gaps_lists_missing_minutes_and_provenance_shows_the_source(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 13: a zero-trade minute is a bar, a minute no source delivered is a gap."""
+    url = f"chdb://{tmp_path / 'gaps'}"
+    sources = {0: "ws", 1: "ws", 2: "rest", 5: "archive", 6: "ws"}
+    bars = [make_bar(minute, provenance=source) for minute, source in sources.items()]
+    bars.append(make_bar(7, volume=0.0, quote_volume=0.0, trades=0, taker_buy_volume=0.0,
+                         taker_buy_quote_volume=0.0, provenance="ws"))  # fmt: skip
+    with open_writer(url) as writer:
+        writer.insert_bars(bars)
+    series = ["--clickhouse-url", url, "--exchange", "binance", "--symbol", "BTC-USDT"]
+    window = ["--start", str(START), "--end", str(START + 9 * 60_000)]
+    code, out, _ = run_cli(capsys, "gaps", *series, *window, "--format", "json")
+    assert code == 0
+    body = orjson.loads(out)
+    assert body["gaps"] == [
+        {"start": START + 3 * 60_000, "end": START + 5 * 60_000, "bars": 2},
+        {"start": START + 8 * 60_000, "end": START + 9 * 60_000, "bars": 1},
+    ]
+    assert body["missing"] == 3  # minute 7 (zero trades) is a bar, not a gap
+    code, out, _ = run_cli(capsys, "gaps", *series, *window)
+    assert "2025-03-14T00:03:00.000Z .. 2025-03-14T00:05:00.000Z  2 minutes" in out
+    # The perp of the same pair is another series: all its minutes are gaps.
+    code, out, _ = run_cli(capsys, "gaps", *series[:-1], "BTC-USDT-PERP", *window)
+    assert code == 0 and "9 missing minutes" in out
+
+    code, out, _ = run_cli(capsys, "query", "klines", *series, "--provenance", "--format", "json")
+    assert code == 0
+    assert [row["provenance"] for row in orjson.loads(out)] == [
+        "ws", "ws", "rest", "archive", "ws", "ws"
+    ]  # fmt: skip
+    code, out, _ = run_cli(capsys, "query", "klines", *series, "--format", "json")
+    assert "provenance" not in orjson.loads(out)[0]
+    code, _, err = run_cli(capsys, "query", "signals", *series, "--provenance")
+    assert code == 2 and "klines only" in err

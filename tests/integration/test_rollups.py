@@ -283,14 +283,19 @@ def test_rollups_match_pandas_through_shuffles_gaps_and_corrections(
     corrected["close"] += 0.125
     # 5 % above the price: the new high of every window holding the bar.
     corrected["high"] = max(corrected["high"], corrected["close"]) + 0.05 * corrected_series.price
-    corrected["volume"] *= 3
+    # Three times the volume, at the same prices (quote volumes too: a bar's implied price
+    # quote_volume / volume must stay inside its range, udfs/record.py).
+    for column in ("volume", "quote_volume", "taker_buy_volume", "taker_buy_quote_volume"):
+        corrected[column] *= 3
     scenario.finals[(corrected_series, corrected_minute)] = corrected
     stream.append(
         make_kline(corrected_series, corrected_minute, corrected, closed=True,
                    event_offset=40 * MINUTE)
     )  # fmt: skip
     too_old = dict(scenario.finals[(CLEAN[1], TOTAL_MINUTES - 180)])
+    growth = (too_old["volume"] + 1.0) / too_old["volume"]
     too_old["volume"] += 1.0
+    too_old["quote_volume"] *= growth  # the same implied price (see above)
     stream.append(
         make_kline(CLEAN[1], TOTAL_MINUTES - 180, too_old, closed=True, event_offset=4 * HOUR)
     )

@@ -229,6 +229,9 @@ WIRE_RECORD: dict[str, Any] = {
     "is_closed": True,
     "event_time": OPEN_MS + 60_012,
     "ingest_time": INGEST_MS,
+    "market": "spot",
+    "base_multiplier": 1,
+    "provenance": "ws",
 }
 BINANCE_PUSH: dict[str, Any] = {
     "stream": "btcusdt@kline_1m",
@@ -257,7 +260,7 @@ BINANCE_PUSH: dict[str, Any] = {
 OKX_PUSH: dict[str, Any] = {
     "arg": {"channel": "candle1m", "instId": "BTC-USDT"},
     "data": [
-        [str(OPEN_MS), "67512.1", "67544", "67508", "67530", "18.86934", "1.27e6", "1e6", "0"]
+        [str(OPEN_MS), "67512.1", "67544", "67508", "67530", "18.86934", "1.27e6", "1.2742e6", "0"]
     ],
 }
 BYBIT_PUSH: dict[str, Any] = {
@@ -275,6 +278,62 @@ BYBIT_PUSH: dict[str, Any] = {
             "low": "67508",
             "volume": "18.869342",
             "turnover": "1274220.8258747",
+            "confirm": True,
+            "timestamp": 1717171260012,
+        }
+    ],
+}
+# Derivatives (issue 13), in the shapes the venues send: contracts where they count contracts.
+BINANCE_COINM_PUSH: dict[str, Any] = {
+    "stream": "btcusd_perp@kline_1m",
+    "data": {
+        "e": "kline",
+        "E": 1717171260012,
+        "s": "BTCUSD_PERP",
+        "k": {
+            "t": OPEN_MS,
+            "T": OPEN_MS + 59_999,
+            "s": "BTCUSD_PERP",
+            "i": "1m",
+            "o": "67512.1",
+            "c": "67530.0",
+            "h": "67544.0",
+            "l": "67508.0",
+            "v": "1300",  # contracts of 100 USD
+            "n": 211,
+            "x": True,
+            "q": "1.92550381",  # BTC
+            "V": "700",
+            "Q": "1.03680205",
+        },
+    },
+}
+OKX_SWAP_PUSH: dict[str, Any] = {
+    "arg": {"channel": "candle1m", "instId": "BTC-USDT-SWAP"},
+    "data": [
+        [str(OPEN_MS), "67512.1", "67544", "67508", "67530", "1886.934", "18.86934",
+         "1274220.8", "1"]
+    ],
+}  # fmt: skip
+OKX_LEGACY_PUSH: dict[str, Any] = {
+    "arg": {"channel": "candle1m", "instId": "BTC-USDT"},
+    "data": [[str(OPEN_MS), "67512.1", "67544", "67508", "67530", "18.86934", "1274220.8"]],
+}
+BYBIT_INVERSE_PUSH: dict[str, Any] = {
+    "topic": "kline.1.BTCUSD",
+    "type": "snapshot",
+    "ts": 1717171260012,
+    "data": [
+        {
+            "start": OPEN_MS,
+            "end": OPEN_MS + 59_999,
+            "interval": "1",
+            "open": "67512.5",
+            "close": "67530",
+            "high": "67544",
+            "low": "67508",
+            "volume": "130000",  # 1-USD contracts
+            "turnover": "1.92550381",  # BTC
             "confirm": True,
             "timestamp": 1717171260012,
         }
@@ -314,4 +373,30 @@ MODEL_REPLY: dict[str, Any] = {
     "recommendation": "neutral",
     "confidence": 0.5,
     "key_levels": [67000.0, 68000.0],
+}
+# REST answers of the derivative markets (contracts where the venue counts contracts).
+_DERIVATIVE_PRICES = ["67512.01", "67544", "67508", "67530"]
+BINANCE_COINM_REST: list[Any] = [
+    [OPEN_MS + i * 60_000, *_DERIVATIVE_PRICES, "1300", OPEN_MS + i * 60_000 + 59_999,
+     "1.92550381", 211, "700", "1.03680205", "0"]
+    for i in range(2)
+]  # fmt: skip
+OKX_SWAP_REST: dict[str, Any] = {
+    "code": "0",
+    "msg": "",
+    "data": [
+        [str(OPEN_MS + i * 60_000), *_DERIVATIVE_PRICES, "1886.934", "18.86934", "1274220.8", "1"]
+        for i in range(2)
+    ],
+}
+BYBIT_INVERSE_REST: dict[str, Any] = {
+    "retCode": 0,
+    "retMsg": "OK",
+    "result": {
+        "category": "inverse",
+        "symbol": "BTCUSD",
+        "list": [
+            [str(OPEN_MS + i * 60_000), *_DERIVATIVE_PRICES, "130000", "1.92550381"] for i in (1, 0)
+        ],
+    },
 }

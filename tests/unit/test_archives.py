@@ -61,7 +61,7 @@ def sample_bars(raw_symbol: str = "BTCUSDT", count: int = 5) -> list[Kline]:
 
 def as_archive_row(bar: Kline) -> Kline:
     """What replay makes of a generated bar: final at its close, ingested now."""
-    return replace(bar, event_time=bar.close_time, ingest_time=NOW)
+    return replace(bar, event_time=bar.close_time, ingest_time=NOW, provenance="archive")
 
 
 def write_zip(path: Path, members: list[tuple[str, bytes]], *, stored: bool = False) -> Path:
@@ -138,8 +138,10 @@ def test_unsplittable_symbol_is_refused_clearly() -> None:
     assert message.startswith("FOOBAR-1m-2024-01-01.zip: cannot normalise the binance symbol")
     assert "'FOOBAR'" in message
     assert "--symbol BASE-QUOTE" in message
-    # Saying where it splits fixes it.
-    assert resolve_series("FOOBAR-1m-2024-01-01.zip", symbol="FOO-BAR").symbol == "FOO-BAR"
+    # Saying where it splits fixes it only when the quote is a known quote asset (issue 13).
+    assert resolve_series("FOOBAR-1m-2024-01-01.zip", symbol="FOO-USDT").symbol == "FOO-USDT"
+    with pytest.raises(ReplayConfigError, match="BAR is not a known quote asset"):
+        resolve_series("FOOBAR-1m-2024-01-01.zip", symbol="FOO-BAR")
 
 
 @pytest.mark.parametrize(

@@ -97,7 +97,7 @@ def test_no_bridge_flags_give_the_default_bridge_config(monkeypatch: pytest.Monk
 # Flags of the commands that have no environment variable (per-run choices).
 WITHOUT_ENV = {
     "bridge": set(),
-    "replay": {"--exchange", "--symbol", "--timeframe", "--rate", "--no-progress"},
+    "replay": {"--exchange", "--symbol", "--timeframe", "--market", "--rate", "--no-progress"},
 }
 
 

@@ -54,6 +54,9 @@ def test_binance_combined_push_becomes_the_contract_record() -> None:
         "is_closed": True,
         "event_time": 1717171260012,
         "ingest_time": INGEST,
+        "market": "spot",
+        "base_multiplier": 1,
+        "provenance": "ws",
     }
     assert kline.series_key == "binance:BTC-USDT:1m"
 
@@ -123,9 +126,10 @@ def test_okx_swap_volume_is_the_base_currency_field() -> None:
         }
     ).decode()
     (kline,) = adapter.parse_frame(frame, INGEST).klines
-    assert kline.volume == 18.86934  # volCcy, not 1886.934 contracts
+    assert kline.volume == pytest.approx(18.86934)  # 1886.934 contracts x ctVal 0.01 BTC
     assert kline.quote_volume == 28.0 and kline.is_closed is True
-    assert kline.symbol == "BTC-USDT" and kline.raw_symbol == "BTC-USDT-SWAP"
+    assert kline.symbol == "BTC-USDT-PERP" and kline.raw_symbol == "BTC-USDT-SWAP"
+    assert kline.market == "perp" and kline.provenance == "ws"
 
 
 def test_okx_control_frames() -> None:
@@ -201,7 +205,7 @@ def test_symbols_that_cannot_be_split_are_refused_at_start() -> None:
     with pytest.raises(UnknownSymbol, match="inverse"):
         create_adapter("okx", "linear", ["BTC-USD-SWAP"])
     with pytest.raises(UnknownSymbol, match="not supported"):
-        create_adapter("binance", "linear", ["BTCUSDT"])
+        create_adapter("binance", "margin", ["BTCUSDT"])
     with pytest.raises(UnknownSymbol, match="unknown exchange"):
         create_adapter("kraken", "spot", ["BTCUSDT"])
     with pytest.raises(UnknownSymbol, match="twice"):
@@ -217,9 +221,14 @@ def test_binance_rest_rows_in_range_are_closed_bars_with_deterministic_event_tim
          "15", 7, "4", "6", "0"]
         for n in range(3)
     ]  # fmt: skip
-    page = adapter.parse_rest(info, rows, start, start + 2 * 60_000, INGEST)
+    later = INGEST + 120_000  # both minutes have ended
+    page = adapter.parse_rest(info, rows, start, start + 2 * 60_000, later)
     assert [kline.open_time for kline in page.klines] == [start, start + 60_000]
-    assert all(kline.is_closed for kline in page.klines)
+    assert all(kline.is_closed and kline.provenance == "rest" for kline in page.klines)
+    # At INGEST the second minute is still open: Binance returns it, it is not stored closed.
+    open_page = adapter.parse_rest(info, rows, start, start + 2 * 60_000, INGEST)
+    assert [kline.open_time for kline in open_page.klines] == [start]
+    assert open_page.unconfirmed == [start + 60_000]
     assert page.klines[0].event_time == start + 60_000
     assert page.klines[0].trades == 7 and page.klines[0].taker_buy_volume == 4.0
     assert page.next_start_ms is None
@@ -265,8 +274,13 @@ def test_bybit_rest_rate_limit_code_and_rows() -> None:
         "result": {"list": [[str(start + 60_000), "1", "2", "0.5", "1.5", "3", "4.5"],
                             [str(start), "1", "2", "0.5", "1.5", "3", "4.5"]]},
     }  # fmt: skip
-    page = adapter.parse_rest(info, body, start, start + 120_000, INGEST)
+    page = adapter.parse_rest(info, body, start, start + 120_000, INGEST + 120_000)
     assert [kline.open_time for kline in page.klines] == [start, start + 60_000]
+    assert page.klines[0].symbol == "ETH-USDT-PERP" and page.klines[0].provenance == "rest"
+    # At INGEST the newest row is the still-open bar (Bybit returns it): unconfirmed.
+    open_page = adapter.parse_rest(info, body, start, start + 120_000, INGEST)
+    assert [kline.open_time for kline in open_page.klines] == [start]
+    assert open_page.unconfirmed == [start + 60_000]
     assert page.klines[0].quote_volume == 4.5 and page.klines[0].trades is None
     assert adapter.rest_request(info, start, start + 60_000).params["category"] == "linear"
     with pytest.raises(RestRateLimited):

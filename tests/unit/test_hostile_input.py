@@ -46,8 +46,12 @@ from connectors.inference import (
     parse_chat_response,
 )
 from tests.unit.hostile_corpus import (
+    BINANCE_COINM_PUSH,
+    BINANCE_COINM_REST,
     BINANCE_PUSH,
     BINANCE_REST,
+    BYBIT_INVERSE_PUSH,
+    BYBIT_INVERSE_REST,
     BYBIT_PUSH,
     BYBIT_REST,
     CSV_ROW,
@@ -56,8 +60,11 @@ from tests.unit.hostile_corpus import (
     HOSTILE_SETTINGS,
     INGEST_MS,
     MODEL_REPLY,
+    OKX_LEGACY_PUSH,
     OKX_PUSH,
     OKX_REST,
+    OKX_SWAP_PUSH,
+    OKX_SWAP_REST,
     OPEN_MS,
     WIRE_RECORD,
     Raw,
@@ -97,8 +104,19 @@ ADAPTERS: dict[str, tuple[ExchangeAdapter, Any, Any]] = {
     "binance": (BinanceSpot("spot", ["BTCUSDT"]), BINANCE_PUSH, BINANCE_REST),
     "okx": (Okx("spot", ["BTC-USDT"]), OKX_PUSH, OKX_REST),
     "bybit": (Bybit("spot", ["BTCUSDT"]), BYBIT_PUSH, BYBIT_REST),
+    # Derivatives (issue 13): their pushes count contracts, the adapters convert.
+    "binance-coinm": (
+        BinanceSpot("inverse", ["BTCUSD_PERP"]),
+        BINANCE_COINM_PUSH,
+        BINANCE_COINM_REST,
+    ),
+    "okx-swap": (Okx("linear", ["BTC-USDT-SWAP"]), OKX_SWAP_PUSH, OKX_SWAP_REST),
+    "okx-legacy": (Okx("spot", ["BTC-USDT"]), OKX_LEGACY_PUSH, OKX_REST),
+    "bybit-inverse": (Bybit("inverse", ["BTCUSD"]), BYBIT_INVERSE_PUSH, BYBIT_INVERSE_REST),
 }
 SERIES = Series("binance", "BTC-USDT", "BTCUSDT", "1m")
+# A COIN-M archive series: its rows' volume columns are contracts, converted on the way.
+COIN_M_SERIES = Series("binance", "BTC-USD-PERP", "BTCUSD_PERP", "1m", "perp", "inverse", 1, 100.0)
 
 
 def set_path(document: Any, path: tuple[Any, ...], value: Any) -> Any:
@@ -414,9 +432,10 @@ def csv_lines(columns: list[str]) -> bytes:
         max_size=3,
     ),
     st.booleans(),
+    st.sampled_from([SERIES, COIN_M_SERIES]),
 )
 def test_archive_csv_rows_are_bars_or_located_rejections(
-    changes: list[tuple[int, str]], short: bool
+    changes: list[tuple[int, str]], short: bool, series: Series
 ) -> None:
     columns = list(CSV_ROW)
     for index, text in changes:
@@ -424,7 +443,7 @@ def test_archive_csv_rows_are_bars_or_located_rejections(
     if short:
         columns = columns[:-1]
     rows = iter_csv_rows(
-        [csv_lines(columns)], location="a.csv", series=SERIES, clock=lambda: INGEST_MS
+        [csv_lines(columns)], location="a.csv", series=series, clock=lambda: INGEST_MS
     )
     event(rows_outcome(rows, "a.csv"))
 

@@ -113,7 +113,9 @@ def test_series_key() -> None:
 
 
 def test_integer_prices_become_floats() -> None:
-    bar = kline_from_dict(good_dict(open=83000, high=83100, low=82900, close=83050, volume=20))
+    bar = kline_from_dict(
+        good_dict(open=83000, high=83100, low=82900, close=83050, volume=20, quote_volume=1_660_000)
+    )
     assert isinstance(bar.open, float)
     assert isinstance(bar.volume, float)
 
@@ -147,7 +149,7 @@ def test_decode_rejects_non_json() -> None:
         ({"exchange": "kraken"}, "exchange: unknown exchange 'kraken'"),
         ({"exchange": ""}, "exchange: expected a non-empty string"),
         ({"exchange": 7}, "exchange: expected a non-empty string, got int 7"),
-        ({"symbol": "btc-usdt"}, "symbol: 'btc-usdt' is not canonical BASE-QUOTE upper case"),
+        ({"symbol": "btc-usdt"}, "symbol: 'btc-usdt' is not canonical upper case BASE-QUOTE"),
         ({"symbol": "BTCUSDT"}, "symbol: 'BTCUSDT' is not canonical"),
         ({"raw_symbol": None}, "raw_symbol: expected a non-empty string, got null"),
         ({"timeframe": "3m"}, "unknown timeframe '3m'"),

@@ -90,7 +90,12 @@ def test_values_at_the_ceilings_are_valid() -> None:
             quote_volume=MAX_VOLUME,
             taker_buy_volume=MAX_VOLUME,
             high=MAX_PRICE,
-            symbol="A" * 20 + "-" + "B" * 20,
+            # quote_volume / volume = 1 must lie in [low, high] (the implied-price check).
+            open=1.0,
+            low=1.0,
+            close=1.0,
+            symbol="A" * 20 + "-" + "B" * 20 + "-PERP",
+            market="perp",
             raw_symbol="1000PEPE-USDT-SWAP_x.y/z",
         )
     )

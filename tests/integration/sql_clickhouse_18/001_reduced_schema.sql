@@ -19,6 +19,8 @@ CREATE TABLE IF NOT EXISTS crypto_kline.klines
 (
     exchange                String,
     symbol                  String,
+    market                  String,
+    base_multiplier         UInt32,
     timeframe               String,
     open_time               Int64,
     close_time              Int64,
@@ -32,6 +34,7 @@ CREATE TABLE IF NOT EXISTS crypto_kline.klines
     taker_buy_volume        Nullable(Float64),
     taker_buy_quote_volume  Nullable(Float64),
     is_closed               UInt8,
+    provenance              String,
     bars_present            UInt32,
     bars_expected           UInt32,
     version                 UInt64,

@@ -32,7 +32,7 @@ from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry
 
 from connectors.redaction import redact_url
-from udfs.record import FIELDS, VersionedBar
+from udfs.record import FIELDS, STRING_FIELDS, VersionedBar
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ CAS_SCRIPT: Final[str] = (Path(__file__).resolve().parent / "lua" / "cas_upsert.
 HASH_KINDS: Final[frozenset[str]] = frozenset({"kline", "vp", "ind", "signal"})
 RECENT_KINDS: Final[Mapping[str, str]] = {"kline": "klines"}
 BAR_HASH_FIELDS: Final[tuple[str, ...]] = (*FIELDS, "version", "bars_present", "bars_expected")
-_BAR_STRING_FIELDS: Final = frozenset({"exchange", "symbol", "raw_symbol", "timeframe"})
+_BAR_STRING_FIELDS: Final = STRING_FIELDS
 # Commands per pipeline round trip: bounds the memory of one huge batch.
 _PIPELINE_CHUNK: Final = 1000
 

@@ -119,14 +119,14 @@ def test_session_redis_answers_and_starting_again_is_harmless(
 
 def test_redis_client_fixture_starts_from_an_empty_database(redis_client: redis.Redis) -> None:
     assert redis_client.dbsize() == 0
-    redis_client.set("kline:binance:BTC-USDT:1m", "x")
-    assert redis_client.get("kline:binance:BTC-USDT:1m") == b"x"
+    redis_client.set("kline:{binance:BTC-USDT:1m}", "x")
+    assert redis_client.get("kline:{binance:BTC-USDT:1m}") == b"x"
 
 
 def test_redis_client_fixture_flushed_what_the_previous_test_wrote(
     redis_client: redis.Redis,
 ) -> None:
-    assert redis_client.get("kline:binance:BTC-USDT:1m") is None
+    assert redis_client.get("kline:{binance:BTC-USDT:1m}") is None
 
 
 # -- topics ---------------------------------------------------------------------------------

@@ -49,7 +49,8 @@ def run_demo(args: argparse.Namespace) -> int:
     from connectors.redis_store import RedisBarWriter
     from connectors.replay import replay_files
     from jobs.job import run_job
-    from jobs.stack import StackError, stack_up
+    from jobs.stack import StackError
+    from jobs.stack_control import stack_up
 
     logging.getLogger("kafka").setLevel(logging.CRITICAL)
     started = time.monotonic()

@@ -1,4 +1,4 @@
-"""The local stack: a real Apache Kafka broker (KRaft, single node) and a Redis server.
+"""The local stack's services: a real Apache Kafka broker (KRaft, one node) and a Redis server.
 
 Both run as detached child processes on 127.0.0.1 with every file they write (config, data,
 logs, pid files) under one directory, ``StackConfig.home`` (``.klineflow/stack`` by default,
@@ -22,6 +22,8 @@ our cluster id; Redis: PING from our process) and raises :class:`StackError` wit
 the service's log if it does not. Starting a running service is harmless; stopping sends
 SIGTERM, waits, and sends SIGKILL after a timeout. Pid files store the pid and the process
 start time, so a stale pid file whose pid was reused by another process is recognised.
+The local Redis Cluster is in ``jobs/redis_cluster.py``; ``jobs/stack_control.py`` starts,
+stops and inspects the stack as a whole.
 """
 
 from __future__ import annotations
@@ -73,6 +75,12 @@ class StackConfig:
     kafka_port: int = 9092
     kafka_controller_port: int = 9093
     redis_port: int = 6379
+    # A local Redis Cluster (jobs/redis_cluster.py) instead of the single Redis: six nodes
+    # on redis_cluster_port .. + 5 (their cluster buses 10000 above).
+    redis_cluster: bool = False
+    redis_cluster_port: int = 7000
+    # How long a primary may be silent before its replica takes over (cluster-node-timeout).
+    redis_cluster_node_timeout_ms: int = 5000
     kafka_libs: Path = DEFAULT_KAFKA_LIBS
     kafka_heap: str = "512m"
     # Extra JVM options for the broker (e.g. GC flags); the heap is set from ``kafka_heap``.
@@ -680,24 +688,3 @@ databases 16
         finally:
             client.close()
         return int(info.get("process_id", -1)) == pid
-
-
-def stack_services(config: StackConfig) -> list[LocalService]:
-    """The services of the stack, in start order."""
-    return [KafkaBroker(config), RedisServer(config)]
-
-
-def stack_up(config: StackConfig, timeout_s: float = 90.0) -> list[ServiceStatus]:
-    """Start every service (those already running are left alone) and wait until they answer."""
-    return [service.start(timeout_s=timeout_s) for service in stack_services(config)]
-
-
-def stack_down(config: StackConfig, timeout_s: float = 30.0) -> list[ServiceStatus]:
-    """Stop every service, in reverse start order."""
-    statuses = [service.stop(timeout_s=timeout_s) for service in reversed(stack_services(config))]
-    return list(reversed(statuses))
-
-
-def stack_status(config: StackConfig) -> list[ServiceStatus]:
-    """The status of every service."""
-    return [service.status() for service in stack_services(config)]

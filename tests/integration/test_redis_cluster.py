@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import random
 import signal
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import cast
 
 import orjson
 import pytest
@@ -27,7 +30,17 @@ from connectors.inference.cache import RedisL2Cache
 from connectors.redis_client import open_redis, parse_redis_url
 from connectors.redis_store import RedisBarWriter, decode_bar_hash
 from jobs.redis_cluster import LocalRedisCluster, RedisClusterNode
-from tests.integration.conftest import free_ports
+from tests.integration.conftest import TopicNames, free_ports
+from tests.integration.job_contract_support import (
+    contract_settings,
+    differences,
+    golden_input,
+    keep_forever,
+    produce,
+    redis_snapshot,
+    run_bounded,
+)
+from tests.integration.test_job_contract import GOLDEN_PATH
 from tests.integration.test_redis_store import START, make_bar
 from udfs.record import VersionedBar
 
@@ -405,3 +418,39 @@ def test_the_writer_and_a_plain_client_agree_on_every_slot(redis_cluster_url: st
             assert slots == {int(client.cluster_keyslot(f"{{binance:{symbol}:1m}}"))}
     finally:
         client.close()
+
+
+# -- the whole job ---------------------------------------------------------------------------
+
+
+@pytest.mark.chaos  # slow (a bounded Flink job, ~1 min), not a fault: kept out of `make test`
+def test_the_job_on_a_cluster_leaves_exactly_the_golden_redis_state(
+    tmp_path: Path,
+    kafka_bootstrap: str,
+    kafka_topics: TopicNames,
+    redis_cluster: LocalRedisCluster,
+    redis_cluster_url: str,
+    cluster_client: RedisCluster,
+) -> None:
+    """The golden input through the job with ``REDIS_URL=redis+cluster://``: the sinks write
+    every kind (bars of every timeframe, profiles, indicators, signals) to the cluster, and
+    what the cluster holds is key for key, value for value the golden file's Redis section
+    (written on a single Redis)."""
+    keep_forever(kafka_bootstrap, kafka_topics.raw, kafka_topics.dlq)
+    produce(kafka_bootstrap, kafka_topics.raw, golden_input().messages)
+    settings = contract_settings(
+        tmp_path=tmp_path,
+        kafka_bootstrap=kafka_bootstrap,
+        raw_topic=kafka_topics.raw,
+        dlq_topic=kafka_topics.dlq,
+        redis_url=redis_cluster_url,
+        name="contract-golden-redis-cluster",
+        parallelism=2,
+    )
+    run_bounded(settings)
+    expected = json.loads(GOLDEN_PATH.read_text())["redis"]
+    actual = json.loads(json.dumps(redis_snapshot(cast(redis.Redis, cluster_client))))
+    found = differences(expected, actual)
+    assert not found, "\n".join(found)
+    holders = [node for node in primary_nodes(redis_cluster) if node_keys(node)]
+    assert len(holders) == 3

@@ -56,27 +56,73 @@ TRANSIENT_ERRORS: Final[tuple[type[BaseException], ...]] = (
 _PERMANENT_CONNECTION_ERRORS: Final = (AuthenticationError, AuthorizationError)
 
 
+# klineflow's own URL options (taken out before redis-py reads the URL).
+REPLICA_ACKS_OPTION: Final = "replica_acks"
+REPLICA_ACK_TIMEOUT_OPTION: Final = "replica_ack_timeout_ms"
+DEFAULT_REPLICA_ACK_TIMEOUT_MS: Final = 500
+
+
 @dataclass(frozen=True, slots=True)
 class RedisTarget:
-    """A parsed ``REDIS_URL``: the URL redis-py reads and whether it names a cluster."""
+    """A parsed ``REDIS_URL``: the URL redis-py reads, whether it names a cluster, and how
+    many replicas must acknowledge a write before the writer counts it as done.
+
+    ``replica_acks`` (URL option ``replica_acks=N``, default 0) makes the writer end each
+    primary's share of a batch with ``WAIT N replica_ack_timeout_ms`` and send again what
+    fewer replicas acknowledged: replication is asynchronous, so without it a primary killed
+    between answering and forwarding a write takes the write with it.
+    """
 
     url: str
     cluster: bool
+    replica_acks: int = 0
+    replica_ack_timeout_ms: int = DEFAULT_REPLICA_ACK_TIMEOUT_MS
 
     def __repr__(self) -> str:
-        return f"RedisTarget({redact_url(self.url)!r}, cluster={self.cluster})"
+        return (
+            f"RedisTarget({redact_url(self.url)!r}, cluster={self.cluster}, "
+            f"replica_acks={self.replica_acks})"
+        )
 
 
 def parse_redis_url(url: str) -> RedisTarget:
     """``redis+cluster://h:p`` -> ``RedisTarget("redis://h:p", cluster=True)``.
 
-    Any other URL comes back as it is, with ``cluster=False``.
+    Any other scheme stays as it is, with ``cluster=False``. The options ``replica_acks``
+    and ``replica_ack_timeout_ms`` (non-negative integers) are taken out of the query.
     """
+    url, ours = _take_options(url, (REPLICA_ACKS_OPTION, REPLICA_ACK_TIMEOUT_OPTION))
+    acks = _option_int(url, ours, REPLICA_ACKS_OPTION, 0)
+    timeout_ms = _option_int(url, ours, REPLICA_ACK_TIMEOUT_OPTION, DEFAULT_REPLICA_ACK_TIMEOUT_MS)
     scheme, separator, rest = url.partition("://")
     plain = CLUSTER_SCHEMES.get(scheme.lower()) if separator else None
-    if plain is None:
-        return RedisTarget(url=url, cluster=False)
-    return RedisTarget(url=f"{plain}://{rest}", cluster=True)
+    if plain is not None:
+        url = f"{plain}://{rest}"
+    return RedisTarget(url, plain is not None, acks, timeout_ms)
+
+
+def _take_options(url: str, names: tuple[str, ...]) -> tuple[str, dict[str, str]]:
+    """``url`` without the query options ``names`` (others kept byte for byte), and theirs."""
+    base, separator, query = url.partition("?")
+    if not separator:
+        return url, {}
+    kept, taken = [], {}
+    for part in query.split("&"):
+        name, _, value = part.partition("=")
+        if name in names:
+            taken[name] = value
+        elif part:
+            kept.append(part)
+    return (f"{base}?{'&'.join(kept)}" if kept else base), taken
+
+
+def _option_int(url: str, options: dict[str, str], name: str, default: int) -> int:
+    text = options.get(name)
+    if text is None:
+        return default
+    if not text.isascii() or not text.isdigit():
+        raise ValueError(f"invalid Redis URL {redact_url(url)}: {name} must be an integer >= 0")
+    return int(text)
 
 
 def is_cluster_url(url: str) -> bool:

@@ -38,6 +38,7 @@ from typing import Any, Final, Self, cast
 import orjson
 import redis
 from redis.backoff import ExponentialWithJitterBackoff
+from redis.cluster import RedisCluster
 from redis.exceptions import NoScriptError, RedisClusterException
 from redis.retry import Retry
 
@@ -59,6 +60,13 @@ BAR_HASH_FIELDS: Final[tuple[str, ...]] = (*FIELDS, "version", "bars_present", "
 _BAR_STRING_FIELDS: Final = frozenset({"exchange", "symbol", "raw_symbol", "timeframe"})
 # Commands per pipeline round trip: bounds the memory of one huge batch.
 _PIPELINE_CHUNK: Final = 1000
+
+
+class UnconfirmedWrite(redis.ConnectionError):
+    """Fewer replicas than ``replica_acks`` acknowledged a write in time: it is sent again.
+
+    A ``ConnectionError`` so that every caller treats it as transient.
+    """
 
 
 # Cluster nodes: redis-py tries a node once more, then this writer's own retries take over
@@ -152,7 +160,9 @@ class RedisBarWriter:
     is retried ``reconnect_retries`` times with exponential backoff and jitter (up to
     ``reconnect_cap_s`` between tries); beyond that, and on a cluster, a call that is not
     confirmed is sent again with the same backoff until ``retry_s`` has passed (then the
-    error is raised), so a restart or a failover only delays writes.
+    error is raised), so a restart or a failover only delays writes. With the URL option
+    ``replica_acks=N`` a write is confirmed only once N replicas acknowledged it (WAIT, see
+    :class:`connectors.redis_client.RedisTarget`).
     """
 
     def __init__(
@@ -172,7 +182,10 @@ class RedisBarWriter:
         if ttl_s is not None and ttl_s < 1:
             raise ValueError("ttl_s must be >= 1 second or None")
         self.redacted_url = redact_url(url)
-        self.cluster = parse_redis_url(url).cluster
+        target = parse_redis_url(url)
+        self.cluster = target.cluster
+        self.replica_acks = target.replica_acks
+        self.replica_ack_timeout_ms = target.replica_ack_timeout_ms
         self.recent_bars = recent_bars
         self.ttl_s = ttl_s
         self.publish = publish
@@ -324,6 +337,43 @@ class RedisBarWriter:
                 args.append(encode_field(value))
         return keys, args
 
+    def _queue_waits(
+        self, client: SyncClient, pipe: Any, first_keys: Sequence[str]
+    ) -> list[list[int]]:
+        """With ``replica_acks``, queue one WAIT per primary after its calls; the positions
+        (in ``first_keys``) of the calls each WAIT covers. On a cluster the WAIT goes to the
+        node the client routes the calls to, so it runs on the connection that wrote them."""
+        if not self.replica_acks or not first_keys:
+            return []
+        wait = ("WAIT", self.replica_acks, self.replica_ack_timeout_ms)
+        if not isinstance(client, RedisCluster):
+            pipe.execute_command(*wait)
+            return [list(range(len(first_keys)))]
+        groups: dict[str, tuple[Any, list[int]]] = {}
+        for position, key in enumerate(first_keys):
+            node = client.get_node_from_key(key)
+            groups.setdefault(node.name, (node, []))[1].append(position)
+        for node, _ in groups.values():
+            pipe.execute_command(*wait, target_nodes=node)
+        return [positions for _, positions in groups.values()]
+
+    def _apply_waits(
+        self, results: list[Any], calls: int, waits: Sequence[Sequence[int]]
+    ) -> list[Any]:
+        """The calls' results, each covered by a WAIT that fell short turned into an error."""
+        answers, acks = list(results[:calls]), results[calls:]
+        for positions, acked in zip(waits, acks, strict=True):
+            if isinstance(acked, int) and acked >= self.replica_acks:
+                continue
+            short = UnconfirmedWrite(
+                f"{acked!r} of {self.replica_acks} replicas acknowledged within "
+                f"{self.replica_ack_timeout_ms} ms"
+            )
+            for position in positions:
+                if not isinstance(answers[position], BaseException):
+                    answers[position] = short
+        return answers
+
     def _load_script(self) -> str:
         """SCRIPT LOAD the CAS script (on a cluster: on every primary); returns its SHA1."""
         return str(self._require_client().script_load(CAS_SCRIPT))
@@ -350,12 +400,15 @@ class RedisBarWriter:
                 # ``execute_command``: redis-py's cluster pipeline refuses its ``evalsha``
                 # method (because of NOSCRIPT), which is handled here.
                 pipe.execute_command("EVALSHA", self._sha, len(keys), *keys, *args)
+            waits: list[list[int]] = []
             try:
+                waits = self._queue_waits(client, pipe, [calls[index][0][0] for index in pending])
                 results: list[Any] = pipe.execute(raise_on_error=False)
             except (redis.RedisError, RedisClusterException) as exc:
                 if not is_transient(exc):
                     raise
-                results = [exc] * len(pending)
+                results = [exc] * (len(pending) + len(waits))
+            results = self._apply_waits(results, len(pending), waits)
             retry: list[int] = []
             reload_script = False
             last_error: BaseException | None = None

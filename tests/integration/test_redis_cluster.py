@@ -270,6 +270,42 @@ def test_a_cluster_password_stays_out_of_reprs_and_errors(redis_cluster: LocalRe
     assert "s3cret-pw" not in str(refused.value)
 
 
+def test_with_replica_acks_a_write_is_done_only_once_its_replica_has_it(
+    redis_cluster: LocalRedisCluster, redis_cluster_url: str, cluster_client: RedisCluster
+) -> None:
+    names = symbols(30)
+    url = f"{redis_cluster_url}?replica_acks=1&replica_ack_timeout_ms=200"
+    with RedisBarWriter(url, recent_bars=RECENT) as writer:
+        assert writer.replica_acks == 1
+        writer.write_bars([make_bar(0, 1, symbol) for symbol in names])
+        # Read at once from the replicas themselves: every key is already there.
+        on_replicas: set[str] = set()
+        for primary in primary_nodes(redis_cluster):
+            on_replicas |= node_keys(replica_of(redis_cluster, primary))
+        assert on_replicas == {
+            f"{kind}:{{binance:{s}:1m}}" for s in names for kind in ("kline", "klines")
+        }
+
+        # A replica that cannot answer (SIGSTOP): its primary's writes stay unconfirmed,
+        # are sent again until retry_s, then fail; the other primaries' writes are done.
+        slot = cluster_client.keyslot("kline:{binance:S0-USDT:1m}")
+        holder = cluster_client.nodes_manager.get_node_from_slot(slot)
+        primary = next(node for node in redis_cluster.nodes if node.port == holder.port)
+        replica = replica_of(redis_cluster, primary)
+        pid = replica.status().pid
+        assert pid is not None
+        writer.retry_s = 1.0
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            with pytest.raises(redis.ConnectionError, match="replicas acknowledged"):
+                writer.write_bars([make_bar(1, 1, "S0-USDT")])
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        writer.retry_s = WAIT_S
+        assert writer.write_bars([make_bar(2, 1, "S0-USDT")]) == 2
+    assert stored_state(cluster_client, "S0-USDT")[0] == (START + 2 * 60_000, 1)
+
+
 # -- failover --------------------------------------------------------------------------------
 
 

@@ -57,3 +57,16 @@ def test_transient_errors_are_those_a_retry_can_mend() -> None:
     assert not is_transient(redis.AuthenticationError("WRONGPASS"))
     assert not is_transient(ResponseError("ERR wrong number of arguments"))
     assert not is_transient(NoScriptError("NOSCRIPT"))  # handled by reloading, not waiting
+
+
+def test_replica_acks_options_are_ours_and_leave_the_url() -> None:
+    target = parse_redis_url(
+        "redis+cluster://u:pw@h:7000/0?ssl_cert_reqs=none&replica_acks=1&replica_ack_timeout_ms=50"
+    )
+    assert target.url == "redis://u:pw@h:7000/0?ssl_cert_reqs=none"
+    assert (target.cluster, target.replica_acks, target.replica_ack_timeout_ms) == (True, 1, 50)
+    assert parse_redis_url("redis://h:6379/0").replica_acks == 0
+    assert parse_redis_url("redis://h/0?replica_acks=2").url == "redis://h/0"
+    with pytest.raises(ValueError, match="replica_acks must be an integer") as caught:
+        parse_redis_url("redis://u:s3cret@h/0?replica_acks=-1")
+    assert "s3cret" not in str(caught.value)

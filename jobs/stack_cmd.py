@@ -26,7 +26,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             "`up` waits until both answer (exit 1 with the log tail if not), `down` stops "
             "them (SIGTERM, then SIGKILL), `status` exits 0 only if both run and answer. "
             "With --redis-cluster, a Redis Cluster of 3 primaries and 3 replicas takes the "
-            "single Redis's place; `down` stops either."
+            "single Redis's place, with --kafka-brokers N a KRaft cluster of N brokers the "
+            "single broker's; `down` stops either kind."
         ),
     )
     parser.add_argument("action", choices=ACTIONS, help="what to do")
@@ -68,6 +69,17 @@ def add_stack_arguments(parser: argparse.ArgumentParser) -> None:
         default=stack.redis_port,
         type=int,
         help="Redis port on 127.0.0.1",
+    )
+    env_flag(
+        parser,
+        "--kafka-brokers",
+        env="KLINEFLOW_KAFKA_BROKERS",
+        default=stack.kafka_brokers,
+        type=int,
+        help=(
+            "Kafka brokers: 1, or a KRaft cluster of N on --kafka-port .. +N-1 (controllers "
+            "100 above; topics get replication factor 3 and min.insync.replicas 2 from 3)"
+        ),
     )
     env_bool_flag(
         parser,
@@ -121,6 +133,7 @@ def config_from_args(args: argparse.Namespace) -> StackConfig:
     return StackConfig(
         home=args.stack_dir,
         kafka_port=args.kafka_port,
+        kafka_brokers=args.kafka_brokers,
         kafka_controller_port=args.kafka_controller_port,
         redis_port=args.redis_port,
         redis_cluster=args.redis_cluster,

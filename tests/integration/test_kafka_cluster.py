@@ -6,21 +6,37 @@ Three JVMs take ~25-40 s to start on the shared 2-core machine, so the module is
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import redis
 from kafka.admin import ConfigResource, ConfigResourceType
 from kafka.errors import KafkaError
 
-from connectors.kafka_admin import admin_client, ensure_topics, read_topic
+from connectors.kafka_admin import DEAD_LETTER_TOPIC, admin_client, ensure_topics, read_topic
 from connectors.kafka_producer import DeliveryCounter, create_producer
 from jobs.kafka_cluster import LocalKafkaCluster
 from jobs.stack import StackConfig, StackError
 from tests.integration.conftest import KAFKA_LIBS, START_TIMEOUT_S, free_port_block
+from tests.integration.job_contract_support import (
+    cancel_job,
+    contract_settings,
+    dead_letters,
+    golden_input,
+    job_status,
+    keep_forever,
+    produce,
+    redis_snapshot,
+    start_job,
+    wait_for,
+)
+from tests.integration.test_job_contract import GOLDEN_PATH, STARTUP_S
 
 pytestmark = pytest.mark.chaos
 
@@ -151,3 +167,67 @@ def test_cli_stack_up_with_three_brokers_status_and_down(
     capsys.readouterr()
     assert klineflow_main(["stack", "status", "--kafka-brokers", "3", *flags]) == 1
     assert capsys.readouterr().out.count("stopped") == 2
+
+
+def live_1m_state(snapshot: dict[str, Any]) -> dict[str, Any]:
+    """The 1m bars of a Redis snapshot (``kline:``/``klines:`` keys of 1m series): what an
+    unbounded job has written in full while its roll-up windows may still be open."""
+    return {
+        key: value
+        for key, value in snapshot.items()
+        if key.startswith(("kline:{", "klines:{")) and key.endswith(":1m}")
+    }
+
+
+def test_the_job_reading_the_cluster_rides_out_a_broker_killed_mid_stream(
+    kafka_cluster: LocalKafkaCluster,
+    tmp_path: Path,
+    redis_url: str,
+    redis_client: redis.Redis,
+) -> None:
+    """The golden input, half before and half after the leader of partition 0 is SIGKILLed,
+    into an unbounded job reading from the cluster: the job never fails, and Redis ends with
+    exactly the golden file's 1m bars and the DLQ with exactly its dead letters."""
+    bootstrap = kafka_cluster.bootstrap
+    raw, dlq = "golden-raw", "golden-dlq"
+    ensure_topics(bootstrap, [raw], partitions=4)
+    ensure_topics(bootstrap, [dlq], partitions=1, configs=DEAD_LETTER_TOPIC)
+    keep_forever(bootstrap, raw, dlq)
+    golden = golden_input()
+    half = len(golden.messages) // 2
+    expected = json.loads(GOLDEN_PATH.read_text())
+    want_bars = live_1m_state(expected["redis"])
+    settings = contract_settings(
+        tmp_path=tmp_path,
+        kafka_bootstrap=bootstrap,
+        raw_topic=raw,
+        dlq_topic=dlq,
+        redis_url=redis_url,
+        bounded=False,
+        name="contract-kafka-cluster-broker-kill",
+        parallelism=2,
+    )
+    with admin_client(bootstrap) as admin:
+        (described,) = admin.describe_topics([raw])
+    leader = next(p["leader_id"] for p in described["partitions"] if p["partition_index"] == 0)
+    victim = kafka_cluster.brokers[leader - 1]
+    survivors = ",".join(b.bootstrap for b in kafka_cluster.brokers if b is not victim)
+    client = start_job(settings)
+    try:
+        produce(bootstrap, raw, golden.messages[:half])
+        wait_for(lambda: next(iter(redis_client.scan_iter("kline:*")), None),
+                 timeout_s=STARTUP_S, what="the job's first bars", client=client)  # fmt: skip
+        pid = victim.status().pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        produce(survivors, raw, golden.messages[half:])
+        wait_for(lambda: live_1m_state(redis_snapshot(redis_client)) == want_bars,
+                 timeout_s=STARTUP_S, what="every 1m bar of the golden file",
+                 client=client)  # fmt: skip
+        assert job_status(client) == "RUNNING"
+        letters = dead_letters(survivors, dlq,
+                               min_messages=len(golden.malformed) + len(golden.late))  # fmt: skip
+        assert letters == expected["dlq"]["letters"]
+    finally:
+        cancel_job(client)
+        victim.start(timeout_s=START_TIMEOUT_S)

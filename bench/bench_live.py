@@ -19,7 +19,7 @@ pub/sub channel. Then a producer process sends in-progress updates of the curren
 over N series at R updates/s (a fixed schedule) for ``--warmup-s`` + ``--duration-s``. Each
 update carries its sequence number in ``trades`` (it grows, as a trade count does; volume and
 close change too, and event_time grows strictly per series, so the job drops none as stale or
-duplicate). A subscriber in this process (``psubscribe("kline-updates:*:1m")``) records when
+duplicate). A subscriber in this process (``psubscribe("kline-updates:*:1m}")``) records when
 each sequence number arrives. Both sides take ``time.time_ns()`` on one clock.
 
 Reported per rate and side, over the updates sent after the warm-up:
@@ -77,7 +77,8 @@ sys.path.insert(0, str(PROJECT_ROOT / "bench"))
 
 from connectors.kafka_admin import end_offsets_total, ensure_topics  # noqa: E402
 from connectors.kafka_producer import DeliveryCounter, create_producer  # noqa: E402
-from connectors.redis_store import encode_field, series_suffix, update_channel  # noqa: E402
+from connectors.redis_keys import redis_key, update_channel  # noqa: E402
+from connectors.redis_store import encode_field  # noqa: E402
 from jobs.stack import KafkaBroker, RedisServer, StackConfig, tail_lines  # noqa: E402
 from udfs.record import Kline, encode_kline, kline_from_dict, series_key  # noqa: E402
 
@@ -88,7 +89,7 @@ TIMEFRAME: Final = "1m"
 MINUTE_MS: Final = 60_000
 PARTITIONS: Final = 4
 PROBE_SYMBOL: Final = "PROBE-USDT"
-SUBSCRIBE_PATTERN: Final = "kline-updates:*:1m"
+SUBSCRIBE_PATTERN: Final = "kline-updates:*:1m}"
 # The goals of issue 11: p99 at these rates (updates/s), and the job's peak memory.
 P99_TARGET_MS: Final[dict[int, float]] = {2000: 50.0, 5000: 100.0}
 RSS_TARGET_MB: Final = 3072
@@ -451,7 +452,7 @@ def run_floor(spec: dict[str, Any]) -> None:
             fields = {name: encode_field(item) for name, item in data.items()}
             fields["version"] = str(version)
             fields["bars_present"] = fields["bars_expected"] = "1"
-            pipe.hset(f"kline:{series_suffix(exchange, symbol, timeframe)}", mapping=fields)
+            pipe.hset(redis_key("kline", exchange, symbol, timeframe), mapping=fields)
             pipe.publish(
                 update_channel("kline", exchange, symbol, timeframe),
                 orjson.dumps({**data, "version": version, "bars_present": 1, "bars_expected": 1}),
@@ -464,7 +465,7 @@ def run_floor(spec: dict[str, Any]) -> None:
 
 @dataclass
 class Subscriber:
-    """Records when each update id arrives on ``kline-updates:*:1m`` (a thread of ours)."""
+    """Records when each update id arrives on ``kline-updates:*:1m}`` (a thread of ours)."""
 
     redis_url: str
     capacity: int

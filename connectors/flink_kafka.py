@@ -43,10 +43,17 @@ def klines_source(bootstrap: str, topic: str, group_id: str, *, bounded: bool) -
 
 
 def dead_letter_sink(bootstrap: str, topic: str) -> KafkaSink:
-    """At-least-once sink of encoded dead letters to ``klines.dlq``."""
+    """At-least-once sink of encoded dead letters to ``klines.dlq``.
+
+    ``acks=all`` with idempotence, as every producer of the project: on a replicated topic a
+    letter counts as sent once ``min.insync.replicas`` brokers have it, and a retry after a
+    broker died never writes it twice or out of order.
+    """
     return (
         KafkaSink.builder()
         .set_bootstrap_servers(bootstrap)
+        .set_property("acks", "all")
+        .set_property("enable.idempotence", "true")
         .set_record_serializer(
             KafkaRecordSerializationSchema.builder()
             .set_topic(topic)

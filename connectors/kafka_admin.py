@@ -16,6 +16,8 @@ from kafka import KafkaConsumer, TopicPartition
 from kafka.admin import KafkaAdminClient
 from kafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError
 
+from connectors.kafka_replication import replication_for
+
 log = logging.getLogger(__name__)
 
 CLIENT_ID = "klineflow-admin"
@@ -69,13 +71,16 @@ def ensure_topics(
     topics: Sequence[str],
     partitions: int = 4,
     *,
-    replication_factor: int = 1,
+    replication_factor: int | None = None,
     timeout_s: float = 30.0,
     configs: Mapping[str, str] | None = None,
 ) -> None:
     """Create each of ``topics`` that does not exist yet and wait until all are usable.
 
     ``configs`` are topic settings for the topics created now (e.g. :data:`DEAD_LETTER_TOPIC`).
+    ``replication_factor`` None follows the cluster (``replication_for`` of its broker
+    count): 3 copies and ``min.insync.replicas`` 2 from three brokers, 1 and 1 on one; a
+    ``min.insync.replicas`` in ``configs`` wins.
 
     Idempotent: existing topics are left as they are (also their partition count), and a
     concurrent creation (``TopicAlreadyExists``) is fine. Returns once the broker's metadata
@@ -90,13 +95,25 @@ def ensure_topics(
         existing = set(admin.list_topics())
         missing = [topic for topic in wanted if topic not in existing]
         if missing:
-            log.info("creating topics %s (%d partitions)", missing, partitions)
+            registered = admin.describe_cluster().get("brokers", ())
+            brokers = sum(1 for broker in registered if not broker.get("is_fenced", False))
+            replicas, min_isr = replication_for(brokers)
+            if replication_factor is not None:
+                replicas, min_isr = replication_factor, min(min_isr, replication_factor)
+            topic_configs = {"min.insync.replicas": str(min_isr), **dict(configs or {})}
+            log.info(
+                "creating topics %s (%d partitions, %d replicas, min.insync.replicas %s)",
+                missing,
+                partitions,
+                replicas,
+                topic_configs["min.insync.replicas"],
+            )
             response = admin.create_topics(
                 {
                     topic: {
                         "num_partitions": partitions,
-                        "replication_factor": replication_factor,
-                        "configs": dict(configs or {}),
+                        "replication_factor": replicas,
+                        "configs": topic_configs,
                     }
                     for topic in missing
                 },

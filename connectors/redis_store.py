@@ -1,26 +1,35 @@
 """Redis live state: the newest bar and the recent bars of each series (DESIGN.md "Redis").
 
-Keys, per series ``{exchange}:{symbol}:{timeframe}``:
+Keys, per series, carry the series as a Redis Cluster hash tag (``connectors/redis_keys.py``),
+``{exchange:symbol:timeframe}`` with literal braces, on a single server too:
 
-- ``kline:...`` -- hash, the newest bar: every record field plus ``version``,
+- ``kline:{...}`` -- hash, the newest bar: every record field plus ``version``,
   ``bars_present`` and ``bars_expected``. Strings are stored as they are; every other value
   as its JSON literal (``42000.5``, ``true``, ``null``), see :func:`encode_field`.
-- ``klines:...`` -- sorted set, score ``open_time``, member the bar as JSON (``version``
+- ``klines:{...}`` -- sorted set, score ``open_time``, member the bar as JSON (``version``
   first), capped at the newest ``recent_bars`` bars.
-- ``vp:...``, ``ind:...``, ``signal:...`` -- hashes written through :meth:`write_hashes`.
-- pub/sub channel ``{kind}-updates:...`` (``kline-updates:binance:BTC-USDT:1m``) -- one
+- ``vp:{...}``, ``ind:{...}``, ``signal:{...}`` -- hashes written through :meth:`write_hashes`.
+- pub/sub channel ``{kind}-updates:{...}`` (``kline-updates:{binance:BTC-USDT:1m}``) -- one
   JSON message per applied update (the hash fields, ``open_time`` and ``version``); stale
   or repeated updates announce nothing (see :func:`update_channel`).
 
 Every write goes through one Lua script (``connectors/lua/cas_upsert.lua``): an atomic
 compare-and-set on ``(open_time, version)``, so an older update never replaces newer data,
-whatever order updates arrive in and however many writers race.
+whatever order updates arrive in and however many writers race. All keys of one call belong
+to one series, so to one cluster slot: the script stays one atomic call on Redis Cluster.
+
+``REDIS_URL`` may name a cluster (``redis+cluster://host:port``, ``connectors/redis_client.py``):
+the pipeline is then split per primary by redis-py and sent to all of them at once. Every
+call whose answer is not a confirmed result (a dropped connection, a failover, MOVED/ASK
+beyond the client's redirects, a script the new primary lacks) is sent again until it is
+confirmed or ``retry_s`` has passed; the CAS makes a repeated call harmless.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -29,9 +38,14 @@ from typing import Any, Final, Self, cast
 import orjson
 import redis
 from redis.backoff import ExponentialWithJitterBackoff
+from redis.cluster import RedisCluster
+from redis.exceptions import NoScriptError, RedisClusterException
 from redis.retry import Retry
 
 from connectors.redaction import redact_url
+from connectors.redis_client import SyncClient, is_transient, open_redis, parse_redis_url
+from connectors.redis_keys import redis_key, update_channel
+from connectors.retry import Backoff
 from udfs.record import FIELDS, STRING_FIELDS, VersionedBar
 
 log = logging.getLogger(__name__)
@@ -48,14 +62,18 @@ _BAR_STRING_FIELDS: Final = STRING_FIELDS
 _PIPELINE_CHUNK: Final = 1000
 
 
-def series_suffix(exchange: str, symbol: str, timeframe: str) -> str:
-    """``"{exchange}:{symbol}:{timeframe}"``, the series part of every key."""
-    return f"{exchange}:{symbol}:{timeframe}"
+class UnconfirmedWrite(redis.ConnectionError):
+    """Fewer replicas than ``replica_acks`` acknowledged a write in time: it is sent again.
+
+    A ``ConnectionError`` so that every caller treats it as transient.
+    """
 
 
-def update_channel(kind: str, exchange: str, symbol: str, timeframe: str) -> str:
-    """The pub/sub channel announcing applied updates: ``"{kind}-updates:{series}"``."""
-    return f"{kind}-updates:{series_suffix(exchange, symbol, timeframe)}"
+# Cluster nodes: redis-py tries a node once more, then this writer's own retries take over
+# (with a fresh slot map), so a dead primary does not hold a batch in per-node retries.
+_CLUSTER_NODE_RETRIES: Final = 1
+_CLUSTER_SOCKET_TIMEOUT_S: Final = 30.0
+_CLUSTER_CONNECT_TIMEOUT_S: Final = 5.0
 
 
 def update_message(item: CasItem) -> bytes:
@@ -134,11 +152,17 @@ class RedisBarWriter:
 
     ``recent_bars`` caps each ``klines:`` sorted set; ``ttl_s`` (None = never) expires
     keys that stop being updated; ``publish`` announces applied updates on
-    :func:`update_channel`. AUTH (``redis://user:pass@host``) and TLS (``rediss://``, with
-    ``ssl_cert_reqs``/``ssl_ca_certs`` options) come from the URL (redis-py ``from_url``);
-    the password never reaches logs or error messages. Connects and PINGs on construction;
-    a dropped connection is retried ``reconnect_retries`` times with exponential backoff and
-    jitter (up to ``reconnect_cap_s`` between tries), so a Redis restart only delays writes.
+    :func:`update_channel`. ``url`` names one server (``redis://``, ``rediss://``) or a
+    cluster (``redis+cluster://``, ``rediss+cluster://``, any one node). AUTH
+    (``redis://user:pass@host``) and TLS (``rediss://``, with ``ssl_cert_reqs``/``ssl_ca_certs``
+    options) come from the URL (redis-py ``from_url``); the password never reaches logs or
+    error messages. Connects and PINGs on construction. On one server a dropped connection
+    is retried ``reconnect_retries`` times with exponential backoff and jitter (up to
+    ``reconnect_cap_s`` between tries); beyond that, and on a cluster, a call that is not
+    confirmed is sent again with the same backoff until ``retry_s`` has passed (then the
+    error is raised), so a restart or a failover only delays writes. With the URL option
+    ``replica_acks=N`` a write is confirmed only once N replicas acknowledged it (WAIT, see
+    :class:`connectors.redis_client.RedisTarget`).
     """
 
     def __init__(
@@ -150,34 +174,48 @@ class RedisBarWriter:
         publish: bool = True,
         reconnect_retries: int = 10,
         reconnect_cap_s: float = 2.0,
+        retry_s: float = 60.0,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         if recent_bars < 1:
             raise ValueError("recent_bars must be >= 1")
         if ttl_s is not None and ttl_s < 1:
             raise ValueError("ttl_s must be >= 1 second or None")
         self.redacted_url = redact_url(url)
+        target = parse_redis_url(url)
+        self.cluster = target.cluster
+        self.replica_acks = target.replica_acks
+        self.replica_ack_timeout_ms = target.replica_ack_timeout_ms
         self.recent_bars = recent_bars
         self.ttl_s = ttl_s
         self.publish = publish
+        self.retry_s = retry_s
+        self._backoff = Backoff(base_s=0.05, cap_s=reconnect_cap_s)
+        self._sleep = sleep
+        self._client: SyncClient | None = None
+        backoff = ExponentialWithJitterBackoff(cap=reconnect_cap_s, base=0.05)
+        options: dict[str, Any]
+        if self.cluster:
+            options = {
+                "retry": Retry(backoff, retries=_CLUSTER_NODE_RETRIES),
+                "socket_timeout": _CLUSTER_SOCKET_TIMEOUT_S,
+                "socket_connect_timeout": _CLUSTER_CONNECT_TIMEOUT_S,
+            }
+        else:
+            options = {
+                "retry": Retry(backoff, retries=reconnect_retries),
+                "retry_on_error": [redis.ConnectionError, redis.TimeoutError],
+                "health_check_interval": 30,
+            }
         try:
-            self._client: redis.Redis | None = redis.Redis.from_url(
-                url,
-                retry=Retry(
-                    ExponentialWithJitterBackoff(cap=reconnect_cap_s, base=0.05),
-                    retries=reconnect_retries,
-                ),
-                retry_on_error=[redis.ConnectionError, redis.TimeoutError],
-                health_check_interval=30,
-            )
-        except ValueError:
-            raise ValueError(f"invalid Redis URL {self.redacted_url}") from None
-        try:
+            self._client = open_redis(url, **options)
             self._client.ping()
-            self._sha: str = str(self._client.script_load(CAS_SCRIPT))
-        except redis.RedisError as exc:
+            self._sha: str = self._load_script()
+        except (redis.RedisError, RedisClusterException) as exc:
             self.close()
             raise redis.ConnectionError(
-                f"Redis at {self.redacted_url} is not usable: {type(exc).__name__}: {exc}"
+                f"Redis at {self.redacted_url} is not usable: {type(exc).__name__}: "
+                f"{redact_url(str(exc))}"
             ) from None
         log.debug("connected to Redis at %s", self.redacted_url)
 
@@ -211,10 +249,12 @@ class RedisBarWriter:
 
         ``kind`` is one of ``kline``, ``vp``, ``ind``, ``signal``. One EVALSHA per series,
         carrying all its items in ``(open_time, version)`` order (the script applies them
-        one after another), pipelined; the script is reloaded once if Redis lost it (restart,
-        SCRIPT FLUSH). Returns the number of distinct keys whose content changed (a stale or
-        equal update changes nothing; a bar that falls outside the sorted-set cap does not
-        count).
+        one after another), pipelined (per primary on a cluster); the script is loaded again
+        if Redis lost it (restart, failover, SCRIPT FLUSH), and unconfirmed calls are sent
+        again (see :meth:`_run`). Returns the number of distinct keys whose content changed
+        (a stale or equal update changes nothing; a bar that falls outside the sorted-set cap
+        does not count; a call sent again after a lost answer may count a change it made the
+        first time as none).
         """
         if kind not in HASH_KINDS:
             raise ValueError(f"unknown hash kind {kind!r} (expected {sorted(HASH_KINDS)})")
@@ -231,13 +271,13 @@ class RedisBarWriter:
 
     def read_latest_bar(self, exchange: str, symbol: str, timeframe: str) -> dict[str, Any] | None:
         """The ``kline:`` hash of a series decoded to typed values, or None."""
-        key = f"kline:{series_suffix(exchange, symbol, timeframe)}"
+        key = redis_key("kline", exchange, symbol, timeframe)
         raw = cast(dict[bytes, bytes], self._require_client().hgetall(key))
         return decode_bar_hash(raw) if raw else None
 
     def read_recent_bars(self, exchange: str, symbol: str, timeframe: str) -> list[dict[str, Any]]:
         """The ``klines:`` sorted set of a series, oldest first, decoded from JSON."""
-        key = f"klines:{series_suffix(exchange, symbol, timeframe)}"
+        key = redis_key("klines", exchange, symbol, timeframe)
         members = cast(list[bytes], self._require_client().zrange(key, 0, -1))
         return [orjson.loads(member) for member in members]
 
@@ -261,7 +301,7 @@ class RedisBarWriter:
     def __repr__(self) -> str:
         return f"RedisBarWriter({self.redacted_url!r}, recent_bars={self.recent_bars})"
 
-    def _require_client(self) -> redis.Redis:
+    def _require_client(self) -> SyncClient:
         if self._client is None:
             raise redis.ConnectionError(f"writer for {self.redacted_url} is closed")
         return self._client
@@ -269,13 +309,14 @@ class RedisBarWriter:
     def _script_call(self, kind: str, items: Sequence[CasItem]) -> tuple[list[str], list[Any]]:
         """Keys and arguments of one script call for the items of one series."""
         first = items[0]
-        suffix = series_suffix(first.exchange, first.symbol, first.timeframe)
-        keys = [f"{kind}:{suffix}"]
+        series = (first.exchange, first.symbol, first.timeframe)
+        # Every key of the call shares the series hash tag: one slot, one atomic script.
+        keys = [redis_key(kind, *series)]
         recent_prefix = RECENT_KINDS.get(kind)
         if any(item.recent_member is not None for item in items):
             if recent_prefix is None:
                 raise ValueError(f"hash kind {kind!r} keeps no sorted set of recent items")
-            keys.append(f"{recent_prefix}:{suffix}")
+            keys.append(redis_key(recent_prefix, *series))
         channel = (
             update_channel(kind, first.exchange, first.symbol, first.timeframe)
             if self.publish
@@ -296,17 +337,114 @@ class RedisBarWriter:
                 args.append(encode_field(value))
         return keys, args
 
+    def _queue_waits(
+        self, client: SyncClient, pipe: Any, first_keys: Sequence[str]
+    ) -> list[list[int]]:
+        """With ``replica_acks``, queue one WAIT per primary after its calls; the positions
+        (in ``first_keys``) of the calls each WAIT covers. On a cluster the WAIT goes to the
+        node the client routes the calls to, so it runs on the connection that wrote them."""
+        if not self.replica_acks or not first_keys:
+            return []
+        wait = ("WAIT", self.replica_acks, self.replica_ack_timeout_ms)
+        if not isinstance(client, RedisCluster):
+            pipe.execute_command(*wait)
+            return [list(range(len(first_keys)))]
+        groups: dict[str, tuple[Any, list[int]]] = {}
+        for position, key in enumerate(first_keys):
+            node = client.get_node_from_key(key)
+            groups.setdefault(node.name, (node, []))[1].append(position)
+        for node, _ in groups.values():
+            pipe.execute_command(*wait, target_nodes=node)
+        return [positions for _, positions in groups.values()]
+
+    def _apply_waits(
+        self, results: list[Any], calls: int, waits: Sequence[Sequence[int]]
+    ) -> list[Any]:
+        """The calls' results, each covered by a WAIT that fell short turned into an error."""
+        answers, acks = list(results[:calls]), results[calls:]
+        for positions, acked in zip(waits, acks, strict=True):
+            if isinstance(acked, int) and acked >= self.replica_acks:
+                continue
+            short = UnconfirmedWrite(
+                f"{acked!r} of {self.replica_acks} replicas acknowledged within "
+                f"{self.replica_ack_timeout_ms} ms"
+            )
+            for position in positions:
+                if not isinstance(answers[position], BaseException):
+                    answers[position] = short
+        return answers
+
+    def _load_script(self) -> str:
+        """SCRIPT LOAD the CAS script (on a cluster: on every primary); returns its SHA1."""
+        return str(self._require_client().script_load(CAS_SCRIPT))
+
     def _run(self, calls: Sequence[tuple[list[str], list[Any]]]) -> list[Any]:
-        client = self._require_client()
-        for attempt in (1, 2):
+        """The answers of ``calls`` (one EVALSHA each), every one of them confirmed.
+
+        The calls go in one pipeline (on a cluster redis-py splits it per primary, sends to
+        all, then follows MOVED/ASK one call at a time). A call that fails transiently
+        (:func:`connectors.redis_client.is_transient`), or with NOSCRIPT (a restarted or
+        newly promoted primary that never saw the script), is sent again, alone with the
+        other failed ones, after a backoff, until ``retry_s`` has passed; any other error
+        is raised at once. Calls already answered are not sent again.
+        """
+        answers: list[Any] = [None] * len(calls)
+        pending = list(range(len(calls)))
+        failures = 0
+        started = time.monotonic()
+        while True:
+            client = self._require_client()
             pipe = client.pipeline(transaction=False)
-            for keys, args in calls:
-                pipe.evalsha(self._sha, len(keys), *keys, *args)
+            for index in pending:
+                keys, args = calls[index]
+                # ``execute_command``: redis-py's cluster pipeline refuses its ``evalsha``
+                # method (because of NOSCRIPT), which is handled here.
+                pipe.execute_command("EVALSHA", self._sha, len(keys), *keys, *args)
+            waits: list[list[int]] = []
             try:
-                return pipe.execute()
-            except redis.exceptions.NoScriptError:
-                if attempt == 2:
+                waits = self._queue_waits(client, pipe, [calls[index][0][0] for index in pending])
+                results: list[Any] = pipe.execute(raise_on_error=False)
+            except (redis.RedisError, RedisClusterException) as exc:
+                if not is_transient(exc):
                     raise
+                results = [exc] * (len(pending) + len(waits))
+            results = self._apply_waits(results, len(pending), waits)
+            retry: list[int] = []
+            reload_script = False
+            last_error: BaseException | None = None
+            for index, result in zip(pending, results, strict=True):
+                if isinstance(result, NoScriptError):
+                    reload_script = True
+                    retry.append(index)
+                elif isinstance(result, BaseException):
+                    if not is_transient(result):
+                        raise result
+                    last_error = result
+                    retry.append(index)
+                else:
+                    answers[index] = result
+            if not retry:
+                return answers
+            elapsed = time.monotonic() - started
+            if last_error is not None:
+                if elapsed >= self.retry_s:
+                    raise last_error
+                delay = self._backoff.delay(failures)
+                failures += 1
+                log.info(
+                    "Redis at %s: %d of %d calls unconfirmed (%s); again in %.2fs",
+                    self.redacted_url,
+                    len(retry),
+                    len(calls),
+                    type(last_error).__name__,
+                    delay,
+                )
+                self._sleep(delay)
+            if reload_script:
                 log.info("Redis at %s lost the CAS script; loading it again", self.redacted_url)
-                self._sha = str(client.script_load(CAS_SCRIPT))
-        raise AssertionError("unreachable")
+                try:
+                    self._sha = self._load_script()
+                except (redis.RedisError, RedisClusterException) as exc:
+                    if not is_transient(exc) or time.monotonic() - started >= self.retry_s:
+                        raise
+            pending = retry

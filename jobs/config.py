@@ -217,7 +217,7 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
         "--redis-url",
         env="REDIS_URL",
         default=sinks.redis_url,
-        help="Redis for live state",
+        help="Redis for live state: redis://, rediss://, or redis+cluster://host:port (a cluster)",
         secret=True,
     )
     env_flag(

@@ -45,10 +45,12 @@ def run_demo(args: argparse.Namespace) -> int:
     """The demo, step by step; returns the exit code."""
     from connectors.clickhouse import open_writer
     from connectors.kafka_admin import end_offsets_total
+    from connectors.redis_keys import redis_key
     from connectors.redis_store import RedisBarWriter
     from connectors.replay import replay_files
     from jobs.job import run_job
-    from jobs.stack import StackError, stack_up
+    from jobs.stack import StackError
+    from jobs.stack_control import stack_up
 
     logging.getLogger("kafka").setLevel(logging.CRITICAL)
     started = time.monotonic()
@@ -106,7 +108,7 @@ def run_demo(args: argparse.Namespace) -> int:
         latest = redis_writer.read_latest_bar(exchange, symbol, timeframe)
     finally:
         redis_writer.close()
-    print(f"\nLatest bar in Redis (kline:{exchange}:{symbol}:{timeframe}):")
+    print(f"\nLatest bar in Redis ({redis_key('kline', exchange, symbol, timeframe)}):")
     print(f"  {latest}")
     dead = end_offsets_total(settings.kafka_bootstrap, settings.dlq_topic)
     print(f"\nDead letters in {settings.dlq_topic}: {dead} (rejected input, each with its reason)")
@@ -115,7 +117,7 @@ def run_demo(args: argparse.Namespace) -> int:
         f"  .venv/bin/klineflow query klines --exchange {exchange} --symbol {symbol} "
         f"--timeframe {timeframe}\n"
         f"  redis-cli -u {_redacted(settings.sinks.redis_url)} HGETALL "
-        f"kline:{exchange}:{symbol}:{timeframe}\n"
+        f"'{redis_key('kline', exchange, symbol, timeframe)}'\n"
         "  make cluster-up && make submit   # the same job on a standalone cluster; "
         "dashboard http://127.0.0.1:8081\n"
         "  make stack-down                  # stop Kafka and Redis"

@@ -1,4 +1,4 @@
-"""The local stack: a real Apache Kafka broker (KRaft, single node) and a Redis server.
+"""The local stack's services: a real Apache Kafka broker (KRaft, one node) and a Redis server.
 
 Both run as detached child processes on 127.0.0.1 with every file they write (config, data,
 logs, pid files) under one directory, ``StackConfig.home`` (``.klineflow/stack`` by default,
@@ -22,6 +22,8 @@ our cluster id; Redis: PING from our process) and raises :class:`StackError` wit
 the service's log if it does not. Starting a running service is harmless; stopping sends
 SIGTERM, waits, and sends SIGKILL after a timeout. Pid files store the pid and the process
 start time, so a stale pid file whose pid was reused by another process is recognised.
+The local Redis Cluster is in ``jobs/redis_cluster.py``; ``jobs/stack_control.py`` starts,
+stops and inspects the stack as a whole.
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ from typing import IO, Any, ClassVar
 
 import redis
 
+from connectors.kafka_replication import replication_for
+
 log = logging.getLogger(__name__)
 
 LOOPBACK = "127.0.0.1"
@@ -54,6 +58,8 @@ SETUP_HINT_JAVA = "install Java 17+ with `sudo apt-get install openjdk-17-jre-he
 LOG_TAIL_LINES = 40
 POLL_INTERVAL_S = 0.2
 KAFKA_NODE_ID = 1
+# A cluster's controller listeners sit this far above its broker ports.
+KAFKA_CLUSTER_CONTROLLER_OFFSET = 100
 
 
 class StackError(RuntimeError):
@@ -73,6 +79,16 @@ class StackConfig:
     kafka_port: int = 9092
     kafka_controller_port: int = 9093
     redis_port: int = 6379
+    # Kafka brokers: 1 is the single broker above; N > 1 is a KRaft cluster of N combined
+    # broker+controller nodes (jobs/kafka_cluster.py) on kafka_port .. + N-1, their
+    # controller listeners on kafka_port + 100 .. + 100 + N-1.
+    kafka_brokers: int = 1
+    # A local Redis Cluster (jobs/redis_cluster.py) instead of the single Redis: six nodes
+    # on redis_cluster_port .. + 5 (their cluster buses 10000 above).
+    redis_cluster: bool = False
+    redis_cluster_port: int = 7000
+    # How long a primary may be silent before its replica takes over (cluster-node-timeout).
+    redis_cluster_node_timeout_ms: int = 5000
     kafka_libs: Path = DEFAULT_KAFKA_LIBS
     kafka_heap: str = "512m"
     # Extra JVM options for the broker (e.g. GC flags); the heap is set from ``kafka_heap``.
@@ -263,14 +279,35 @@ class LocalService:
         Raises :class:`StackError` with the log tail if it exits or does not answer within
         ``timeout_s``.
         """
+        return self.wait_ready(self.launch(), timeout_s)
+
+    def launch(self) -> int:
+        """Start the process unless ours runs already; its pid. Does not wait for it.
+
+        With :meth:`wait_ready` this starts services that only answer together (the nodes
+        of a Kafka controller quorum).
+        """
         self.home.mkdir(parents=True, exist_ok=True)
         pid = self._read_pid()
         if pid is not None:
             log.info("%s already running (pid %d)", self.name, pid)
-        else:
-            command = self._prepare()
-            pid = self._spawn(command)
+            return pid
+        return self._spawn(self._prepare())
+
+    def wait_ready(self, pid: int, timeout_s: float = 60.0) -> ServiceStatus:
+        """Wait until ``pid`` answers; :class:`StackError` with the log tail if it does not."""
         return self._wait_until_answering(pid, timeout_s)
+
+    def request_stop(self) -> None:
+        """Send SIGTERM if ours runs, without waiting (:meth:`stop` then waits for it).
+
+        Stopping every node of a quorum at once lets each shut down while the others still
+        answer, instead of the last one waiting for peers already gone.
+        """
+        pid = self._read_pid()
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
 
     def stop(self, timeout_s: float = 30.0) -> ServiceStatus:
         """Stop the service by pid: SIGTERM, wait up to ``timeout_s``, then SIGKILL."""
@@ -377,14 +414,44 @@ def _find_java() -> str:
 
 
 class KafkaBroker(LocalService):
-    """A single-node Apache Kafka broker in KRaft mode (combined broker and controller)."""
+    """An Apache Kafka broker in KRaft mode (combined broker and controller).
+
+    ``index`` None is the single broker of the stack (node id 1, ``kafka_port``,
+    ``kafka_controller_port``, files in ``home/kafka``). An index ``i`` makes it node ``i + 1``
+    of a cluster of ``config.kafka_brokers`` (ports: ``kafka_port + i`` and
+    ``kafka_port + 100 + i``; files in ``home/kafka-cluster/broker-i``, pid file
+    ``home/kafka-i.pid``), every node a voter of the controller quorum.
+    """
 
     name = "kafka"
+
+    def __init__(self, config: StackConfig, index: int | None = None) -> None:
+        super().__init__(config)
+        self.index = index
+        if index is not None:
+            self.pid_file = self.home / f"kafka-{index}.pid"
+
+    @property
+    def node_id(self) -> int:
+        """The KRaft node id (1 for the single broker, ``index + 1`` in a cluster)."""
+        return KAFKA_NODE_ID if self.index is None else self.index + 1
+
+    @property
+    def port(self) -> int:
+        """The PLAINTEXT listener port."""
+        return self.config.kafka_port + (self.index or 0)
+
+    @property
+    def controller_port(self) -> int:
+        """The CONTROLLER listener port."""
+        if self.index is None:
+            return self.config.kafka_controller_port
+        return self.config.kafka_port + KAFKA_CLUSTER_CONTROLLER_OFFSET + self.index
 
     @property
     def bootstrap(self) -> str:
         """The PLAINTEXT bootstrap address, ``127.0.0.1:PORT``."""
-        return f"{LOOPBACK}:{self.config.kafka_port}"
+        return f"{LOOPBACK}:{self.port}"
 
     @property
     def address(self) -> str:
@@ -394,7 +461,9 @@ class KafkaBroker(LocalService):
     @property
     def kafka_dir(self) -> Path:
         """The broker's own directory under the stack home."""
-        return self.home / "kafka"
+        if self.index is None:
+            return self.home / "kafka"
+        return self.home / "kafka-cluster" / f"broker-{self.index}"
 
     @property
     def data_dir(self) -> Path:
@@ -427,29 +496,35 @@ class KafkaBroker(LocalService):
         return self.config.kafka_libs.expanduser().resolve()
 
     def cluster_id(self) -> str:
-        """The cluster id of this stack's broker, created once and kept in the stack home."""
-        id_file = self.kafka_dir / "cluster-id"
+        """The cluster id of this stack's broker (or cluster), created once, kept in the home."""
+        id_dir = self.kafka_dir if self.index is None else self.kafka_dir.parent
+        id_file = id_dir / "cluster-id"
         try:
             return id_file.read_text().strip()
         except FileNotFoundError:
             pass
-        self.kafka_dir.mkdir(parents=True, exist_ok=True)
+        id_dir.mkdir(parents=True, exist_ok=True)
         cluster_id = _new_kafka_cluster_id()
         id_file.write_text(cluster_id + "\n")
         return cluster_id
 
     def server_properties_text(self) -> str:
         """The broker configuration for the current ports and directories."""
-        cfg = self.config
+        if self.index is None:
+            voters = f"{self.node_id}@{LOOPBACK}:{self.controller_port}"
+            replicas, min_isr = 1, 1
+        else:
+            peers = [KafkaBroker(self.config, i) for i in range(self.config.kafka_brokers)]
+            voters = ",".join(f"{p.node_id}@{LOOPBACK}:{p.controller_port}" for p in peers)
+            replicas, min_isr = replication_for(self.config.kafka_brokers)
         settings: dict[str, str | int] = {
             "process.roles": "broker,controller",
-            "node.id": KAFKA_NODE_ID,
-            "controller.quorum.voters": f"{KAFKA_NODE_ID}@{LOOPBACK}:{cfg.kafka_controller_port}",
+            "node.id": self.node_id,
+            "controller.quorum.voters": voters,
             "listeners": (
-                f"PLAINTEXT://{LOOPBACK}:{cfg.kafka_port},"
-                f"CONTROLLER://{LOOPBACK}:{cfg.kafka_controller_port}"
+                f"PLAINTEXT://{LOOPBACK}:{self.port},CONTROLLER://{LOOPBACK}:{self.controller_port}"
             ),
-            "advertised.listeners": f"PLAINTEXT://{LOOPBACK}:{cfg.kafka_port}",
+            "advertised.listeners": f"PLAINTEXT://{LOOPBACK}:{self.port}",
             "controller.listener.names": "CONTROLLER",
             "inter.broker.listener.name": "PLAINTEXT",
             "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
@@ -457,16 +532,16 @@ class KafkaBroker(LocalService):
             # Topics: auto-creation stays on as a safety net, with 4 partitions.
             "auto.create.topics.enable": "true",
             "num.partitions": 4,
-            "default.replication.factor": 1,
-            "min.insync.replicas": 1,
-            # Internal topics on a single node: replication factor 1, few partitions.
-            "offsets.topic.replication.factor": 1,
+            # Replication (also of the internal topics): 1 on one node, 3 / 2 in a cluster.
+            "default.replication.factor": replicas,
+            "min.insync.replicas": min_isr,
+            "offsets.topic.replication.factor": replicas,
             "offsets.topic.num.partitions": 4,
-            "transaction.state.log.replication.factor": 1,
-            "transaction.state.log.min.isr": 1,
+            "transaction.state.log.replication.factor": replicas,
+            "transaction.state.log.min.isr": min_isr,
             "transaction.state.log.num.partitions": 4,
-            "share.coordinator.state.topic.replication.factor": 1,
-            "share.coordinator.state.topic.min.isr": 1,
+            "share.coordinator.state.topic.replication.factor": replicas,
+            "share.coordinator.state.topic.min.isr": min_isr,
             # Flink's exactly-once Kafka sink uses 1 h transactions; the default cap is 15 min.
             "transaction.max.timeout.ms": 3_600_000,
             "group.initial.rebalance.delay.ms": 0,
@@ -574,7 +649,7 @@ logger.clients.level = WARN
         from kafka.admin import KafkaAdminClient
         from kafka.errors import KafkaError
 
-        if not port_accepts(LOOPBACK, self.config.kafka_port):
+        if not port_accepts(LOOPBACK, self.port):
             return False  # not listening yet: skip the client and its connection-error logs
         try:
             admin = KafkaAdminClient(
@@ -594,7 +669,10 @@ logger.clients.level = WARN
         return (
             cluster.get("cluster_id") == self.cluster_id()
             and cluster.get("controller_id", -1) != -1
-            and bool(cluster.get("brokers"))
+            and any(
+                b.get("broker_id") == self.node_id and not b.get("is_fenced", False)
+                for b in cluster.get("brokers", ())
+            )
         )
 
 
@@ -680,24 +758,3 @@ databases 16
         finally:
             client.close()
         return int(info.get("process_id", -1)) == pid
-
-
-def stack_services(config: StackConfig) -> list[LocalService]:
-    """The services of the stack, in start order."""
-    return [KafkaBroker(config), RedisServer(config)]
-
-
-def stack_up(config: StackConfig, timeout_s: float = 90.0) -> list[ServiceStatus]:
-    """Start every service (those already running are left alone) and wait until they answer."""
-    return [service.start(timeout_s=timeout_s) for service in stack_services(config)]
-
-
-def stack_down(config: StackConfig, timeout_s: float = 30.0) -> list[ServiceStatus]:
-    """Stop every service, in reverse start order."""
-    statuses = [service.stop(timeout_s=timeout_s) for service in reversed(stack_services(config))]
-    return list(reversed(statuses))
-
-
-def stack_status(config: StackConfig) -> list[ServiceStatus]:
-    """The status of every service."""
-    return [service.status() for service in stack_services(config)]

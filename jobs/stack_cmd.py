@@ -1,4 +1,4 @@
-"""``klineflow stack up|down|status``: the local Kafka broker and Redis on loopback."""
+"""``klineflow stack up|down|status``: the local Kafka broker and Redis (or a Redis Cluster)."""
 
 from __future__ import annotations
 
@@ -8,15 +8,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from jobs.cliutil import env_flag
-from jobs.stack import (
-    ServiceStatus,
-    StackConfig,
-    StackError,
-    stack_down,
-    stack_status,
-    stack_up,
-)
+from jobs.cliutil import env_bool_flag, env_flag
+from jobs.stack import ServiceStatus, StackConfig, StackError
+from jobs.stack_control import stack_down, stack_status, stack_up
 
 ACTIONS = ("up", "down", "status")
 
@@ -30,7 +24,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             "The local stack: a single-node Apache Kafka broker (KRaft) and a Redis server, "
             "both on 127.0.0.1, with data, logs and pid files under --stack-dir. "
             "`up` waits until both answer (exit 1 with the log tail if not), `down` stops "
-            "them (SIGTERM, then SIGKILL), `status` exits 0 only if both run and answer."
+            "them (SIGTERM, then SIGKILL), `status` exits 0 only if both run and answer. "
+            "With --redis-cluster, a Redis Cluster of 3 primaries and 3 replicas takes the "
+            "single Redis's place, with --kafka-brokers N a KRaft cluster of N brokers the "
+            "single broker's; `down` stops either kind."
         ),
     )
     parser.add_argument("action", choices=ACTIONS, help="what to do")
@@ -75,6 +72,39 @@ def add_stack_arguments(parser: argparse.ArgumentParser) -> None:
     )
     env_flag(
         parser,
+        "--kafka-brokers",
+        env="KLINEFLOW_KAFKA_BROKERS",
+        default=stack.kafka_brokers,
+        type=int,
+        help=(
+            "Kafka brokers: 1, or a KRaft cluster of N on --kafka-port .. +N-1 (controllers "
+            "100 above; topics get replication factor 3 and min.insync.replicas 2 from 3)"
+        ),
+    )
+    env_bool_flag(
+        parser,
+        "--redis-cluster",
+        env="KLINEFLOW_REDIS_CLUSTER",
+        help="a Redis Cluster (3 primaries + 3 replicas) instead of the single Redis",
+    )
+    env_flag(
+        parser,
+        "--redis-cluster-port",
+        env="KLINEFLOW_REDIS_CLUSTER_PORT",
+        default=stack.redis_cluster_port,
+        type=int,
+        help="first port of the Redis Cluster's six nodes on 127.0.0.1 (buses 10000 above)",
+    )
+    env_flag(
+        parser,
+        "--redis-cluster-node-timeout-ms",
+        env="KLINEFLOW_REDIS_CLUSTER_NODE_TIMEOUT_MS",
+        default=stack.redis_cluster_node_timeout_ms,
+        type=int,
+        help="cluster-node-timeout: how long a silent primary lasts before its replica takes over",
+    )
+    env_flag(
+        parser,
         "--kafka-libs",
         env="KLINEFLOW_KAFKA_LIBS",
         default=stack.kafka_libs,
@@ -103,8 +133,12 @@ def config_from_args(args: argparse.Namespace) -> StackConfig:
     return StackConfig(
         home=args.stack_dir,
         kafka_port=args.kafka_port,
+        kafka_brokers=args.kafka_brokers,
         kafka_controller_port=args.kafka_controller_port,
         redis_port=args.redis_port,
+        redis_cluster=args.redis_cluster,
+        redis_cluster_port=args.redis_cluster_port,
+        redis_cluster_node_timeout_ms=args.redis_cluster_node_timeout_ms,
         kafka_libs=args.kafka_libs,
         kafka_heap=args.kafka_heap,
     )

@@ -59,38 +59,45 @@ class L2Cache(Protocol):
 
 
 class RedisL2Cache:
-    """L2 cache in Redis (``inference-cache:{hash}`` strings with a TTL), via redis.asyncio.
+    """L2 cache in Redis (``inference-cache:<sha256>`` strings with a TTL), via redis.asyncio.
 
-    Redis being down makes every lookup a miss (counted in ``errors``); it never fails a call.
+    ``url`` names one server or a cluster (``redis+cluster://host:port``,
+    :mod:`connectors.redis_client`); every operation touches one key, so the entries spread
+    over all cluster slots. Redis being down (or a cluster failing over) makes every lookup
+    a miss (counted in ``errors``); it never fails a call.
     """
 
     def __init__(self, url: str, *, op_timeout_s: float = 0.5) -> None:
-        import redis.asyncio as aioredis
-
         from connectors.redaction import redact_url
+        from connectors.redis_client import open_async_redis
 
         self.redacted_url = redact_url(url)
-        self._client = aioredis.Redis.from_url(
+        self._client = open_async_redis(
             url, socket_timeout=op_timeout_s, socket_connect_timeout=op_timeout_s
         )
         self.errors = 0
 
+    def __repr__(self) -> str:
+        return f"RedisL2Cache({self.redacted_url!r})"
+
     async def get(self, key: str) -> bytes | None:
         import redis
+        from redis.exceptions import RedisClusterException
 
         try:
             value = await self._client.get(CACHE_KEY_PREFIX + key)
-        except (redis.RedisError, OSError) as exc:
+        except (redis.RedisError, RedisClusterException, OSError) as exc:
             self._failed("get", exc)
             return None
         return bytes(value) if value is not None else None
 
     async def put(self, key: str, value: bytes, ttl_s: float) -> None:
         import redis
+        from redis.exceptions import RedisClusterException
 
         try:
             await self._client.set(CACHE_KEY_PREFIX + key, value, px=max(1, int(ttl_s * 1000)))
-        except (redis.RedisError, OSError) as exc:
+        except (redis.RedisError, RedisClusterException, OSError) as exc:
             self._failed("set", exc)
 
     async def close(self) -> None:

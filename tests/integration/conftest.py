@@ -11,11 +11,16 @@ Fixtures (a contract other test modules rely on):
 - ``redis_client`` (function): a ``redis.Redis`` on ``redis_url``, database flushed first
 - ``kafka_topics`` (function): :class:`TopicNames` with fresh raw (4 partitions) and
   dlq (1 partition) topics, already created
+- ``redis_cluster`` (session): the session's :class:`LocalRedisCluster` (3 primaries,
+  3 replicas, free loopback ports), started on first use
+- ``redis_cluster_url`` (function): ``"redis+cluster://127.0.0.1:PORT"`` of that cluster,
+  healthy (every slot served, every replica in sync) and with every primary flushed
 """
 
 from __future__ import annotations
 
 import contextlib
+import random
 import re
 import socket
 import uuid
@@ -26,6 +31,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from redis.cluster import RedisCluster
 
 # kafka-python loads its protocol schemas with deprecated importlib.resources calls at import.
 KAFKA_PYTHON_DEPRECATIONS = ("read_text is deprecated", "open_text is deprecated")
@@ -33,6 +39,7 @@ for _message in KAFKA_PYTHON_DEPRECATIONS:
     warnings.filterwarnings("ignore", message=_message, category=DeprecationWarning)
 
 from connectors.kafka_admin import DEAD_LETTER_TOPIC, ensure_topics  # noqa: E402
+from jobs.redis_cluster import NODES, LocalRedisCluster  # noqa: E402
 from jobs.stack import KafkaBroker, RedisServer, StackConfig, StackError  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -40,6 +47,8 @@ KAFKA_LIBS = REPO_ROOT / "build" / "kafka" / "libs"
 INTEGRATION_DIR = Path(__file__).resolve().parent
 # Generous: the machine is shared with Flink mini-clusters; a start takes ~3 s when idle.
 START_TIMEOUT_S = 120.0
+# Short, so a failover takes seconds; not so short that a loaded machine votes one in by itself.
+CLUSTER_NODE_TIMEOUT_MS = 2000
 
 
 @dataclass(frozen=True)
@@ -73,6 +82,25 @@ def free_ports(count: int) -> list[int]:
         for sock in sockets:
             sock.bind(("127.0.0.1", 0))
         return [int(sock.getsockname()[1]) for sock in sockets]
+
+
+def free_port_block(count: int, bus_offset: int = 10_000) -> int:
+    """A base port with ``base .. base+count-1`` and their cluster bus ports all free now.
+
+    Bases are drawn from 15000-21999, so the bus ports stay below Linux's ephemeral range.
+    """
+    for _ in range(200):
+        base = random.randrange(15_000, 22_000 - count)
+        ports = [base + i for i in range(count)] + [base + bus_offset + i for i in range(count)]
+        with contextlib.ExitStack() as stack:
+            try:
+                for port in ports:
+                    sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+                    sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return base
+    raise RuntimeError(f"no block of {count} free ports (and their bus ports) on 127.0.0.1")
 
 
 def fresh_stack_config(home: Path) -> StackConfig:
@@ -159,3 +187,37 @@ def kafka_topics(kafka_bootstrap: str, request: pytest.FixtureRequest) -> TopicN
     ensure_topics(kafka_bootstrap, [names.raw], partitions=4)
     ensure_topics(kafka_bootstrap, [names.dlq], partitions=1, configs=DEAD_LETTER_TOPIC)
     return names
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRedisCluster]:
+    """The session's running Redis Cluster; stopped when the session ends."""
+    config = StackConfig(
+        home=tmp_path_factory.mktemp("redis-cluster"),
+        redis_cluster=True,
+        redis_cluster_port=free_port_block(NODES),
+        redis_cluster_node_timeout_ms=CLUSTER_NODE_TIMEOUT_MS,
+        stop_with_parent=True,
+    )
+    cluster = LocalRedisCluster(config)
+    try:
+        cluster.start(timeout_s=START_TIMEOUT_S)
+    except StackError as exc:
+        cluster.stop()
+        pytest.fail(f"could not start the Redis Cluster for the tests:\n{exc}", pytrace=False)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def redis_cluster_url(redis_cluster: LocalRedisCluster) -> str:
+    """The cluster's URL, once it is healthy and every primary is empty."""
+    redis_cluster.wait_healthy(START_TIMEOUT_S)
+    client = RedisCluster.from_url(redis_cluster.url.replace("redis+cluster://", "redis://"))
+    try:
+        client.flushall(target_nodes=RedisCluster.PRIMARIES)
+    finally:
+        client.close()
+    return redis_cluster.url

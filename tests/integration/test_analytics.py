@@ -411,14 +411,14 @@ def test_job_writes_profiles_and_indicators_to_clickhouse_and_redis(
     for series in (BTC, ETH_OKX):
         for timeframe in PROFILE_TIMEFRAMES:
             suffix = f"{series.exchange}:{series.symbol}:{timeframe}"
-            stored = decode_hash(redis_client.hgetall(f"vp:{suffix}"), strings)  # type: ignore[arg-type]
+            stored = decode_hash(redis_client.hgetall(f"vp:{{{suffix}}}"), strings)  # type: ignore[arg-type]
             newest = max(k for k in expected_profiles if k[:3] == (*key_of(series), timeframe))
             want = expected_profiles[newest].as_dict()
             assert stored["window_start"] == newest[3] and stored["is_closed"] is True, suffix
             assert {name: stored[name] for name in want} == want, suffix
         for timeframe in ALL_TIMEFRAMES:
             suffix = f"{series.exchange}:{series.symbol}:{timeframe}"
-            stored = decode_hash(redis_client.hgetall(f"ind:{suffix}"), strings)  # type: ignore[arg-type]
+            stored = decode_hash(redis_client.hgetall(f"ind:{{{suffix}}}"), strings)  # type: ignore[arg-type]
             newest = max(k for k in expected_indicators if k[:3] == (*key_of(series), timeframe))
             assert stored["open_time"] == newest[3], suffix
             want_values = expected_indicators[newest].as_dict()

@@ -200,11 +200,12 @@ def test_job_upserts_bars_into_chdb_and_redis_and_rejects_bad_input(
     for exchange, symbol, _, _ in SERIES:
         key = f"{exchange}:{symbol}:1m"
         newest = expected[(key, START + (MINUTES - 1) * 60_000)]
-        latest = {k.decode(): v.decode() for k, v in redis_client.hgetall(f"kline:{key}").items()}
+        stored = redis_client.hgetall(f"kline:{{{key}}}")
+        latest = {k.decode(): v.decode() for k, v in stored.items()}
         assert int(latest["open_time"]) == newest.open_time
         assert float(latest["close"]) == newest.close
         assert latest["is_closed"] in ("0", "false", "False")
-        members = redis_client.zrange(f"klines:{key}", 0, -1, withscores=True)
+        members = redis_client.zrange(f"klines:{{{key}}}", 0, -1, withscores=True)
         assert [int(score) for _, score in members] == [
             START + m * 60_000 for m in range(MINUTES - 4, MINUTES)
         ]

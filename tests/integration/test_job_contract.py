@@ -269,7 +269,7 @@ def test_watermarks_are_per_partition(
         produce(kafka_bootstrap, topics.raw, [kline_message(k, partition=0) for k in ahead])
         wait_for(
             lambda: (
-                (latest_bar(redis_client, f"kline:{BTC.key()}") or {}).get("open_time")
+                (latest_bar(redis_client, f"kline:{{{BTC.key()}}}") or {}).get("open_time")
                 == ahead[-1].open_time
             ),
             timeout_s=STARTUP_S,
@@ -283,7 +283,7 @@ def test_watermarks_are_per_partition(
         )
         for series in lagging.values():
             for timeframe, closed_count in (("5m", 11), ("15m", 3)):
-                key = f"klines:{series.key(timeframe)}"
+                key = f"klines:{{{series.key(timeframe)}}}"
                 length = ROLLUP_MINUTES[timeframe]
                 want = [(day + i * length * MINUTE, True, length) for i in range(closed_count)]
 
@@ -339,7 +339,7 @@ def test_idle_partitions_do_not_stall_rollups_and_old_windows_emit_once(
     client = start_job(settings)
     try:
         produce(kafka_bootstrap, topics.raw, messages)
-        five = f"kline-updates:{BTC.key('5m')}"
+        five = f"kline-updates:{{{BTC.key('5m')}}}"
         closed_windows = [GOLDEN_START + i * 5 * MINUTE for i in range(5)]
         wait_for(
             lambda: {m["open_time"] for m in listener.on(five)} >= set(closed_windows),
@@ -347,13 +347,15 @@ def test_idle_partitions_do_not_stall_rollups_and_old_windows_emit_once(
             what="the 5m windows to close",
             client=client,
         )
-        quarter = f"kline-updates:{BTC.key('15m')}"
+        quarter = f"kline-updates:{{{BTC.key('15m')}}}"
         wait_for(lambda: listener.on(quarter), timeout_s=30, what="the 15m window", client=client)
         # Every 1m bar is written; the window at 00:25 is still open: nothing of it was
         # published (an early firing would have come before the window at 00:20 closed).
         last = GOLDEN_START + 29 * MINUTE
         wait_for(
-            lambda: (latest_bar(redis_client, f"kline:{BTC.key()}") or {}).get("open_time") == last,
+            lambda: (
+                (latest_bar(redis_client, f"kline:{{{BTC.key()}}}") or {}).get("open_time") == last
+            ),
             timeout_s=30,
             what="the last 1m bar",
             client=client,
@@ -365,9 +367,12 @@ def test_idle_partitions_do_not_stall_rollups_and_old_windows_emit_once(
         assert [(m["open_time"], m["is_closed"]) for m in listener.on(quarter)] == [
             (GOLDEN_START, True)
         ]
-        assert latest_bar(redis_client, f"kline:{BTC.key('5m')}")["open_time"] == closed_windows[-1]
-        assert redis_client.zcard(f"klines:{BTC.key('5m')}") == 5
-        assert not redis_client.exists(f"kline:{BTC.key('4h')}", f"kline:{BTC.key('1d')}")
+        assert (
+            latest_bar(redis_client, f"kline:{{{BTC.key('5m')}}}")["open_time"]
+            == closed_windows[-1]
+        )
+        assert redis_client.zcard(f"klines:{{{BTC.key('5m')}}}") == 5
+        assert not redis_client.exists(f"kline:{{{BTC.key('4h')}}}", f"kline:{{{BTC.key('1d')}}}")
     finally:
         cancel_job(client)
         listener.close()
@@ -410,7 +415,7 @@ def test_live_rollups_fire_early_and_close_by_the_wall_clock(
         probe = live_kline(ETH, boundary - MINUTE, closed=False, rng=rng)
         produce(kafka_bootstrap, topics.raw, [kline_message(probe, partition=0)])
         wait_for(
-            lambda: redis_client.exists(f"kline:{ETH.key()}"),
+            lambda: redis_client.exists(f"kline:{{{ETH.key()}}}"),
             timeout_s=STARTUP_S,
             what="the job to run",
             client=client,
@@ -428,7 +433,7 @@ def test_live_rollups_fire_early_and_close_by_the_wall_clock(
         produce(kafka_bootstrap, topics.raw, [kline_message(bar, partition=0)])
         developing = {
             tf: wait_for(
-                lambda tf=tf: latest_bar(redis_client, f"kline:{BTC.key(tf)}"),
+                lambda tf=tf: latest_bar(redis_client, f"kline:{{{BTC.key(tf)}}}"),
                 timeout_s=30,
                 what=f"the developing {tf} bar",
                 client=client,
@@ -445,11 +450,11 @@ def test_live_rollups_fire_early_and_close_by_the_wall_clock(
             assert latest["close"] == bar.close
         # The probe's in-progress update fired no roll-up (it came before the closed bar);
         # its window may only have been closed by the wall clock (a slow start, see above).
-        probe_five = latest_bar(redis_client, f"kline:{ETH.key('5m')}")
+        probe_five = latest_bar(redis_client, f"kline:{{{ETH.key('5m')}}}")
         assert probe_five is None or (probe_five["is_closed"] and now_ms() >= first_due)
 
         def closed_five() -> dict[str, Any] | None:
-            latest = latest_bar(redis_client, f"kline:{BTC.key('5m')}")
+            latest = latest_bar(redis_client, f"kline:{{{BTC.key('5m')}}}")
             return latest if latest and latest["is_closed"] else None
 
         closed = wait_for(
@@ -463,7 +468,7 @@ def test_live_rollups_fire_early_and_close_by_the_wall_clock(
         assert closed["version"] == developing["5m"]["version"] + 1
         # The probe's window closes the same way, with its in-progress bar.
         probe_closed = wait_for(
-            lambda: latest_bar(redis_client, f"kline:{ETH.key('5m')}"),
+            lambda: latest_bar(redis_client, f"kline:{{{ETH.key('5m')}}}"),
             timeout_s=30,
             what="the probe's 5m window",
             client=client,
@@ -507,7 +512,7 @@ def test_emit_in_progress_fires_rollups_on_in_progress_updates(
         produce(kafka_bootstrap, topics.raw, [kline_message(update, partition=2)])
         for tf, minutes in (("5m", 5), ("1h", 60), ("1d", 1440)):
             latest = wait_for(
-                lambda tf=tf: latest_bar(redis_client, f"kline:{BTC.key(tf)}"),
+                lambda tf=tf: latest_bar(redis_client, f"kline:{{{BTC.key(tf)}}}"),
                 timeout_s=STARTUP_S,
                 what=f"the developing {tf} bar",
                 client=client,

@@ -31,7 +31,7 @@ def test_each_applied_update_is_announced_once_and_stale_ones_never(
     redis_url: str, redis_client: redis.Redis
 ) -> None:
     channel = update_channel("kline", "binance", "BTC-USDT", "1m")
-    assert channel == "kline-updates:binance:BTC-USDT:1m"
+    assert channel == "kline-updates:{binance:BTC-USDT:1m}"
     pubsub = redis_client.pubsub()
     pubsub.subscribe(channel)
     assert pubsub.get_message(timeout=5)["type"] == "subscribe"  # type: ignore[index]
@@ -104,11 +104,11 @@ def test_a_redis_restart_mid_stream_only_delays_writes(own_redis: RedisServer) -
     client = redis.Redis.from_url(own_redis.url)
     try:
         for symbol in ("BTC-USDT", "ETH-USDT"):
-            latest = client.hgetall(f"kline:binance:{symbol}:1m")
+            latest = client.hgetall(f"kline:{{binance:{symbol}:1m}}")
             newest = make_bar(minutes - 1, versions, symbol)
             assert int(latest[b"open_time"]) == newest.kline.open_time
             assert int(latest[b"version"]) == versions
-            members = client.zrange(f"klines:binance:{symbol}:1m", 0, -1)
+            members = client.zrange(f"klines:{{binance:{symbol}:1m}}", 0, -1)
             # Bars written after the restart are all there, each at its newest version.
             stored = {orjson.loads(m)["open_time"]: orjson.loads(m)["version"] for m in members}
             late = [m for m in range(minutes) if make_bar(m, 1).kline.open_time in stored]

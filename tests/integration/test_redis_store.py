@@ -65,11 +65,11 @@ def writer(redis_url: str, redis_client: redis.Redis) -> Iterator[RedisBarWriter
 
 
 def hash_of(client: redis.Redis, symbol: str = "BTC-USDT") -> dict[str, Any]:
-    return decode_bar_hash(client.hgetall(f"kline:binance:{symbol}:1m"))
+    return decode_bar_hash(client.hgetall(f"kline:{{binance:{symbol}:1m}}"))
 
 
 def zset_of(client: redis.Redis, symbol: str = "BTC-USDT") -> list[tuple[dict[str, Any], int]]:
-    members = client.zrange(f"klines:binance:{symbol}:1m", 0, -1, withscores=True)
+    members = client.zrange(f"klines:{{binance:{symbol}:1m}}", 0, -1, withscores=True)
     return [(orjson.loads(member), int(score)) for member, score in members]
 
 
@@ -187,11 +187,11 @@ def test_equal_version_is_an_idempotent_rewrite(
 ) -> None:
     bars = [make_bar(m, version=3) for m in range(3)]
     assert writer.write_bars(bars) == 2  # the hash and the sorted set
-    snapshot = (redis_client.hgetall("kline:binance:BTC-USDT:1m"), zset_of(redis_client))
+    snapshot = (redis_client.hgetall("kline:{binance:BTC-USDT:1m}"), zset_of(redis_client))
     assert writer.write_bars(bars) == 0
     assert writer.write_bars(list(reversed(bars))) == 0
-    assert (redis_client.hgetall("kline:binance:BTC-USDT:1m"), zset_of(redis_client)) == snapshot
-    assert redis_client.zcard("klines:binance:BTC-USDT:1m") == 3
+    assert (redis_client.hgetall("kline:{binance:BTC-USDT:1m}"), zset_of(redis_client)) == snapshot
+    assert redis_client.zcard("klines:{binance:BTC-USDT:1m}") == 3
 
 
 def test_sorted_set_is_capped_at_the_newest_n_bars(
@@ -203,7 +203,7 @@ def test_sorted_set_is_capped_at_the_newest_n_bars(
     ]
     # A late bar older than the newest five does not get in (and counts as no change).
     assert writer.write_bars([make_bar(3, version=50)]) == 0
-    assert redis_client.zcard("klines:binance:BTC-USDT:1m") == 5
+    assert redis_client.zcard("klines:{binance:BTC-USDT:1m}") == 5
     assert writer.read_recent_bars("binance", "BTC-USDT", "1m") == [
         bar_fields(make_bar(m, version=1)) for m in range(15, 20)
     ]
@@ -231,11 +231,11 @@ def test_versions_beyond_double_precision_compare_exactly(
 def test_ttl_applies_to_both_keys(redis_url: str, redis_client: redis.Redis) -> None:
     with RedisBarWriter(redis_url, ttl_s=120) as writer:
         writer.write_bars([make_bar(0, version=1)])
-    for key in ("kline:binance:BTC-USDT:1m", "klines:binance:BTC-USDT:1m"):
+    for key in ("kline:{binance:BTC-USDT:1m}", "klines:{binance:BTC-USDT:1m}"):
         assert 0 < redis_client.ttl(key) <= 120
     with RedisBarWriter(redis_url) as writer:
         writer.write_bars([make_bar(1, version=1, symbol="ETH-USDT")])
-    assert redis_client.ttl("kline:binance:ETH-USDT:1m") == -1
+    assert redis_client.ttl("kline:{binance:ETH-USDT:1m}") == -1
 
 
 def test_the_script_is_reloaded_when_redis_forgets_it(
@@ -263,11 +263,11 @@ def test_write_hashes_for_other_kinds_uses_the_same_cas(
     assert writer.write_hashes("ind", [indicator(START, 2, 55.5)]) == 1
     assert writer.write_hashes("ind", [indicator(START, 1, 10.0)]) == 0
     assert writer.write_hashes("ind", [indicator(START - 300_000, 9, 10.0)]) == 0
-    stored = decode_bar_hash(redis_client.hgetall("ind:okx:BTC-USDT:5m"))
+    stored = decode_bar_hash(redis_client.hgetall("ind:{okx:BTC-USDT:5m}"))
     assert stored == {"open_time": START, "rsi_14": 55.5, "macd": 1.5, "version": 2}
     assert writer.write_hashes("ind", [indicator(START + 300_000, 1, None)]) == 1
-    assert decode_bar_hash(redis_client.hgetall("ind:okx:BTC-USDT:5m"))["rsi_14"] is None
-    assert redis_client.exists("inds:okx:BTC-USDT:5m", "klines:okx:BTC-USDT:5m") == 0
+    assert decode_bar_hash(redis_client.hgetall("ind:{okx:BTC-USDT:5m}"))["rsi_14"] is None
+    assert redis_client.exists("inds:{okx:BTC-USDT:5m}", "klines:{okx:BTC-USDT:5m}") == 0
 
     with pytest.raises(ValueError, match="unknown hash kind"):
         writer.write_hashes("bogus", [indicator(START, 1, None)])
@@ -314,7 +314,7 @@ def test_a_batch_ends_as_its_items_written_one_call_each_and_announces_in_order(
     expected = (hash_of(redis_client), zset_of(redis_client))
     redis_client.flushdb()
     pubsub = redis_client.pubsub()
-    pubsub.subscribe("kline-updates:binance:BTC-USDT:1m")
+    pubsub.subscribe("kline-updates:{binance:BTC-USDT:1m}")
     assert pubsub.get_message(timeout=5)["type"] == "subscribe"  # type: ignore[index]
     with RedisBarWriter(redis_url, recent_bars=5) as batched:
         assert batched.write_bars(bars) == 2

@@ -443,7 +443,7 @@ def test_job_writes_the_last_version_of_every_rollup_to_clickhouse_and_redis(
     for series in job_series:
         for timeframe in ("1h", "1d"):
             suffix = f"{series.exchange}:{series.symbol}:{timeframe}"
-            stored = cast(dict[bytes, bytes], redis_client.hgetall(f"kline:{suffix}"))
+            stored = cast(dict[bytes, bytes], redis_client.hgetall(f"kline:{{{suffix}}}"))
             latest = {k.decode(): v.decode() for k, v in stored.items()}
             newest = max(key for key in expected if key[:3] == (*suffix.split(":")[:2], timeframe))
             newest_values = expected[newest]

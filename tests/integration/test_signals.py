@@ -388,7 +388,7 @@ def test_job_writes_rules_signals_to_clickhouse_and_redis(
     assert all(not r["degraded"] and not r["cached"] for r in rows)
     assert any(r["pattern"] != "none" for r in rows)
     for symbol in ("BTC-USDT", "ETH-USDT"):
-        raw = redis_client.hgetall(f"signal:binance:{symbol}:1m")
+        raw = redis_client.hgetall(f"signal:{{binance:{symbol}:1m}}")
         stored = decode_hash(raw, frozenset({"exchange", "symbol", "timeframe", "source",
                                              "pattern", "recommendation", "reason"}))  # fmt: skip
         assert stored["open_time"] == START + (minutes - 1) * 60_000

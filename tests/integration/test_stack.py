@@ -28,17 +28,19 @@ from connectors.kafka_admin import (
     ensure_topics,
     read_topic,
 )
+from connectors.redis_store import RedisBarWriter
 from jobs.cli import main as klineflow_main
+from jobs.redis_cluster import NODES, LocalRedisCluster
 from jobs.stack import (
     KafkaBroker,
     RedisServer,
     StackConfig,
     StackError,
     port_accepts,
-    stack_status,
 )
+from jobs.stack_control import stack_status
 
-from .conftest import TopicNames, fresh_stack_config
+from .conftest import TopicNames, free_port_block, fresh_stack_config
 
 
 def pid_alive(pid: int) -> bool:
@@ -119,14 +121,14 @@ def test_session_redis_answers_and_starting_again_is_harmless(
 
 def test_redis_client_fixture_starts_from_an_empty_database(redis_client: redis.Redis) -> None:
     assert redis_client.dbsize() == 0
-    redis_client.set("kline:binance:BTC-USDT:1m", "x")
-    assert redis_client.get("kline:binance:BTC-USDT:1m") == b"x"
+    redis_client.set("kline:{binance:BTC-USDT:1m}", "x")
+    assert redis_client.get("kline:{binance:BTC-USDT:1m}") == b"x"
 
 
 def test_redis_client_fixture_flushed_what_the_previous_test_wrote(
     redis_client: redis.Redis,
 ) -> None:
-    assert redis_client.get("kline:binance:BTC-USDT:1m") is None
+    assert redis_client.get("kline:{binance:BTC-USDT:1m}") is None
 
 
 # -- topics ---------------------------------------------------------------------------------
@@ -327,6 +329,43 @@ def test_cli_up_status_down(own_config: StackConfig, capsys: pytest.CaptureFixtu
         assert status_output.count("running") == 2
     finally:
         assert klineflow_main(["stack", "down", *flags]) == 0
+    assert [s.state for s in stack_status(own_config)] == ["stopped", "stopped"]
+
+
+def test_cli_up_status_down_with_a_redis_cluster(
+    own_config: StackConfig, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = free_port_block(NODES)
+    flags = [
+        "--stack-dir",
+        str(own_config.home),
+        "--kafka-port",
+        str(own_config.kafka_port),
+        "--kafka-controller-port",
+        str(own_config.kafka_controller_port),
+        "--redis-cluster-port",
+        str(base),
+        "--kafka-libs",
+        str(own_config.kafka_libs),
+    ]
+    cluster = LocalRedisCluster(dataclasses.replace(own_config, redis_cluster_port=base))
+    try:
+        assert klineflow_main(["stack", "up", "--redis-cluster", *flags]) == 0
+        up_output = capsys.readouterr().out
+        assert f"REDIS_URL=redis+cluster://127.0.0.1:{base}" in up_output
+        assert cluster.healthy()
+        with RedisBarWriter(f"redis+cluster://127.0.0.1:{base + 4}") as writer:  # any node
+            assert writer.cluster
+        # Without the flag, status still shows the running cluster (and the stopped Redis).
+        assert klineflow_main(["stack", "status", *flags]) == 1
+        status_output = capsys.readouterr().out
+        assert "redis-cluster" in status_output and "stopped" in status_output
+        assert klineflow_main(["stack", "status", "--redis-cluster", *flags]) == 0
+        assert capsys.readouterr().out.count("running") == 2
+    finally:
+        # `down` without the flag stops the cluster too.
+        assert klineflow_main(["stack", "down", *flags]) == 0
+    assert not cluster.any_running()
     assert [s.state for s in stack_status(own_config)] == ["stopped", "stopped"]
 
 

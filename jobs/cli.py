@@ -15,6 +15,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "jobs.replay_cmd",
     "jobs.job_cmd",
     "jobs.bridge_cmd",
+    "jobs.backfill_cmd",
     "jobs.db_cmd",
     "jobs.query_cmd",
     "jobs.gaps_cmd",

@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,10 @@ BOUNDED_RUN_SETTINGS = {
     "python.fn-execution.bundle.time": "1000",
     "execution.buffer-timeout.interval": "100ms",
 }
+
+
+# How long the job's start waits for Kafka to answer before it gives up with one line.
+SERVICE_TIMEOUT_S = 30.0
 
 
 class JobSetupError(RuntimeError):
@@ -208,13 +213,59 @@ def attach_job(env: Any, settings: JobSettings) -> None:
 
 
 def prepare_services(settings: JobSettings) -> None:
-    """Create the topics and apply the ClickHouse schema before the job starts."""
-    from connectors.clickhouse import migrate
-    from connectors.kafka_admin import DEAD_LETTER_TOPIC, ensure_topics
+    """Create the topics and apply the ClickHouse schema before the job starts.
 
-    ensure_topics(settings.kafka_bootstrap, [settings.klines_topic])
-    ensure_topics(settings.kafka_bootstrap, [settings.dlq_topic], configs=DEAD_LETTER_TOPIC)
-    migrate(settings.sinks.clickhouse_url)
+    Raises :class:`JobSetupError` with one line saying which service failed and why (Kafka
+    not reachable, ClickHouse down or its chdb directory in use), passwords redacted.
+    """
+    from kafka.errors import KafkaError
+
+    from connectors.clickhouse import ClickHouseError, migrate
+    from connectors.kafka_admin import DEAD_LETTER_TOPIC, TopicError, ensure_topics
+    from connectors.redaction import redact_url
+
+    bootstrap = settings.kafka_bootstrap
+    try:
+        with _quiet("kafka"):
+            ensure_topics(bootstrap, [settings.klines_topic], timeout_s=SERVICE_TIMEOUT_S)
+            ensure_topics(bootstrap, [settings.dlq_topic], timeout_s=SERVICE_TIMEOUT_S,
+                          configs=DEAD_LETTER_TOPIC)  # fmt: skip
+    except KafkaError as exc:
+        raise JobSetupError(f"Kafka at {bootstrap} is not reachable: {_one_line(exc)}") from exc
+    except TopicError as exc:
+        raise JobSetupError(f"Kafka at {bootstrap}: {_one_line(exc)}") from exc
+    url = settings.sinks.clickhouse_url
+    try:
+        with _quiet("clickhouse_driver", "connectors"):
+            migrate(url)
+    except (ClickHouseError, ValueError) as exc:
+        message = redact_url(_one_line(exc)).replace(url, redact_url(url))
+        raise JobSetupError(f"ClickHouse at {redact_url(url)} is not usable: {message}") from exc
+
+
+@contextmanager
+def _quiet(*names: str) -> Iterator[None]:
+    """Silence these loggers (their retries log each failed attempt with a traceback; the
+    caller reports the failure once)."""
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
+def _one_line(exc: BaseException) -> str:
+    """The exception as one short line: its first line, else its type name."""
+    text = str(exc).strip().splitlines()
+    first = text[0].strip() if text else ""
+    name = type(exc).__name__
+    if not first or first == name:
+        return f"not reachable ({name})"
+    return first[:300]
 
 
 def run_job(settings: JobSettings) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -236,11 +237,32 @@ def prepare_services(settings: JobSettings) -> None:
         raise JobSetupError(f"Kafka at {bootstrap}: {_one_line(exc)}") from exc
     url = settings.sinks.clickhouse_url
     try:
-        with _quiet("clickhouse_driver", "connectors"):
+        with _quiet("clickhouse_driver", "connectors"), _native_stderr() as native:
             migrate(url)
     except (ClickHouseError, ValueError) as exc:
         message = redact_url(_one_line(exc)).replace(url, redact_url(url))
         raise JobSetupError(f"ClickHouse at {redact_url(url)} is not usable: {message}") from exc
+    sys.stderr.write("".join(native))  # on success, what chdb printed is shown as it was
+
+
+@contextmanager
+def _native_stderr() -> Iterator[list[str]]:
+    """Capture what native code writes to file descriptor 2 for the duration (chdb prints
+    its own errors there); the yielded list holds the text afterwards."""
+    import tempfile
+
+    text: list[str] = []
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile("w+", errors="replace") as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield text
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            text.append(captured.read())
 
 
 @contextmanager

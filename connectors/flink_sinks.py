@@ -28,12 +28,24 @@ contains:
 A failing write raises, the task fails, Flink restarts it from the last checkpoint and the
 rows come back from state; the ClickHouse sink first retries a server that is down (backoff
 up to ``SinkConfig.clickhouse_retry_s``), so a short outage only delays writes.
+
+A dead worker: PyFlink starts each Python worker through a shell (``pyflink-udf-runner.sh``)
+and on a failure or restart stops only that shell, so the worker ends by itself when its
+connection to the TaskManager drops. A worker with chdb open could then hang for ever in
+chdb's native exit handlers, holding the chdb directory's lock, and every restart of the job
+failed to open it. A sink worker therefore ends with ``os._exit`` once Python's own exit work
+is done (:func:`skip_native_exit_handlers`), and a new sink waits for the lock of a
+predecessor that is still exiting (up to ``clickhouse_retry_s``) instead of failing at once.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import itertools
 import logging
+import os
+import sys
 import time
 from abc import abstractmethod
 from collections.abc import Callable, Iterator, Sequence
@@ -251,6 +263,60 @@ class BatchingSinkFunction(KeyedProcessFunction):
         self.disconnect()
 
 
+# How often a sink polls for a chdb directory still locked by its predecessor's worker.
+CHDB_LOCK_POLL_S: Final = 0.5
+_exit_hook: list[bool] = []  # [True] once installed in this process
+
+
+def skip_native_exit_handlers() -> None:
+    """End this process with ``os._exit`` at interpreter exit, after Python's exit work.
+
+    For the Python worker of a sink that has chdb open (see the module docstring): libc's exit
+    handlers include chdb's C++ destructors, which can deadlock when the worker ends after
+    losing the TaskManager, leaving a process nobody kills that holds the chdb lock. The exit
+    code is 1 when an uncaught exception ended the interpreter, else 0. Idempotent.
+    """
+    if _exit_hook:
+        return
+    _exit_hook.append(True)
+    failed: list[bool] = []
+    previous_hook = sys.excepthook
+
+    def note_failure(*exc_info: Any) -> None:
+        failed.append(True)
+        previous_hook(*exc_info)
+
+    def end_process() -> None:
+        logging.shutdown()
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError, ValueError):
+                stream.flush()
+        os._exit(1 if failed else 0)
+
+    sys.excepthook = note_failure
+    atexit.register(end_process)
+
+
+def _open_history_writer(url: str, retry: Any, wait_s: float) -> Any:
+    """``open_writer(url)``; a chdb directory locked by another process (the worker of this
+    sink's previous attempt, still exiting) is polled for up to ``wait_s`` seconds."""
+    from connectors.clickhouse import ClickHouseUnavailable, open_writer
+
+    deadline = time.monotonic() + wait_s
+    warned = False
+    while True:
+        try:
+            return open_writer(url, migrate_schema=True, retry=retry)
+        except ClickHouseUnavailable as exc:
+            locked = url.startswith("chdb:") and "in use by another process" in str(exc)
+            if not locked or time.monotonic() >= deadline:
+                raise
+            if not warned:
+                log.warning("%s; waiting up to %.0f s for it to be released", exc, wait_s)
+                warned = True
+        time.sleep(CHDB_LOCK_POLL_S)
+
+
 class StoreSinkFunction(BatchingSinkFunction):
     """The series operator's outputs into ClickHouse and Redis; dead letters pass through.
 
@@ -293,15 +359,16 @@ class StoreSinkFunction(BatchingSinkFunction):
         self.publish = redis_publish
 
     def connect(self) -> None:
-        from connectors.clickhouse import open_writer
         from connectors.redis_store import RedisBarWriter
         from connectors.retry import RetryPolicy
 
+        if self.clickhouse_url.startswith("chdb:"):
+            skip_native_exit_handlers()
         # Ride out a server that is down for a while; beyond that the task fails and Flink
         # restarts it from the last checkpoint (the rows wait in state).
         retry = RetryPolicy(attempts=10_000, base_delay_s=0.2, max_delay_s=5.0,
                             deadline_s=self.retry_s)  # fmt: skip
-        self.clickhouse = open_writer(self.clickhouse_url, migrate_schema=True, retry=retry)
+        self.clickhouse = _open_history_writer(self.clickhouse_url, retry, self.retry_s)
         try:
             self.redis = RedisBarWriter(self.redis_url, recent_bars=self.recent_bars,
                                         ttl_s=self.ttl_s, publish=self.publish)  # fmt: skip

@@ -20,9 +20,11 @@ PASSWORD = "s3cret-pw-4711"
 def run_job_command(tmp_path: Path, *flags: str, timeout_s: float = 120) -> tuple[int, list[str]]:
     """``klineflow job run --bounded FLAGS``: exit code and the non-empty lines it printed."""
     started = time.monotonic()
+    command = [sys.executable, "-m", "jobs.cli", "job", "run", "--bounded",
+               "--redis-url", f"redis://:{PASSWORD}@127.0.0.1:1/0", *flags]  # fmt: skip
     result = subprocess.run(
-        [sys.executable, "-m", "jobs.cli", "job", "run", "--bounded",
-         "--redis-url", f"redis://:{PASSWORD}@127.0.0.1:1/0", *flags],  # fmt: skip
+        command,
+        check=False,
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,

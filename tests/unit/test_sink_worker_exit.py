@@ -21,7 +21,12 @@ def run_worker_like(tmp_path: Path, ending: str) -> subprocess.CompletedProcess[
         f"{ending}\n"
     )
     return subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", code],
+        check=False,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 

@@ -29,6 +29,10 @@ A failing write raises, the task fails, Flink restarts it from the last checkpoi
 rows come back from state; the ClickHouse sink first retries a server that is down (backoff
 up to ``SinkConfig.clickhouse_retry_s``), so a short outage only delays writes.
 
+Secrets never travel in the job graph: :class:`StoreSinkFunction` is pickled into it, so it
+holds its URLs with the passwords redacted and the path of a secrets file (:class:`SinkSecrets`,
+written by the client with mode 0600) that the worker reads when it connects.
+
 A dead worker: PyFlink starts each Python worker through a shell (``pyflink-udf-runner.sh``)
 and on a failure or restart stops only that shell, so the worker ends by itself when its
 connection to the TaskManager drops. A worker with chdb open could then hang for ever in
@@ -43,12 +47,15 @@ from __future__ import annotations
 import atexit
 import contextlib
 import itertools
+import json
 import logging
 import os
 import sys
 import time
 from abc import abstractmethod
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Final
 
 from pyflink.common import Types
@@ -57,6 +64,7 @@ from pyflink.datastream.connectors.base import Sink
 from pyflink.datastream.state import ListStateDescriptor
 
 from connectors.flink_topology import name_key_step
+from connectors.redaction import redact_url
 from udfs.series import Tag, decode_outputs
 
 log = logging.getLogger(__name__)
@@ -297,6 +305,46 @@ def skip_native_exit_handlers() -> None:
     atexit.register(end_process)
 
 
+@dataclass(frozen=True, slots=True)
+class SinkSecrets:
+    """The sinks' URLs in full, kept out of the job graph: written to a file by the client,
+    read by the workers. The pickled :class:`StoreSinkFunction` holds only the redacted URLs
+    and the file's path."""
+
+    clickhouse_url: str
+    redis_url: str
+
+    def __repr__(self) -> str:
+        return (
+            f"SinkSecrets(clickhouse_url={redact_url(self.clickhouse_url)!r}, "
+            f"redis_url={redact_url(self.redis_url)!r})"
+        )
+
+    @property
+    def needed(self) -> bool:
+        """Whether either URL holds a secret (else the redacted URLs are the URLs)."""
+        return any(redact_url(url) != url for url in (self.clickhouse_url, self.redis_url))
+
+    def write(self, path: Path) -> Path:
+        """Write the file (mode 0600, replaced atomically); returns ``path``."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as handle:
+            json.dump({"clickhouse_url": self.clickhouse_url, "redis_url": self.redis_url}, handle)
+        os.replace(temporary, path)
+        return path
+
+    @classmethod
+    def read(cls, path: str | Path) -> SinkSecrets:
+        """Read a file written by :meth:`write`; ValueError if it is not one."""
+        try:
+            data = json.loads(Path(path).read_text())
+            return cls(clickhouse_url=str(data["clickhouse_url"]), redis_url=str(data["redis_url"]))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"cannot read the sink secrets file {path}: {exc}") from None
+
+
 def _open_history_writer(url: str, retry: Any, wait_s: float) -> Any:
     """``open_writer(url)``; a chdb directory locked by another process (the worker of this
     sink's previous attempt, still exiting) is polled for up to ``wait_s`` seconds."""
@@ -332,6 +380,10 @@ class StoreSinkFunction(BatchingSinkFunction):
     batches. Durability follows the ClickHouse batch (see the module docstring): a row stays
     in Flink state until ClickHouse has it, and Redis is always written first, so after a
     failure the restored rows are written to both again (both writes are idempotent).
+
+    ``clickhouse_url`` and ``redis_url`` are what the job graph carries: with
+    ``secrets_file`` they are the redacted forms and the worker reads the real URLs from that
+    file (see :func:`store_sink_function`, which builds it so).
     """
 
     def __init__(
@@ -347,10 +399,12 @@ class StoreSinkFunction(BatchingSinkFunction):
         redis_recent_bars: int,
         redis_ttl_s: int | None,
         redis_publish: bool,
+        secrets_file: str | None = None,
     ) -> None:
         super().__init__(clickhouse_batch_rows, clickhouse_flush_ms)
         self.clickhouse_url = clickhouse_url
         self.redis_url = redis_url
+        self.secrets_file = secrets_file
         self.retry_s = clickhouse_retry_s
         self.redis_batch_rows = redis_batch_rows
         self.redis_flush_ms = redis_flush_ms
@@ -358,19 +412,34 @@ class StoreSinkFunction(BatchingSinkFunction):
         self.ttl_s = redis_ttl_s
         self.publish = redis_publish
 
+    def urls(self) -> SinkSecrets:
+        """The URLs to connect to: from the secrets file if there is one (on the worker)."""
+        if self.secrets_file is None:
+            return SinkSecrets(self.clickhouse_url, self.redis_url)
+        secrets = SinkSecrets.read(self.secrets_file)
+        shown = (redact_url(secrets.clickhouse_url), redact_url(secrets.redis_url))
+        if shown != (self.clickhouse_url, self.redis_url):
+            raise ValueError(
+                f"the sink secrets file {self.secrets_file} is for other URLs "
+                f"({shown[0]}, {shown[1]}) than this job's ({self.clickhouse_url}, "
+                f"{self.redis_url})"
+            )
+        return secrets
+
     def connect(self) -> None:
         from connectors.redis_store import RedisBarWriter
         from connectors.retry import RetryPolicy
 
-        if self.clickhouse_url.startswith("chdb:"):
+        urls = self.urls()
+        if urls.clickhouse_url.startswith("chdb:"):
             skip_native_exit_handlers()
         # Ride out a server that is down for a while; beyond that the task fails and Flink
         # restarts it from the last checkpoint (the rows wait in state).
         retry = RetryPolicy(attempts=10_000, base_delay_s=0.2, max_delay_s=5.0,
                             deadline_s=self.retry_s)  # fmt: skip
-        self.clickhouse = _open_history_writer(self.clickhouse_url, retry, self.retry_s)
+        self.clickhouse = _open_history_writer(urls.clickhouse_url, retry, self.retry_s)
         try:
-            self.redis = RedisBarWriter(self.redis_url, recent_bars=self.recent_bars,
+            self.redis = RedisBarWriter(urls.redis_url, recent_bars=self.recent_bars,
                                         ttl_s=self.ttl_s, publish=self.publish)  # fmt: skip
         except BaseException:
             self.clickhouse.close()

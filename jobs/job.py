@@ -142,11 +142,27 @@ def with_source_parallelism(settings: JobSettings) -> JobSettings:
     )
 
 
-def store_sink_arguments(sinks: SinkConfig) -> dict[str, Any]:
-    """The plain values ``connectors.flink_sinks.StoreSinkFunction`` is built from."""
+def store_sink_arguments(sinks: SinkConfig, *, secrets_path: Path | None = None) -> dict[str, Any]:
+    """The plain values ``connectors.flink_sinks.StoreSinkFunction`` is built from.
+
+    The function is pickled into the job graph, so it never gets a password: when a URL has
+    one, both URLs are written in full to ``secrets_path`` (mode 0600), which the workers
+    read, and the function gets the redacted URLs and that path. ValueError if a URL has a
+    secret and no ``secrets_path`` is given.
+    """
+    from connectors.flink_sinks import SinkSecrets
+    from connectors.redaction import redact_url
+
+    secrets = SinkSecrets(clickhouse_url=sinks.clickhouse_url, redis_url=sinks.redis_url)
+    secrets_file: str | None = None
+    if secrets.needed:
+        if secrets_path is None:
+            raise ValueError("the sink URLs hold a password: give a secrets_path to keep it")
+        secrets_file = str(secrets.write(secrets_path).resolve())
     return dict(
-        clickhouse_url=sinks.clickhouse_url,
-        redis_url=sinks.redis_url,
+        clickhouse_url=redact_url(sinks.clickhouse_url),
+        redis_url=redact_url(sinks.redis_url),
+        secrets_file=secrets_file,
         clickhouse_batch_rows=sinks.clickhouse_batch_rows,
         clickhouse_flush_ms=sinks.clickhouse_flush_ms,
         clickhouse_retry_s=sinks.clickhouse_retry_s,
@@ -156,6 +172,12 @@ def store_sink_arguments(sinks: SinkConfig) -> dict[str, Any]:
         redis_ttl_s=sinks.redis_ttl_s,
         redis_publish=sinks.redis_publish,
     )
+
+
+def sink_secrets_path(settings: JobSettings) -> Path:
+    """Where a run keeps its sink secrets for the workers: beside its checkpoints (the
+    project's ``.klineflow/`` by default), one file per job name."""
+    return settings.checkpoint_dir.resolve().parent / "secrets" / f"{settings.job_name}-sinks.json"
 
 
 def sink_parallelism(settings: JobSettings) -> int | None:
@@ -200,7 +222,9 @@ def attach_job(env: Any, settings: JobSettings) -> None:
         records = with_inference(records, signals)
     dead_letters = attach_sink(
         records,
-        StoreSinkFunction(**store_sink_arguments(settings.sinks)),
+        StoreSinkFunction(
+            **store_sink_arguments(settings.sinks, secrets_path=sink_secrets_path(settings))
+        ),
         "store-sink",
         parallelism=sink_parallelism(settings),
         group=SINKS_GROUP,

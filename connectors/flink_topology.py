@@ -124,3 +124,31 @@ def serialized_job_graph(env: Any) -> bytes:
     for vertex in job_graph.getVerticesAsArray():
         parts.append(bytes(utils.serializeObject(vertex.getConfiguration())))
     return b"".join(parts)
+
+
+_MINI_CLUSTER_JOB_CLIENT: Final = "org.apache.flink.runtime.minicluster.MiniClusterJobClient"
+
+
+def local_mini_cluster(job_client: Any) -> Any | None:
+    """The Java ``MiniCluster`` that runs the job of ``job_client`` (from
+    ``env.execute_async``) when it runs locally, else None (a remote cluster).
+
+    Flink's ``MiniClusterJobClient`` keeps it in a private field.
+    """
+    from pyflink.util.java_utils import get_field_value
+
+    j_client = job_client._j_job_client
+    if j_client.getClass().getName() != _MINI_CLUSTER_JOB_CLIENT:
+        return None
+    return get_field_value(j_client, "miniCluster")
+
+
+def task_managers(mini_cluster: Any) -> int:
+    """How many TaskManagers are registered with the mini-cluster's ResourceManager."""
+    return int(mini_cluster.getResourceOverview().get().getNumberTaskManagers())
+
+
+def start_task_manager(mini_cluster: Any) -> None:
+    """Start one more TaskManager in the mini-cluster (with the cluster's configuration:
+    same slots and memory as the first)."""
+    mini_cluster.startTaskManager()

@@ -11,6 +11,7 @@ import argparse
 import logging
 import os
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
@@ -321,7 +322,57 @@ def run_job(settings: JobSettings) -> None:
     env = create_environment(settings)
     attach_job(env, settings)
     log.info("starting job %s (bounded=%s)", settings.job_name, settings.bounded)
-    env.execute(settings.job_name)
+    client = env.execute_async(settings.job_name)
+    try:
+        supervise(client)
+    except KeyboardInterrupt:
+        client.cancel().result()
+        raise
+
+
+# How often supervise() looks at the local mini-cluster's TaskManagers.
+SUPERVISE_POLL_S = 1.0
+# After starting a TaskManager, how long to give it to register before starting another.
+TASK_MANAGER_START_GRACE_S = 60.0
+
+
+def supervise(client: Any, *, poll_s: float = SUPERVISE_POLL_S) -> int:
+    """Wait until the job of ``client`` (``env.execute_async``) ends; raise if it failed,
+    else return how many TaskManagers it had to start.
+
+    Meanwhile, on a local mini-cluster, bring back a TaskManager that a fatal error stopped.
+    A SIGKILLed Python worker can make Beam's environment clean-up fail inside the task's
+    failure handling (``DefaultJobBundleFactory``: "Reference count must not be negative"),
+    which Flink treats as fatal for the whole TaskManager; the mini-cluster then stops its
+    only TaskManager and never starts another, and the restarted job waits for slots for
+    ever. Starting a new one lets the job restart from its last checkpoint. (The standalone
+    cluster's TaskManager is a process of its own: its supervisor brings it back.)
+    """
+    from py4j.protocol import Py4JJavaError
+
+    from connectors.flink_topology import local_mini_cluster, start_task_manager, task_managers
+
+    mini_cluster = local_mini_cluster(client)
+    result = client.get_job_execution_result()
+    started_at = -TASK_MANAGER_START_GRACE_S
+    started = 0
+    while not result.done():
+        if mini_cluster is not None and time.monotonic() - started_at > TASK_MANAGER_START_GRACE_S:
+            try:
+                lost = task_managers(mini_cluster) == 0
+            except Py4JJavaError as exc:  # the cluster shuts down as the job ends
+                log.debug("cannot read the mini-cluster's TaskManagers: %s", exc)
+                lost = False
+            if lost and not result.done():
+                log.warning(
+                    "the mini-cluster lost its TaskManager (a fatal error); starting a new one"
+                )
+                start_task_manager(mini_cluster)
+                started += 1
+                started_at = time.monotonic()
+        time.sleep(poll_s)
+    result.result()  # raises if the job failed
+    return started
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -35,10 +35,11 @@ WORKER_MODULE = "pyflink.fn_execution.beam.beam_boot"
 
 @dataclass(frozen=True)
 class Worker:
-    """A Python worker process of this test's mini-cluster."""
+    """A Python worker process of this test's mini-cluster, with the CPU time it used."""
 
     pid: int
     holds_chdb: bool
+    cpu_ticks: int = 0
 
 
 def _children(pid: int) -> list[int]:
@@ -82,6 +83,16 @@ def _holds_chdb(pid: int) -> bool:
     return False
 
 
+def _cpu_ticks(pid: int) -> int:
+    """User + system CPU time of the process, in clock ticks (0 if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0
+    return int(fields[11]) + int(fields[12])
+
+
 def python_workers() -> list[Worker]:
     """The Python workers below this process (the mini-cluster's JVM is its child)."""
     found: list[Worker] = []
@@ -90,7 +101,7 @@ def python_workers() -> list[Worker]:
         pid = pending.pop()
         pending.extend(_children(pid))
         if WORKER_MODULE in _cmdline(pid):
-            found.append(Worker(pid, _holds_chdb(pid)))
+            found.append(Worker(pid, _holds_chdb(pid), _cpu_ticks(pid)))
     return sorted(found, key=lambda worker: worker.pid)
 
 
@@ -139,6 +150,8 @@ class ChaosFigures:
     wrong: int = 0
     extra: int = 0
     recovery_s: float = 0.0
+    # TaskManagers the job runner's supervisor started (jobs.job.supervise).
+    task_managers_started: int = 0
 
     def report(self) -> None:
         """Print the figures (``pytest -s`` or ``make chaos`` shows them)."""
@@ -228,3 +241,32 @@ def finish_counting_restarts(client: Any, rest_port: int, job_id: str, *, timeou
         time.sleep(0.2)
     result.result()  # raises if the job failed
     return seen
+
+
+class Supervisor:
+    """``jobs.job.supervise`` on a background thread, as ``klineflow job run`` runs it
+    (tests start jobs with ``start_job``, which does not)."""
+
+    def __init__(self, client: Any) -> None:
+        import threading
+
+        self.started = 0
+        self.errors: list[BaseException] = []
+        self._thread = threading.Thread(target=self._run, args=(client,), daemon=True)
+        self._thread.start()
+
+    def _run(self, client: Any) -> None:
+        from jobs.job import supervise
+
+        try:
+            self.started = supervise(client)
+        except BaseException as exc:  # noqa: BLE001 - reported by join()
+            self.errors.append(exc)
+
+    def join(self, timeout_s: float = 60.0) -> int:
+        """Wait for the supervisor to end with the job; the TaskManagers it started."""
+        self._thread.join(timeout_s)
+        assert not self._thread.is_alive(), "the supervisor did not end with the job"
+        if self.errors:
+            raise self.errors[0]
+        return self.started

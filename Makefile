@@ -61,14 +61,14 @@ stack-status: ## Show the local stack
 demo: setup ## Stack up, replay the sample, run the job bounded, print what landed
 	$(KLINEFLOW) demo
 
-test: setup ## Run the test suite (unit + integration, real Kafka/Redis/chdb/Flink; not `chaos`)
+test: setup ## Run the test suite (unit + integration + fast chaos cases; real Kafka/Redis/chdb/Flink; not `chaos`)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-unit: setup ## Run the unit tests only (no JVM, no servers)
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
-chaos: setup ## Run the slow fault-injection tests (pytest -m chaos: processes killed mid-stream)
-	$(PY) -m pytest -m chaos $(PYTEST_ARGS)
+chaos: setup ## Run the slow fault-injection cases (pytest -m chaos: processes killed mid-stream); prints their figures
+	$(PY) -m pytest -m chaos -s $(PYTEST_ARGS)
 
 lint: setup ## ruff, ruff format --check and mypy
 	$(VENV)/bin/ruff check .

@@ -28,15 +28,34 @@ contains:
 A failing write raises, the task fails, Flink restarts it from the last checkpoint and the
 rows come back from state; the ClickHouse sink first retries a server that is down (backoff
 up to ``SinkConfig.clickhouse_retry_s``), so a short outage only delays writes.
+
+Secrets never travel in the job graph: :class:`StoreSinkFunction` is pickled into it, so it
+holds its URLs with the passwords redacted and the path of a secrets file (:class:`SinkSecrets`,
+written by the client with mode 0600) that the worker reads when it connects.
+
+A dead worker: PyFlink starts each Python worker through a shell (``pyflink-udf-runner.sh``)
+and on a failure or restart stops only that shell, so the worker ends by itself when its
+connection to the TaskManager drops. A worker with chdb open could then hang for ever in
+chdb's native exit handlers, holding the chdb directory's lock, and every restart of the job
+failed to open it. A sink worker therefore ends with ``os._exit`` once Python's own exit work
+is done (:func:`skip_native_exit_handlers`), and a new sink waits for the lock of a
+predecessor that is still exiting (up to ``clickhouse_retry_s``) instead of failing at once.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import itertools
+import json
 import logging
+import os
+import sys
 import time
 from abc import abstractmethod
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Final
 
 from pyflink.common import Types
@@ -45,6 +64,7 @@ from pyflink.datastream.connectors.base import Sink
 from pyflink.datastream.state import ListStateDescriptor
 
 from connectors.flink_topology import name_key_step
+from connectors.redaction import redact_url
 from udfs.series import Tag, decode_outputs
 
 log = logging.getLogger(__name__)
@@ -251,6 +271,100 @@ class BatchingSinkFunction(KeyedProcessFunction):
         self.disconnect()
 
 
+# How often a sink polls for a chdb directory still locked by its predecessor's worker.
+CHDB_LOCK_POLL_S: Final = 0.5
+_exit_hook: list[bool] = []  # [True] once installed in this process
+
+
+def skip_native_exit_handlers() -> None:
+    """End this process with ``os._exit`` at interpreter exit, after Python's exit work.
+
+    For the Python worker of a sink that has chdb open (see the module docstring): libc's exit
+    handlers include chdb's C++ destructors, which can deadlock when the worker ends after
+    losing the TaskManager, leaving a process nobody kills that holds the chdb lock. The exit
+    code is 1 when an uncaught exception ended the interpreter, else 0. Idempotent.
+    """
+    if _exit_hook:
+        return
+    _exit_hook.append(True)
+    failed: list[bool] = []
+    previous_hook = sys.excepthook
+
+    def note_failure(*exc_info: Any) -> None:
+        failed.append(True)
+        previous_hook(*exc_info)
+
+    def end_process() -> None:
+        logging.shutdown()
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError, ValueError):
+                stream.flush()
+        os._exit(1 if failed else 0)
+
+    sys.excepthook = note_failure
+    atexit.register(end_process)
+
+
+@dataclass(frozen=True, slots=True)
+class SinkSecrets:
+    """The sinks' URLs in full, kept out of the job graph: written to a file by the client,
+    read by the workers. The pickled :class:`StoreSinkFunction` holds only the redacted URLs
+    and the file's path."""
+
+    clickhouse_url: str
+    redis_url: str
+
+    def __repr__(self) -> str:
+        return (
+            f"SinkSecrets(clickhouse_url={redact_url(self.clickhouse_url)!r}, "
+            f"redis_url={redact_url(self.redis_url)!r})"
+        )
+
+    @property
+    def needed(self) -> bool:
+        """Whether either URL holds a secret (else the redacted URLs are the URLs)."""
+        return any(redact_url(url) != url for url in (self.clickhouse_url, self.redis_url))
+
+    def write(self, path: Path) -> Path:
+        """Write the file (mode 0600, replaced atomically); returns ``path``."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as handle:
+            json.dump({"clickhouse_url": self.clickhouse_url, "redis_url": self.redis_url}, handle)
+        os.replace(temporary, path)
+        return path
+
+    @classmethod
+    def read(cls, path: str | Path) -> SinkSecrets:
+        """Read a file written by :meth:`write`; ValueError if it is not one."""
+        try:
+            data = json.loads(Path(path).read_text())
+            return cls(clickhouse_url=str(data["clickhouse_url"]), redis_url=str(data["redis_url"]))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"cannot read the sink secrets file {path}: {exc}") from None
+
+
+def _open_history_writer(url: str, retry: Any, wait_s: float) -> Any:
+    """``open_writer(url)``; a chdb directory locked by another process (the worker of this
+    sink's previous attempt, still exiting) is polled for up to ``wait_s`` seconds."""
+    from connectors.clickhouse import ClickHouseUnavailable, open_writer
+
+    deadline = time.monotonic() + wait_s
+    warned = False
+    while True:
+        try:
+            return open_writer(url, migrate_schema=True, retry=retry)
+        except ClickHouseUnavailable as exc:
+            locked = url.startswith("chdb:") and "in use by another process" in str(exc)
+            if not locked or time.monotonic() >= deadline:
+                raise
+            if not warned:
+                log.warning("%s; waiting up to %.0f s for it to be released", exc, wait_s)
+                warned = True
+        time.sleep(CHDB_LOCK_POLL_S)
+
+
 class StoreSinkFunction(BatchingSinkFunction):
     """The series operator's outputs into ClickHouse and Redis; dead letters pass through.
 
@@ -266,6 +380,10 @@ class StoreSinkFunction(BatchingSinkFunction):
     batches. Durability follows the ClickHouse batch (see the module docstring): a row stays
     in Flink state until ClickHouse has it, and Redis is always written first, so after a
     failure the restored rows are written to both again (both writes are idempotent).
+
+    ``clickhouse_url`` and ``redis_url`` are what the job graph carries: with
+    ``secrets_file`` they are the redacted forms and the worker reads the real URLs from that
+    file (see :func:`store_sink_function`, which builds it so).
     """
 
     def __init__(
@@ -281,10 +399,12 @@ class StoreSinkFunction(BatchingSinkFunction):
         redis_recent_bars: int,
         redis_ttl_s: int | None,
         redis_publish: bool,
+        secrets_file: str | None = None,
     ) -> None:
         super().__init__(clickhouse_batch_rows, clickhouse_flush_ms)
         self.clickhouse_url = clickhouse_url
         self.redis_url = redis_url
+        self.secrets_file = secrets_file
         self.retry_s = clickhouse_retry_s
         self.redis_batch_rows = redis_batch_rows
         self.redis_flush_ms = redis_flush_ms
@@ -292,18 +412,34 @@ class StoreSinkFunction(BatchingSinkFunction):
         self.ttl_s = redis_ttl_s
         self.publish = redis_publish
 
+    def urls(self) -> SinkSecrets:
+        """The URLs to connect to: from the secrets file if there is one (on the worker)."""
+        if self.secrets_file is None:
+            return SinkSecrets(self.clickhouse_url, self.redis_url)
+        secrets = SinkSecrets.read(self.secrets_file)
+        shown = (redact_url(secrets.clickhouse_url), redact_url(secrets.redis_url))
+        if shown != (self.clickhouse_url, self.redis_url):
+            raise ValueError(
+                f"the sink secrets file {self.secrets_file} is for other URLs "
+                f"({shown[0]}, {shown[1]}) than this job's ({self.clickhouse_url}, "
+                f"{self.redis_url})"
+            )
+        return secrets
+
     def connect(self) -> None:
-        from connectors.clickhouse import open_writer
         from connectors.redis_store import RedisBarWriter
         from connectors.retry import RetryPolicy
 
+        urls = self.urls()
+        if urls.clickhouse_url.startswith("chdb:"):
+            skip_native_exit_handlers()
         # Ride out a server that is down for a while; beyond that the task fails and Flink
         # restarts it from the last checkpoint (the rows wait in state).
         retry = RetryPolicy(attempts=10_000, base_delay_s=0.2, max_delay_s=5.0,
                             deadline_s=self.retry_s)  # fmt: skip
-        self.clickhouse = open_writer(self.clickhouse_url, migrate_schema=True, retry=retry)
+        self.clickhouse = _open_history_writer(urls.clickhouse_url, retry, self.retry_s)
         try:
-            self.redis = RedisBarWriter(self.redis_url, recent_bars=self.recent_bars,
+            self.redis = RedisBarWriter(urls.redis_url, recent_bars=self.recent_bars,
                                         ttl_s=self.ttl_s, publish=self.publish)  # fmt: skip
         except BaseException:
             self.clickhouse.close()

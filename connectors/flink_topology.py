@@ -106,3 +106,49 @@ def transformation_uids(env: Any) -> dict[str, str | None]:
         seen[transformation.getId()] = transformation
         pending.extend(transformation.getInputs())
     return {t.getName(): t.getUid() for t in seen.values()}
+
+
+def serialized_job_graph(env: Any) -> bytes:
+    """The job graph of ``env`` as the bytes Flink ships to the cluster: every vertex's
+    configuration (operators and their pickled Python functions) Java-serialized.
+
+    PyFlink's own graph generation (``_generate_stream_graph``: Python operator chaining
+    included) builds the stream graph; the transformations are kept, so the job can still
+    run. For tests that look for secrets in what a submitted job carries.
+    """
+    from pyflink.java_gateway import get_gateway
+
+    utils = get_gateway().jvm.org.apache.flink.util.InstantiationUtil
+    job_graph = env._generate_stream_graph(clear_transformations=False).getJobGraph()
+    parts = [bytes(utils.serializeObject(job_graph.getJobConfiguration()))]
+    for vertex in job_graph.getVerticesAsArray():
+        parts.append(bytes(utils.serializeObject(vertex.getConfiguration())))
+    return b"".join(parts)
+
+
+_MINI_CLUSTER_JOB_CLIENT: Final = "org.apache.flink.runtime.minicluster.MiniClusterJobClient"
+
+
+def local_mini_cluster(job_client: Any) -> Any | None:
+    """The Java ``MiniCluster`` that runs the job of ``job_client`` (from
+    ``env.execute_async``) when it runs locally, else None (a remote cluster).
+
+    Flink's ``MiniClusterJobClient`` keeps it in a private field.
+    """
+    from pyflink.util.java_utils import get_field_value
+
+    j_client = job_client._j_job_client
+    if j_client.getClass().getName() != _MINI_CLUSTER_JOB_CLIENT:
+        return None
+    return get_field_value(j_client, "miniCluster")
+
+
+def task_managers(mini_cluster: Any) -> int:
+    """How many TaskManagers are registered with the mini-cluster's ResourceManager."""
+    return int(mini_cluster.getResourceOverview().get().getNumberTaskManagers())
+
+
+def start_task_manager(mini_cluster: Any) -> None:
+    """Start one more TaskManager in the mini-cluster (with the cluster's configuration:
+    same slots and memory as the first)."""
+    mini_cluster.startTaskManager()

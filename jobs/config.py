@@ -57,6 +57,15 @@ class PipelineConfig:
     # clock; older windows (replays, backfills) emit once when closed, then on corrections.
     # Negative: every window fires early, however old its data.
     rollup_live_horizon_ms: int = 3_600_000
+    # Drop the state of an instrument that has had no input for this long by the wall clock
+    # once none of its windows is left to fire (udfs/flink/series_function.py); 0: never.
+    # A day: far beyond the allowed lateness and every window's idle close, so only series
+    # that stopped (delisted, renamed, a producer's made-up symbols) are dropped.
+    series_ttl_ms: int = 86_400_000
+
+    def __post_init__(self) -> None:
+        if isinstance(self.series_ttl_ms, bool) or self.series_ttl_ms < 0:
+            raise ValueError(f"series_ttl_ms must be >= 0 (0: never), got {self.series_ttl_ms!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,6 +294,15 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
     )
     env_flag(
         parser,
+        "--series-ttl-ms",
+        env="KLINEFLOW_SERIES_TTL_MS",
+        type=int,
+        default=pipeline.series_ttl_ms,
+        help="drop the state of a series silent this long by the wall clock, once its windows "
+        "are done (0: never)",
+    )
+    env_flag(
+        parser,
         "--profile-timeframes",
         env="KLINEFLOW_PROFILE_TIMEFRAMES",
         type=parse_profile_timeframes,
@@ -410,6 +428,7 @@ def settings_from_args(args: argparse.Namespace) -> JobSettings:
             rollup_emit_in_progress=args.rollup_emit_in_progress,
             rollup_idle_close_ms=args.rollup_idle_close_ms,
             rollup_live_horizon_ms=args.rollup_live_horizon_ms,
+            series_ttl_ms=args.series_ttl_ms,
         ),
         sinks=SinkConfig(
             clickhouse_url=resolve_clickhouse_url(args.clickhouse_url),

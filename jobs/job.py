@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -34,6 +37,10 @@ BOUNDED_RUN_SETTINGS = {
     "python.fn-execution.bundle.time": "1000",
     "execution.buffer-timeout.interval": "100ms",
 }
+
+
+# How long the job's start waits for Kafka to answer before it gives up with one line.
+SERVICE_TIMEOUT_S = 30.0
 
 
 class JobSetupError(RuntimeError):
@@ -136,11 +143,27 @@ def with_source_parallelism(settings: JobSettings) -> JobSettings:
     )
 
 
-def store_sink_arguments(sinks: SinkConfig) -> dict[str, Any]:
-    """The plain values ``connectors.flink_sinks.StoreSinkFunction`` is built from."""
+def store_sink_arguments(sinks: SinkConfig, *, secrets_path: Path | None = None) -> dict[str, Any]:
+    """The plain values ``connectors.flink_sinks.StoreSinkFunction`` is built from.
+
+    The function is pickled into the job graph, so it never gets a password: when a URL has
+    one, both URLs are written in full to ``secrets_path`` (mode 0600), which the workers
+    read, and the function gets the redacted URLs and that path. ValueError if a URL has a
+    secret and no ``secrets_path`` is given.
+    """
+    from connectors.flink_sinks import SinkSecrets
+    from connectors.redaction import redact_url
+
+    secrets = SinkSecrets(clickhouse_url=sinks.clickhouse_url, redis_url=sinks.redis_url)
+    secrets_file: str | None = None
+    if secrets.needed:
+        if secrets_path is None:
+            raise ValueError("the sink URLs hold a password: give a secrets_path to keep it")
+        secrets_file = str(secrets.write(secrets_path).resolve())
     return dict(
-        clickhouse_url=sinks.clickhouse_url,
-        redis_url=sinks.redis_url,
+        clickhouse_url=redact_url(sinks.clickhouse_url),
+        redis_url=redact_url(sinks.redis_url),
+        secrets_file=secrets_file,
         clickhouse_batch_rows=sinks.clickhouse_batch_rows,
         clickhouse_flush_ms=sinks.clickhouse_flush_ms,
         clickhouse_retry_s=sinks.clickhouse_retry_s,
@@ -150,6 +173,12 @@ def store_sink_arguments(sinks: SinkConfig) -> dict[str, Any]:
         redis_ttl_s=sinks.redis_ttl_s,
         redis_publish=sinks.redis_publish,
     )
+
+
+def sink_secrets_path(settings: JobSettings) -> Path:
+    """Where a run keeps its sink secrets for the workers: beside its checkpoints (the
+    project's ``.klineflow/`` by default), one file per job name."""
+    return settings.checkpoint_dir.resolve().parent / "secrets" / f"{settings.job_name}-sinks.json"
 
 
 def sink_parallelism(settings: JobSettings) -> int | None:
@@ -194,7 +223,9 @@ def attach_job(env: Any, settings: JobSettings) -> None:
         records = with_inference(records, signals)
     dead_letters = attach_sink(
         records,
-        StoreSinkFunction(**store_sink_arguments(settings.sinks)),
+        StoreSinkFunction(
+            **store_sink_arguments(settings.sinks, secrets_path=sink_secrets_path(settings))
+        ),
         "store-sink",
         parallelism=sink_parallelism(settings),
         group=SINKS_GROUP,
@@ -208,13 +239,80 @@ def attach_job(env: Any, settings: JobSettings) -> None:
 
 
 def prepare_services(settings: JobSettings) -> None:
-    """Create the topics and apply the ClickHouse schema before the job starts."""
-    from connectors.clickhouse import migrate
-    from connectors.kafka_admin import DEAD_LETTER_TOPIC, ensure_topics
+    """Create the topics and apply the ClickHouse schema before the job starts.
 
-    ensure_topics(settings.kafka_bootstrap, [settings.klines_topic])
-    ensure_topics(settings.kafka_bootstrap, [settings.dlq_topic], configs=DEAD_LETTER_TOPIC)
-    migrate(settings.sinks.clickhouse_url)
+    Raises :class:`JobSetupError` with one line saying which service failed and why (Kafka
+    not reachable, ClickHouse down or its chdb directory in use), passwords redacted.
+    """
+    from kafka.errors import KafkaError
+
+    from connectors.clickhouse import ClickHouseError, migrate
+    from connectors.kafka_admin import DEAD_LETTER_TOPIC, TopicError, ensure_topics
+    from connectors.redaction import redact_url
+
+    bootstrap = settings.kafka_bootstrap
+    try:
+        with _quiet("kafka"):
+            ensure_topics(bootstrap, [settings.klines_topic], timeout_s=SERVICE_TIMEOUT_S)
+            ensure_topics(bootstrap, [settings.dlq_topic], timeout_s=SERVICE_TIMEOUT_S,
+                          configs=DEAD_LETTER_TOPIC)  # fmt: skip
+    except KafkaError as exc:
+        raise JobSetupError(f"Kafka at {bootstrap} is not reachable: {_one_line(exc)}") from exc
+    except TopicError as exc:
+        raise JobSetupError(f"Kafka at {bootstrap}: {_one_line(exc)}") from exc
+    url = settings.sinks.clickhouse_url
+    try:
+        with _quiet("clickhouse_driver", "connectors"), _native_stderr() as native:
+            migrate(url)
+    except (ClickHouseError, ValueError) as exc:
+        message = redact_url(_one_line(exc)).replace(url, redact_url(url))
+        raise JobSetupError(f"ClickHouse at {redact_url(url)} is not usable: {message}") from exc
+    sys.stderr.write("".join(native))  # on success, what chdb printed is shown as it was
+
+
+@contextmanager
+def _native_stderr() -> Iterator[list[str]]:
+    """Capture what native code writes to file descriptor 2 for the duration (chdb prints
+    its own errors there); the yielded list holds the text afterwards."""
+    import tempfile
+
+    text: list[str] = []
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile("w+", errors="replace") as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield text
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            text.append(captured.read())
+
+
+@contextmanager
+def _quiet(*names: str) -> Iterator[None]:
+    """Silence these loggers (their retries log each failed attempt with a traceback; the
+    caller reports the failure once)."""
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
+def _one_line(exc: BaseException) -> str:
+    """The exception as one short line: its first line, else its type name."""
+    text = str(exc).strip().splitlines()
+    first = text[0].strip() if text else ""
+    name = type(exc).__name__
+    if not first or first == name:
+        return f"not reachable ({name})"
+    return first[:300]
 
 
 def run_job(settings: JobSettings) -> None:
@@ -224,7 +322,57 @@ def run_job(settings: JobSettings) -> None:
     env = create_environment(settings)
     attach_job(env, settings)
     log.info("starting job %s (bounded=%s)", settings.job_name, settings.bounded)
-    env.execute(settings.job_name)
+    client = env.execute_async(settings.job_name)
+    try:
+        supervise(client)
+    except KeyboardInterrupt:
+        client.cancel().result()
+        raise
+
+
+# How often supervise() looks at the local mini-cluster's TaskManagers.
+SUPERVISE_POLL_S = 1.0
+# After starting a TaskManager, how long to give it to register before starting another.
+TASK_MANAGER_START_GRACE_S = 60.0
+
+
+def supervise(client: Any, *, poll_s: float = SUPERVISE_POLL_S) -> int:
+    """Wait until the job of ``client`` (``env.execute_async``) ends; raise if it failed,
+    else return how many TaskManagers it had to start.
+
+    Meanwhile, on a local mini-cluster, bring back a TaskManager that a fatal error stopped.
+    A SIGKILLed Python worker can make Beam's environment clean-up fail inside the task's
+    failure handling (``DefaultJobBundleFactory``: "Reference count must not be negative"),
+    which Flink treats as fatal for the whole TaskManager; the mini-cluster then stops its
+    only TaskManager and never starts another, and the restarted job waits for slots for
+    ever. Starting a new one lets the job restart from its last checkpoint. (The standalone
+    cluster's TaskManager is a process of its own: its supervisor brings it back.)
+    """
+    from py4j.protocol import Py4JJavaError
+
+    from connectors.flink_topology import local_mini_cluster, start_task_manager, task_managers
+
+    mini_cluster = local_mini_cluster(client)
+    result = client.get_job_execution_result()
+    started_at = -TASK_MANAGER_START_GRACE_S
+    started = 0
+    while not result.done():
+        if mini_cluster is not None and time.monotonic() - started_at > TASK_MANAGER_START_GRACE_S:
+            try:
+                lost = task_managers(mini_cluster) == 0
+            except Py4JJavaError as exc:  # the cluster shuts down as the job ends
+                log.debug("cannot read the mini-cluster's TaskManagers: %s", exc)
+                lost = False
+            if lost and not result.done():
+                log.warning(
+                    "the mini-cluster lost its TaskManager (a fatal error); starting a new one"
+                )
+                start_task_manager(mini_cluster)
+                started += 1
+                started_at = time.monotonic()
+        time.sleep(poll_s)
+    result.result()  # raises if the job failed
+    return started
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from jobs.cliutil import env_bool_flag, env_flag
@@ -43,16 +44,29 @@ def register(subparsers: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from jobs.job import run_job
+    """Run the job; a service that is down ends it with one line on stderr and exit 1."""
+    from jobs.job import JobSetupError, run_job
 
-    run_job(settings_from_args(args))
+    try:
+        run_job(settings_from_args(args))
+    except JobSetupError as exc:
+        print(f"klineflow job run: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
 def _submit(args: argparse.Namespace) -> int:
+    """Submit the job; a service that is down ends it with one line on stderr and exit 1."""
     from jobs.cluster import submit_job
+    from jobs.job import JobSetupError
 
-    return submit_job(settings_from_args(args), jobmanager=args.jobmanager, detached=not args.wait)
+    try:
+        return submit_job(
+            settings_from_args(args), jobmanager=args.jobmanager, detached=not args.wait
+        )
+    except JobSetupError as exc:
+        print(f"klineflow job submit: {exc}", file=sys.stderr)
+        return 1
 
 
 def _cluster(args: argparse.Namespace) -> int:

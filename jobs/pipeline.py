@@ -201,7 +201,7 @@ def build_pipeline(
     records = (
         key_by_first_field(timestamped, Types.PRIMITIVE_ARRAY(Types.BYTE()))
         .process(
-            SeriesFunction(series_settings(config, analytics, signals)),
+            SeriesFunction(series_settings(config, analytics, signals), config.series_ttl_ms),
             output_type=Types.PRIMITIVE_ARRAY(Types.BYTE()),
         )
         .name("series")

@@ -17,6 +17,16 @@ checkpoint holds everything this instance knew. What is stored is what cannot be
   profile accumulators are rebuilt from them on restore, so a bar costs one small write
   instead of a rewrite of every window it belongs to;
 - ``instrument`` (ValueState): clocks, finalised windows, indicator series, signal history.
+
+Silent series are dropped (``ttl_ms``, the job's ``--series-ttl-ms``): each instrument has a
+processing-time timer at its last input plus the TTL. When an instrument has had no input
+for the TTL by the wall clock and none of its windows is left to fire or clean up (no
+timer of the series processor pending), its three states and its in-memory mirrors are
+cleared. Instruments with input are never touched, so results for active series do not
+change; an instrument that returns after being dropped starts afresh (indicators warm up
+again, its upsert state and windows hold only what arrives from then on). A restore does not
+know when each instrument was last seen: it counts as a sighting, so a restore can delay a
+drop by one TTL but never cause one. ``ttl_ms=0`` keeps every instrument for ever.
 """
 
 from __future__ import annotations
@@ -49,8 +59,11 @@ INSTRUMENT_META: Any = "instrument"
 class SeriesFunction(KeyedProcessFunction):
     """Keyed by instrument: everything the job computes per series (``udfs.series``)."""
 
-    def __init__(self, settings: SeriesSettings) -> None:
+    def __init__(self, settings: SeriesSettings, ttl_ms: int = 0) -> None:
+        if ttl_ms < 0:
+            raise ValueError(f"ttl_ms must be >= 0 (0: never drop), got {ttl_ms}")
         self.settings = settings
+        self.ttl_ms = ttl_ms
 
     def open(self, runtime_context: RuntimeContext) -> None:
         pickled = Types.PICKLED_BYTE_ARRAY()
@@ -65,9 +78,15 @@ class SeriesFunction(KeyedProcessFunction):
         self.instruments: dict[str, InstrumentState] = {}
         self.event_timers: dict[str, int] = {}
         self.processing_timers: dict[str, int] = {}
+        # TTL: wall-clock time of each instrument's last input (or restore), and its pending
+        # TTL timer.
+        self.last_seen: dict[str, int] = {}
+        self.ttl_timers: dict[str, int] = {}
         self.journal = Journal()
         metrics = runtime_context.get_metrics_group()
         self.records_in = metrics.counter("series_records_in")
+        self.series_dropped = metrics.counter("series_dropped")
+        metrics.gauge("series_held", lambda: len(self.instruments))
         counters = self.processor.counters
         for name in SeriesCounters.__slots__:
             metrics.gauge(name, _reader(counters, name))
@@ -99,6 +118,7 @@ class SeriesFunction(KeyedProcessFunction):
         )
         self._commit(state)
         self._schedule(key, state, timers)
+        self._seen(key, now_ms, timers)
         if outputs:
             yield encode_outputs(outputs)
 
@@ -106,6 +126,12 @@ class SeriesFunction(KeyedProcessFunction):
         timers = ctx.timer_service()
         key = ctx.get_current_key()
         now_ms = timers.current_processing_time()
+        if key not in self.instruments and self.meta_state.value() is None:
+            return  # a timer left over from an instrument dropped for silence
+        if key not in self.last_seen:  # restored: a restore counts as a sighting
+            self._seen(key, now_ms, timers)
+        if self.ttl_timers.get(key) == timestamp:
+            del self.ttl_timers[key]
         state = self._instrument(key, now_ms)
         watermark = timers.current_watermark()
         if ctx.time_domain() == TimeDomain.EVENT_TIME:
@@ -122,6 +148,42 @@ class SeriesFunction(KeyedProcessFunction):
         self._schedule(key, state, timers)
         if outputs:
             yield encode_outputs(outputs)
+        self._drop_if_silent(key, state, now_ms, timers)
+
+    def _seen(self, key: str, now_ms: int, timers: Any) -> None:
+        """Note input of ``key`` now; make sure a TTL timer is pending for it."""
+        if not self.ttl_ms:
+            return
+        self.last_seen[key] = now_ms
+        if key not in self.ttl_timers:
+            due = now_ms + self.ttl_ms
+            timers.register_processing_time_timer(due)
+            self.ttl_timers[key] = due
+
+    def _drop_if_silent(self, key: str, state: InstrumentState, now_ms: int, timers: Any) -> None:
+        """Drop ``key`` if silent for the TTL with no work left; else keep a TTL timer."""
+        if not self.ttl_ms:
+            return
+        silent_until = self.last_seen[key] + self.ttl_ms
+        if now_ms < silent_until:
+            if key not in self.ttl_timers:
+                timers.register_processing_time_timer(silent_until)
+                self.ttl_timers[key] = silent_until
+            return
+        if self.processor.next_event_due(state) < NEVER:
+            return  # windows still to fire or clean up: their timer checks again
+        if self.processor.next_processing_due(state) < NEVER:
+            return
+        self.meta_state.clear()
+        self.bar_states.clear()
+        self.window_bars.clear()
+        for mirror in (self.instruments, self.event_timers, self.processing_timers,
+                       self.last_seen):  # fmt: skip
+            mirror.pop(key, None)
+        pending_ttl = self.ttl_timers.pop(key, None)
+        if pending_ttl is not None:
+            timers.delete_processing_time_timer(pending_ttl)
+        self.series_dropped.inc()
 
     def _commit(self, state: InstrumentState) -> None:
         journal = self.journal

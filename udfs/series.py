@@ -316,9 +316,8 @@ class SeriesProcessor:
         state.window_bars = {bar.kline.open_time: bar for bar in bars}
         state.oldest_window_bar = min(state.window_bars, default=NEVER)
         for stage, family in self._families(state):
-            cleaned_at = meta.cleaned_at.get(stage, -NEVER)
-            kept = [b for b in bars if not family.is_late(b.kline.open_time, cleaned_at)]
-            family.restore(kept, meta.finalized.get(stage, ()), now_ms)
+            family.restore(bars, meta.finalized.get(stage, ()), now_ms,
+                           cleaned_at=meta.cleaned_at.get(stage, -NEVER))  # fmt: skip
         return state
 
     def _families(self, state: InstrumentState) -> list[tuple[str, WindowSet]]:

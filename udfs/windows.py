@@ -227,13 +227,25 @@ class WindowSet:
         return [key for key, window in self.windows.items() if window.finalized]
 
     def restore(
-        self, bars: Iterable[VersionedBar], finalized: Iterable[tuple[int, int]], now_ms: int
+        self,
+        bars: Iterable[VersionedBar],
+        finalized: Iterable[tuple[int, int]],
+        now_ms: int,
+        cleaned_at: int = -NEVER,
     ) -> None:
-        """Rebuild the windows from their 1m bars (after a restart) without firing them."""
+        """Rebuild the windows from their 1m bars (after a restart) without firing them.
+
+        ``cleaned_at``: the watermark of the last clean-up. A window it had already forgotten
+        is not brought back; every other window gets all its bars back, also the bars whose
+        smaller windows are gone (a 1m bar lives in one window of each length).
+        """
+        lateness = self.timing.allowed_lateness_ms
         for bar in sorted(bars, key=lambda b: b.kline.open_time):
             open_time = bar.kline.open_time
             for length in self.lengths:
                 start = open_time - open_time % length
+                if start + length - 1 + lateness <= cleaned_at:
+                    continue  # this window was cleaned up before the restart
                 window = self.windows.get((length, start))
                 if window is None:
                     window = Window(

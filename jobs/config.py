@@ -385,6 +385,14 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
         help="do not announce updates on the kline-updates:{series} pub/sub channels",
     )
     add_signal_arguments(parser)
+    env_flag(
+        parser,
+        "--flink-conf-dir",
+        env="KLINEFLOW_FLINK_CONF_DIR",
+        type=Path,
+        default=job.flink_conf_dir,
+        help="directory of the Flink config.yaml the job runs with",
+    )
     env_bool_flag(
         parser,
         "--bounded",
@@ -402,6 +410,7 @@ def settings_from_args(args: argparse.Namespace) -> JobSettings:
         consumer_group=args.group_id,
         bounded=args.bounded,
         parallelism=args.parallelism,
+        flink_conf_dir=Path(args.flink_conf_dir).resolve(),
         pipeline=PipelineConfig(
             max_out_of_orderness_ms=args.max_out_of_orderness_ms,
             idleness_ms=args.idleness_ms,

@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 KLINEFLOW := $(VENV)/bin/klineflow
 PYTEST_ARGS ?=
 
-.PHONY: system-packages help setup stack-up stack-down stack-status demo test test-unit lint format \
+.PHONY: system-packages help setup stack-up stack-down stack-status demo test test-unit chaos lint format \
         cluster-up cluster-down submit bench bench-live bench-peers clean
 
 help: ## Show this help
@@ -61,8 +61,11 @@ stack-status: ## Show the local stack
 demo: setup ## Stack up, replay the sample, run the job bounded, print what landed
 	$(KLINEFLOW) demo
 
-test: setup ## Run the whole test suite (unit + integration, real Kafka/Redis/chdb/Flink)
-	$(PY) -m pytest $(PYTEST_ARGS)
+test: setup ## Run the test suite (unit + integration + fast chaos cases; real Kafka/Redis/chdb/Flink)
+	$(PY) -m pytest -m "not chaos" $(PYTEST_ARGS)
+
+chaos: setup ## Run the long chaos cases (worker kills, broker restarts, ...); prints their figures
+	$(PY) -m pytest -m chaos -s tests/chaos $(PYTEST_ARGS)
 
 test-unit: setup ## Run the unit tests only (no JVM, no servers)
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -45,6 +46,7 @@ CLUSTER_FLINK_SETTINGS = {
     "heartbeat.rpc-failure-threshold": "2",
 }
 STOP_TIMEOUT_S = 60.0
+RESOURCE_ID = re.compile(r"Starting TaskManager with ResourceID: (\S+)")
 
 
 def pyflink_home() -> Path:
@@ -141,7 +143,7 @@ def prepare_cluster_dirs(cluster: ClusterSettings, settings: JobSettings | None 
     _write_conf(cluster.home / "conf", config, cluster.taskmanagers, cluster.rest_port)
 
 
-def _rest(cluster: ClusterSettings, path: str) -> Any:
+def rest_json(cluster: ClusterSettings, path: str) -> Any:
     """GET ``path`` of the cluster's REST API as JSON; None when nothing answers."""
     try:
         with urllib.request.urlopen(f"{cluster.rest_url}{path}", timeout=5) as response:
@@ -152,7 +154,7 @@ def _rest(cluster: ClusterSettings, path: str) -> Any:
 
 def taskmanagers(cluster: ClusterSettings) -> list[dict[str, Any]]:
     """The TaskManagers registered with the JobManager (REST ``/taskmanagers``)."""
-    data = _rest(cluster, "/taskmanagers")
+    data = rest_json(cluster, "/taskmanagers")
     return list(data.get("taskmanagers", [])) if isinstance(data, dict) else []
 
 
@@ -192,6 +194,24 @@ def descendants(pid: int) -> list[int]:
                     found.append(child)
                     queue.append(child)
     return [child for child in found if _alive(child)]
+
+
+def taskmanager_processes(cluster: ClusterSettings) -> dict[str, int]:
+    """Resource id (as in REST ``/taskmanagers``) -> PID of each live TaskManager.
+
+    ``flink-daemon.sh`` appends the n-th TaskManager's PID as line n of the pid file and
+    logs it to ``flink-*-taskexecutor-n-*.log``, whose first lines name its resource id.
+    """
+    found: dict[str, int] = {}
+    for pid_file in (cluster.home / "pid").glob("flink-*-taskexecutor.pid"):
+        for index, line in enumerate(pid_file.read_text().split()):
+            if not (line.isdigit() and _alive(int(line))):
+                continue
+            for log in (cluster.home / "log").glob(f"flink-*-taskexecutor-{index}-*.log"):
+                match = RESOURCE_ID.search(log.read_text(errors="replace"))
+                if match:
+                    found[match.group(1)] = int(line)
+    return found
 
 
 def _port_in_use(port: int) -> bool:
@@ -292,7 +312,7 @@ def cluster_status(cluster: ClusterSettings) -> str:
     """The cluster, then one line per registered TaskManager; or that it is not running."""
     if not daemon_pids(cluster, "standalonesession"):
         return "cluster: not running"
-    overview = _rest(cluster, "/overview")
+    overview = rest_json(cluster, "/overview")
     if not isinstance(overview, dict):
         return f"cluster: JobManager running, REST {cluster.rest_url} not answering yet"
     lines = [
@@ -301,16 +321,18 @@ def cluster_status(cluster: ClusterSettings) -> str:
         f"running jobs={overview.get('jobs-running')}"
     ]
     now_ms = time.time() * 1000
+    pids = taskmanager_processes(cluster)
     for tm in taskmanagers(cluster):
         # The REST field holds the time of the last heartbeat (epoch ms; 0: none yet).
         last = float(tm.get("timeSinceLastHeartbeat", 0))
         heartbeat = f"{(now_ms - last) / 1000:.0f}s ago" if last > 0 else "none yet"
         lines.append(
-            f"  taskmanager {tm.get('id')}: slots={tm.get('slotsNumber')} "
-            f"free={tm.get('freeSlots')} last heartbeat {heartbeat}"
+            f"  taskmanager {tm.get('id')}: pid={pids.get(str(tm.get('id')), '?')} "
+            f"slots={tm.get('slotsNumber')} free={tm.get('freeSlots')} "
+            f"last heartbeat {heartbeat}"
         )
-    pids = daemon_pids(cluster, "taskexecutor")
-    lines.append(f"  taskmanager processes: {len(pids)} ({' '.join(map(str, pids)) or 'none'})")
+    alive = daemon_pids(cluster, "taskexecutor")
+    lines.append(f"  taskmanager processes: {len(alive)} ({' '.join(map(str, alive)) or 'none'})")
     return "\n".join(lines)
 
 

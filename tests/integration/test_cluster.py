@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from jobs.cluster import cluster_down, daemon_pids
+from jobs.cluster import cluster_down, daemon_pids, taskmanager_processes
 from jobs.cluster_settings import ClusterSettings
 from tests.integration.conftest import free_ports
 
@@ -75,7 +75,9 @@ def test_cluster_up_with_two_taskmanagers_and_down_stops_both(cluster: ClusterSe
 
     status = klineflow("cluster", "status", cluster=cluster)
     for tm in registered:
-        assert f"taskmanager {tm['id']}: slots=3" in status
+        assert f"taskmanager {tm['id']}: pid=" in status
+    assert sorted(taskmanager_processes(cluster).values()) == sorted(taskmanager_pids)
+    assert set(taskmanager_processes(cluster)) == {tm["id"] for tm in registered}
     assert "taskmanagers=2" in status
 
     # Up again on a running cluster starts nothing more.

@@ -354,6 +354,7 @@ def job_arguments(settings: JobSettings) -> list[str]:
         "--clickhouse-flush-ms", str(settings.sinks.clickhouse_flush_ms),
         "--redis-recent-bars", str(settings.sinks.redis_recent_bars),
         "--flink-conf-dir", str(settings.flink_conf_dir),
+        "--checkpoint-dir", str(settings.checkpoint_dir),
     ]  # fmt: skip
     if settings.sinks.redis_ttl_s is not None:
         args += ["--redis-ttl-s", str(settings.sinks.redis_ttl_s)]
@@ -373,8 +374,11 @@ def submit_job(
 ) -> int:
     """Submit ``jobs/job.py`` with ``flink run`` to ``jobmanager``; returns its exit code.
 
-    The client reads a configuration rendered for this job (``cluster.home/client-conf``), so
-    submitting never rewrites the running cluster's own ``conf/``.
+    The client and the job read a configuration rendered for this job and this JobManager
+    (``cluster.home/client-conf``): the job builds its environment from ``config.yaml`` of
+    ``--flink-conf-dir``, whose ``rest.address``/``rest.port`` would otherwise be the ones of
+    ``flink-conf/`` (:8081) and win over ``--jobmanager``. Submitting never rewrites the
+    running cluster's own ``conf/``.
     """
     from jobs.job import prepare_services
 
@@ -382,8 +386,11 @@ def submit_job(
     _link_lib(cluster)
     client_conf = cluster.home / "client-conf"
     config = cluster_flink_configuration(cluster, settings)
+    host, _, port = jobmanager.rpartition(":")
+    config.update({"rest.address": host or "127.0.0.1", "rest.port": port})
     _write_conf(client_conf, config, cluster.taskmanagers, cluster.rest_port)
     prepare_services(settings)
+    settings = settings.with_overrides(flink_conf_dir=client_conf)
     command = [
         str(pyflink_home() / "bin" / "flink"), "run",
         "--jobmanager", jobmanager,

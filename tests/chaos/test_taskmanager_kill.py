@@ -174,7 +174,7 @@ def test_killing_a_taskmanager_mid_stream_restores_the_checkpoint_and_loses_noth
         name="cluster-taskmanager-kill",
         parallelism=PARALLELISM,
         flink_conf_dir=fast_checkpoints_conf(tmp_path / "flink-conf"),
-    )
+    ).with_overrides(flink_overrides=())  # restarts on, as configured for bounded runs
 
     started = time.monotonic()
     print(cluster_up(cluster, settings))

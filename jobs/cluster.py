@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -115,6 +116,40 @@ def _write_conf(conf: Path, config: dict[str, str], workers: int, rest_port: int
     )
 
 
+WORKER_PYTHON = """#!/usr/bin/env bash
+# The Python of this cluster's Python workers (python.executable), rendered by
+# `klineflow cluster up` (jobs/cluster.py). A TaskManager killed with SIGKILL cannot stop its
+# workers and PyFlink's pyflink-udf-runner.sh does not exec Python, so a worker can outlive
+# its JVM, orphaned -- and the store sink's worker keeps chdb's lock on its directory. This
+# runs Python as a child and kills it within a second of the TaskManager's exit.
+python={python}
+taskmanager=""
+pid=$PPID
+while [ "$pid" -gt 1 ] 2>/dev/null; do
+  if [ "$(cat /proc/$pid/comm 2>/dev/null)" = java ]; then taskmanager=$pid; break; fi
+  pid=$(awk '{{print $4}}' /proc/$pid/stat 2>/dev/null || echo 1)
+done
+[ -n "$taskmanager" ] || exec "$python" "$@"
+"$python" "$@" <&0 &
+child=$!
+trap 'kill -TERM $child 2>/dev/null' TERM INT
+while kill -0 "$child" 2>/dev/null; do
+  if ! kill -0 "$taskmanager" 2>/dev/null; then kill -KILL "$child"; break; fi
+  sleep 1
+done
+wait "$child"
+"""
+
+
+def worker_python(cluster: ClusterSettings) -> Path:
+    """Write ``home/bin/python-worker`` (see :data:`WORKER_PYTHON`) and return its path."""
+    path = cluster.home / "bin" / "python-worker"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(WORKER_PYTHON.format(python=shlex.quote(sys.executable)))
+    path.chmod(0o755)
+    return path
+
+
 def cluster_flink_configuration(
     cluster: ClusterSettings, settings: JobSettings | None = None
 ) -> dict[str, str]:
@@ -129,6 +164,7 @@ def cluster_flink_configuration(
             "rest.port": str(cluster.rest_port),
             "jobmanager.rpc.port": str(cluster.rpc_port),
             "taskmanager.numberOfTaskSlots": str(cluster.slots_per_taskmanager),
+            "python.executable": str(worker_python(cluster)),
         }
     )
     return config
@@ -161,15 +197,31 @@ def taskmanagers(cluster: ClusterSettings) -> list[dict[str, Any]]:
 def daemon_pids(cluster: ClusterSettings, daemon: str = "*") -> list[int]:
     """PIDs of this cluster's live daemons (``taskexecutor``, ``standalonesession``, or
     ``*`` for both), from its ``FLINK_PID_DIR``, in start order."""
-    alive = []
+    running = []
     for pid_file in sorted((cluster.home / "pid").glob(f"flink-*-{daemon}.pid")):
         for line in pid_file.read_text().split():
-            if line.isdigit() and _alive(int(line)):
-                alive.append(int(line))
-    return alive
+            if line.isdigit() and alive(int(line)):
+                running.append(int(line))
+    return running
 
 
-def _alive(pid: int) -> bool:
+def cluster_processes(cluster: ClusterSettings) -> set[int]:
+    """Every live process started from this cluster's ``conf/``: its daemons and their
+    Python workers, also those orphaned by a TaskManager that was killed (they inherit
+    ``FLINK_CONF_DIR`` from their TaskManager)."""
+    marker = f"FLINK_CONF_DIR={cluster.home / 'conf'}".encode()
+    found: set[int] = set()
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            environ = (proc / "environ").read_bytes()
+        except OSError:  # gone meanwhile, or another user's
+            continue
+        if marker in environ.split(b"\0") and alive(int(proc.name)):
+            found.add(int(proc.name))
+    return found
+
+
+def alive(pid: int) -> bool:
     """Whether ``pid`` runs (a zombie, dead but not yet reaped, does not)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -193,7 +245,7 @@ def descendants(pid: int) -> list[int]:
                 if child not in found:
                     found.append(child)
                     queue.append(child)
-    return [child for child in found if _alive(child)]
+    return [child for child in found if alive(child)]
 
 
 def taskmanager_processes(cluster: ClusterSettings) -> dict[str, int]:
@@ -205,7 +257,7 @@ def taskmanager_processes(cluster: ClusterSettings) -> dict[str, int]:
     found: dict[str, int] = {}
     for pid_file in (cluster.home / "pid").glob("flink-*-taskexecutor.pid"):
         for index, line in enumerate(pid_file.read_text().split()):
-            if not (line.isdigit() and _alive(int(line))):
+            if not (line.isdigit() and alive(int(line))):
                 continue
             for log in (cluster.home / "log").glob(f"flink-*-taskexecutor-{index}-*.log"):
                 match = RESOURCE_ID.search(log.read_text(errors="replace"))
@@ -289,9 +341,11 @@ def cluster_down(cluster: ClusterSettings, timeout_s: float = STOP_TIMEOUT_S) ->
     """Stop every TaskManager and the JobManager of this cluster and wait until they, and
     the TaskManagers' Python workers, are gone."""
     daemons = daemon_pids(cluster)
-    if not daemons:
+    managers = len(daemon_pids(cluster, "taskexecutor"))
+    processes = cluster_processes(cluster)
+    if not daemons and not processes:
         return "cluster not running; nothing to stop"
-    processes = {pid for daemon in daemons for pid in (daemon, *descendants(daemon))}
+    processes |= {pid for daemon in daemons for pid in (daemon, *descendants(daemon))}
     # stop-all stops every TaskManager in the pid file, also those added after `up`.
     for script in ("taskmanager.sh", "jobmanager.sh"):
         subprocess.run(
@@ -299,13 +353,13 @@ def cluster_down(cluster: ClusterSettings, timeout_s: float = STOP_TIMEOUT_S) ->
             env=_cluster_env(cluster), check=False, cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL,
         )  # fmt: skip
     deadline = time.monotonic() + timeout_s
-    while any(_alive(pid) for pid in processes) and time.monotonic() < deadline:
+    while any(alive(pid) for pid in processes) and time.monotonic() < deadline:
         time.sleep(0.2)
-    left = sorted(pid for pid in processes if _alive(pid))
+    left = sorted(pid for pid in processes if alive(pid))
     for pid in left:  # the scripts SIGKILL a daemon after 10 s; this is for stray workers
         os.kill(pid, signal.SIGKILL)
     suffix = f" (killed {len(left)} process(es) still running: {left})" if left else ""
-    return f"cluster stopped: {len(daemons) - 1} TaskManager(s) and the JobManager{suffix}"
+    return f"cluster stopped: {managers} TaskManager(s) and the JobManager{suffix}"
 
 
 def cluster_status(cluster: ClusterSettings) -> str:
@@ -331,8 +385,9 @@ def cluster_status(cluster: ClusterSettings) -> str:
             f"slots={tm.get('slotsNumber')} free={tm.get('freeSlots')} "
             f"last heartbeat {heartbeat}"
         )
-    alive = daemon_pids(cluster, "taskexecutor")
-    lines.append(f"  taskmanager processes: {len(alive)} ({' '.join(map(str, alive)) or 'none'})")
+    running = daemon_pids(cluster, "taskexecutor")
+    shown = " ".join(map(str, running)) or "none"
+    lines.append(f"  taskmanager processes: {len(running)} ({shown})")
     return "\n".join(lines)
 
 
@@ -395,7 +450,7 @@ def submit_job(
         str(pyflink_home() / "bin" / "flink"), "run",
         "--jobmanager", jobmanager,
         "--pyClientExecutable", sys.executable,
-        "--pyExecutable", sys.executable,
+        "--pyExecutable", config["python.executable"],
         *(["--detached"] if detached else []),
         "--python", str(PROJECT_ROOT / "jobs" / "job.py"),
         *job_arguments(settings),

@@ -36,7 +36,9 @@ import redis
 
 from connectors.kafka_admin import DEAD_LETTER_TOPIC, ensure_topics
 from jobs.cluster import (
+    alive,
     cluster_down,
+    cluster_processes,
     cluster_up,
     descendants,
     rest_json,
@@ -112,21 +114,20 @@ def cluster(tmp_path: Path) -> Iterator[ClusterSettings]:
         home=tmp_path / "cluster", rest_port=rest_port, rpc_port=rpc_port, taskmanagers=2,
         job_slots=required_slots(PARTITIONS, PARALLELISM, 1),
     )  # fmt: skip
-    watched: set[int] = set()
     try:
         yield settings
     finally:
-        for pid in taskmanager_processes(settings).values():
-            watched.update((pid, *descendants(pid)))
+        watched = cluster_processes(settings)
         cluster_down(settings)
-        left = [pid for pid in watched if Path(f"/proc/{pid}").exists()]
+        left = [pid for pid in watched if alive(pid)]
         assert left == [], f"processes of the test cluster still run: {left}"
 
 
-def job_vertex_taskmanagers(cluster: ClusterSettings, job_id: str, name_part: str) -> set[str]:
-    """Resource ids of the TaskManagers that run the vertex whose name holds ``name_part``."""
+def job_vertex_taskmanagers(cluster: ClusterSettings, job_id: str, name_start: str) -> set[str]:
+    """Resource ids of the TaskManagers that run the vertex whose name starts with
+    ``name_start`` (``store-sink -> kafka-klines-dlq: ...``: the sink and the DLQ producer)."""
     job = rest_json(cluster, f"/jobs/{job_id}")
-    vertex = next(v for v in job["vertices"] if name_part in v["name"])
+    (vertex,) = [v for v in job["vertices"] if v["name"].startswith(name_start)]
     placed = rest_json(cluster, f"/jobs/{job_id}/vertices/{vertex['id']}/taskmanagers")
     return {tm["taskmanager-id"] for tm in placed["taskmanagers"]}
 
@@ -206,7 +207,7 @@ def test_killing_a_taskmanager_mid_stream_restores_the_checkpoint_and_loses_noth
     # Its Python workers (the chdb writer among them) die with the JVM: the gRPC connection
     # to the harness closes. The lock on the chdb directory is the process's flock on its
     # status file, released by the kernel when the process exits.
-    poll(lambda: not any(Path(f"/proc/{pid}").exists() for pid in workers),
+    poll(lambda: not any(alive(pid) for pid in workers),
          timeout_s=120, what="the killed TaskManager's Python workers to exit")  # fmt: skip
     workers_gone_s = time.monotonic() - killed_at
     poll(lambda: len(taskmanagers(cluster)) == 1, timeout_s=180, what="the dead TM dropped")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from jobs.cluster import cluster_down, daemon_pids, taskmanager_processes
+from jobs.cluster import cluster_down, cluster_processes, daemon_pids, taskmanager_processes
 from jobs.cluster_settings import ClusterSettings
 from tests.integration.conftest import free_ports
 
@@ -89,4 +89,5 @@ def test_cluster_up_with_two_taskmanagers_and_down_stops_both(cluster: ClusterSe
     assert "killed" not in out  # the scripts stopped everything themselves
     assert processes_of(cluster.home) == []
     assert daemon_pids(cluster) == []
+    assert cluster_processes(cluster) == set()
     assert klineflow("cluster", "status", cluster=cluster).strip() == "cluster: not running"

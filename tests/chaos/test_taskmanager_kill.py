@@ -13,7 +13,7 @@ and a checkpoint has completed since, the TaskManager that runs the chdb sink is
   the chdb directory goes with its process: the restarted sink on the other TaskManager
   opens the directory and the job finishes);
 - the JobManager drops the dead TaskManager, restores the latest checkpoint and finishes
-  the job on the one left;
+  the job on the one left; ``cluster up`` again brings the second TaskManager back;
 - every ClickHouse table (FINAL, versions included) and every Redis key equal the golden
   snapshot (``tests/golden/job_contract_snapshot.json``), which a mini-cluster run without
   failures produced; the dead letters equal it as a set (the DLQ producer is at-least-once,
@@ -232,6 +232,12 @@ def test_killing_a_taskmanager_mid_stream_restores_the_checkpoint_and_loses_noth
         f"checkpoint {restored['id']}; {len(exceptions)} failure(s): "
         + "; ".join(str(entry.get("exceptionName")) for entry in exceptions)
     )
+
+    # Flink standalone never replaces a lost TaskManager: `cluster up` again starts the
+    # missing one (bin/taskmanager.sh start) and it registers.
+    assert "started 1 TaskManager(s)" in cluster_up(cluster, settings)
+    assert len(taskmanagers(cluster)) == 2
+    assert len(taskmanager_processes(cluster)) == 2
 
     expected = json.loads(GOLDEN_PATH.read_text())
     actual = json.loads(

@@ -1,6 +1,7 @@
-"""``klineflow cluster up --taskmanagers 2`` / ``status`` / ``down`` through the command line,
-on a cluster of the test's own (temporary home, free loopback ports): both TaskManagers
-register with the JobManager, ``status`` lists each, ``down`` leaves no process behind.
+"""``klineflow cluster up --taskmanagers 2`` / ``status`` / ``add-taskmanager`` / ``down``
+through the command line, on a cluster of the test's own (temporary home, free loopback
+ports): both TaskManagers register with the JobManager, ``status`` lists each, one more can be
+added, ``down`` stops them all and leaves no process behind.
 """
 
 from __future__ import annotations
@@ -60,7 +61,9 @@ def klineflow(*args: str, cluster: ClusterSettings) -> str:
     return done.stdout
 
 
-def test_cluster_up_with_two_taskmanagers_and_down_stops_both(cluster: ClusterSettings) -> None:
+def test_cluster_up_with_two_taskmanagers_add_one_and_down_stops_all(
+    cluster: ClusterSettings,
+) -> None:
     out = klineflow("cluster", "up", cluster=cluster)
     assert "2 TaskManager(s) x 3 slots" in out  # job_slots 3 fit on the one left if one dies
 
@@ -84,8 +87,12 @@ def test_cluster_up_with_two_taskmanagers_and_down_stops_both(cluster: ClusterSe
     assert "cluster already running" in klineflow("cluster", "up", cluster=cluster)
     assert daemon_pids(cluster, "taskexecutor") == taskmanager_pids
 
+    # add-taskmanager starts one more (what brings a lost one back) and it registers.
+    assert "3 registered (9 slots)" in klineflow("cluster", "add-taskmanager", cluster=cluster)
+    assert len(daemon_pids(cluster, "taskexecutor")) == 3
+
     out = klineflow("cluster", "down", cluster=cluster)
-    assert "2 TaskManager(s) and the JobManager" in out
+    assert "3 TaskManager(s) and the JobManager" in out
     assert "killed" not in out  # the scripts stopped everything themselves
     assert processes_of(cluster.home) == []
     assert daemon_pids(cluster) == []

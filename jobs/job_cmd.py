@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,8 @@ from jobs.cluster_settings import (
 )
 from jobs.config import add_job_arguments, settings_from_args
 
+# `job submit` targets the cluster on this REST port by default (`cluster --rest-port`).
+REST_PORT_ENV = "KLINEFLOW_CLUSTER_REST_PORT"
 CLUSTER_ACTIONS = {
     "up": "start the JobManager and --taskmanagers TaskManagers (on a running cluster: start "
     "the missing ones, e.g. after one died)",
@@ -41,8 +44,9 @@ def register(subparsers: Any) -> None:
         submit,
         "--jobmanager",
         env="FLINK_JOBMANAGER",
-        default=ClusterSettings().jobmanager,
-        help="REST address of the cluster's JobManager",
+        default=f"127.0.0.1:{os.environ.get(REST_PORT_ENV) or ClusterSettings().rest_port}",
+        help="REST address of the cluster's JobManager (by default on the cluster's "
+        "KLINEFLOW_CLUSTER_REST_PORT)",
     )
     add_home_argument(submit)
     env_bool_flag(

@@ -420,6 +420,40 @@ def job_arguments(settings: JobSettings) -> list[str]:
     return args
 
 
+def job_fit(settings: JobSettings, parallelism_default: int, jobmanager: str) -> str | None:
+    """Compare the slots the job needs with the TaskManagers registered at ``jobmanager``.
+
+    Raises JobSetupError when the job cannot run there at all; returns a warning when it
+    would not fit on the TaskManagers left after one dies (None: it would, or no
+    TaskManager answers, which ``flink run`` reports itself).
+    """
+    from jobs.job import sink_parallelism, with_source_parallelism
+    from jobs.pipeline import required_slots
+
+    settings = with_source_parallelism(settings)
+    parallelism = settings.parallelism or parallelism_default
+    sources = settings.pipeline.source_parallelism or parallelism
+    needed = required_slots(sources, parallelism, sink_parallelism(settings) or parallelism)
+    try:
+        with urllib.request.urlopen(f"http://{jobmanager}/taskmanagers", timeout=5) as response:
+            slots = [int(tm["slotsNumber"]) for tm in json.load(response)["taskmanagers"]]
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return None
+    if slots and needed > sum(slots):
+        raise JobSetupError(
+            f"the job needs {needed} task slots ({sources} partitions + parallelism "
+            f"{parallelism} + the sink's), the cluster at {jobmanager} has {sum(slots)}: "
+            "start it with more --job-slots or --taskmanagers"
+        )
+    if len(slots) > 1 and needed > sum(slots) - max(slots):
+        return (
+            f"warning: the job needs {needed} task slots; if a TaskManager dies, the others "
+            f"have {sum(slots) - max(slots)} and the job waits until one is back "
+            "(cluster up --job-slots)"
+        )
+    return None
+
+
 def submit_job(
     settings: JobSettings,
     *,
@@ -445,6 +479,9 @@ def submit_job(
     config.update({"rest.address": host or "127.0.0.1", "rest.port": port})
     _write_conf(client_conf, config, cluster.taskmanagers, cluster.rest_port)
     prepare_services(settings)
+    warning = job_fit(settings, int(config.get("parallelism.default", "1")), jobmanager)
+    if warning:
+        print(warning, file=sys.stderr)
     settings = settings.with_overrides(flink_conf_dir=client_conf)
     command = [
         str(pyflink_home() / "bin" / "flink"), "run",

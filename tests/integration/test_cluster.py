@@ -15,9 +15,17 @@ from pathlib import Path
 
 import pytest
 
-from jobs.cluster import cluster_down, cluster_processes, daemon_pids, taskmanager_processes
+from jobs.cluster import (
+    cluster_down,
+    cluster_processes,
+    daemon_pids,
+    job_fit,
+    taskmanager_processes,
+)
 from jobs.cluster_settings import ClusterSettings
-from tests.integration.conftest import free_ports
+from jobs.config import JobSettings
+from jobs.job import JobSetupError
+from tests.integration.conftest import TopicNames, free_ports
 
 KLINEFLOW = [sys.executable, "-m", "jobs.cli"]
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -62,7 +70,7 @@ def klineflow(*args: str, cluster: ClusterSettings) -> str:
 
 
 def test_cluster_up_with_two_taskmanagers_add_one_and_down_stops_all(
-    cluster: ClusterSettings,
+    cluster: ClusterSettings, tmp_path: Path, kafka_bootstrap: str, kafka_topics: TopicNames
 ) -> None:
     out = klineflow("cluster", "up", cluster=cluster)
     assert "2 TaskManager(s) x 3 slots" in out  # job_slots 3 fit on the one left if one dies
@@ -87,9 +95,23 @@ def test_cluster_up_with_two_taskmanagers_add_one_and_down_stops_all(
     assert "cluster already running" in klineflow("cluster", "up", cluster=cluster)
     assert daemon_pids(cluster, "taskexecutor") == taskmanager_pids
 
+    # A job that needs more slots than the TaskManagers have is refused before `flink run`
+    # (4 partitions + parallelism 2 + the chdb sink: 7 slots; the cluster has 6), and one
+    # that fits only while both live is warned about (4 + 1 + 1 = 6 > 3).
+    job = JobSettings(
+        kafka_bootstrap=kafka_bootstrap, klines_topic=kafka_topics.raw, parallelism=2,
+        checkpoint_dir=tmp_path / "checkpoints",
+    )  # fmt: skip
+    with pytest.raises(JobSetupError, match="needs 7 task slots"):
+        job_fit(job, 1, cluster.jobmanager)
+    warning = job_fit(job.with_overrides(parallelism=1), 1, cluster.jobmanager)
+    assert warning is not None and "the others have 3" in warning
+    assert job_fit(job.with_overrides(parallelism=None), 1, cluster.jobmanager) is not None
+
     # add-taskmanager starts one more (what brings a lost one back) and it registers.
     assert "3 registered (9 slots)" in klineflow("cluster", "add-taskmanager", cluster=cluster)
     assert len(daemon_pids(cluster, "taskexecutor")) == 3
+    assert job_fit(job.with_overrides(parallelism=1), 1, cluster.jobmanager) is None  # 6 <= 6
 
     out = klineflow("cluster", "down", cluster=cluster)
     assert "3 TaskManager(s) and the JobManager" in out

@@ -248,6 +248,9 @@ def test_killing_a_taskmanager_mid_stream_restores_the_checkpoint_and_loses_noth
             }
         )
     )
+    # Kept for a look when the comparison fails (the test's temporary directory).
+    (tmp_path / "snapshot.json").write_text(json.dumps(actual))
+    (tmp_path / "exceptions.json").write_text(json.dumps(exceptions, indent=1))
     for section in ("clickhouse", "redis"):
         found = differences(expected[section], actual[section], path=section)
         assert not found, "\n".join(found)

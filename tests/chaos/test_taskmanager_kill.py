@@ -199,8 +199,10 @@ def test_killing_a_taskmanager_mid_stream_restores_the_checkpoint_and_loses_noth
 
     (sink_tm,) = job_vertex_taskmanagers(cluster, job_id, "store-sink")
     victim = taskmanager_processes(cluster)[sink_tm]
-    workers = descendants(victim)
-    assert workers, "the sink's TaskManager has no Python worker processes"
+    processes = taskmanager_processes(cluster)
+    workers = poll(lambda: descendants(victim), timeout_s=60,
+                   what=f"Python workers under the sink's TaskManager {sink_tm} (pid {victim}; "
+                   f"TaskManagers {processes})")  # fmt: skip
     os.kill(victim, signal.SIGKILL)
     killed_at = time.monotonic()
 

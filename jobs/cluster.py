@@ -42,8 +42,10 @@ CLUSTER_FLINK_SETTINGS = {
     # fails at once: after heartbeat.rpc-failure-threshold (Flink's default, 2) failures in a
     # row, i.e. ~2 x this interval, the JobManager and ResourceManager drop it and its slots.
     # heartbeat.timeout (180 s in flink-conf, for a starved but live TaskManager) only
-    # applies to heartbeats that go unanswered, not to refused ones.
-    "heartbeat.interval": "2000",
+    # applies to heartbeats that go unanswered, not to refused ones. 1 s: the dead one is
+    # gone before a bounded run's first restart (2 s delay, 2 attempts) deploys to it; with
+    # 2 s a restart sometimes did, costing a second attempt (RecipientUnreachableException).
+    "heartbeat.interval": "1000",
     "heartbeat.rpc-failure-threshold": "2",
 }
 STOP_TIMEOUT_S = 60.0

@@ -79,10 +79,10 @@ format: setup ## Format the code with ruff
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-cluster-up: setup ## Start a standalone Flink cluster from the PyFlink package (dashboard :8081)
+cluster-up: setup ## Start a standalone Flink cluster from the PyFlink package (KLINEFLOW_TASKMANAGERS=N; dashboard :8081)
 	$(KLINEFLOW) cluster up
 
-cluster-down: ## Stop the standalone Flink cluster
+cluster-down: ## Stop the standalone Flink cluster (every TaskManager and the JobManager)
 	@if [ -x $(KLINEFLOW) ]; then $(KLINEFLOW) cluster down; else echo "no venv: nothing to stop"; fi
 
 submit: setup ## Submit the job to the standalone cluster (make cluster-up first)

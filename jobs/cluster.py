@@ -1,29 +1,55 @@
-"""A standalone Flink cluster started from the PyFlink pip package, and job submission to it.
+"""A standalone Flink cluster started from the PyFlink package's scripts, and job submission.
 
-The pip package ships ``bin/start-cluster.sh`` and the dashboard but keeps ``flink-python``
-in ``opt/``; a Python job needs it on the cluster's classpath. So the cluster runs with its
-own ``FLINK_LIB_DIR`` (links to the package's ``lib/`` plus ``flink-python``) and its own
-``FLINK_CONF_DIR`` rendered from ``flink-conf/config.yaml`` with absolute paths, under
-``.klineflow/cluster/``. The dashboard is on http://127.0.0.1:8081.
+The pip package ships ``bin/start-cluster.sh``, ``bin/taskmanager.sh`` and the dashboard but
+keeps ``flink-python`` in ``opt/``; a Python job needs it on the cluster's classpath. So the
+cluster runs with its own ``FLINK_LIB_DIR`` (links to the package's ``lib/`` plus
+``flink-python``) and its own ``FLINK_CONF_DIR`` rendered from ``flink-conf/config.yaml``
+with absolute paths, under the cluster's home (``ClusterSettings.home``, by default
+``.klineflow/cluster/``); ``conf/workers`` lists one ``localhost`` line per TaskManager.
+
+Losing a TaskManager: Flink restarts the job (its restart strategy) from the last checkpoint
+on the slots left, which ``ClusterSettings.slots_per_taskmanager`` makes enough. Flink
+standalone never starts a TaskManager again by itself: ``cluster up`` again (it tops the
+cluster up to ``--taskmanagers``) or ``cluster add-taskmanager`` does, with the package's
+``bin/taskmanager.sh start``.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
+import re
+import shlex
+import signal
+import socket
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
-from jobs.config import PROJECT_ROOT, STATE_DIR, JobSettings
+from jobs.cluster_settings import ClusterSettings
+from jobs.config import PROJECT_ROOT, JobSettings
 from jobs.job import JobSetupError, job_configuration
 
-CLUSTER_DIR = STATE_DIR / "cluster"
-REST_URL = "http://127.0.0.1:8081"
+# On top of flink-conf/config.yaml, for a cluster of several TaskManagers:
+CLUSTER_FLINK_SETTINGS = {
+    # Spread the job's slots over every TaskManager rather than filling the first one.
+    "taskmanager.load-balance.mode": "SLOTS",
+    # A killed TaskManager's RPC endpoint refuses connections, so each heartbeat RPC to it
+    # fails at once: after heartbeat.rpc-failure-threshold (Flink's default, 2) failures in a
+    # row, i.e. ~2 x this interval, the JobManager and ResourceManager drop it and its slots.
+    # heartbeat.timeout (180 s in flink-conf, for a starved but live TaskManager) only
+    # applies to heartbeats that go unanswered, not to refused ones. 1 s: the dead one is
+    # gone before a bounded run's first restart (2 s delay, 2 attempts) deploys to it; with
+    # 2 s a restart sometimes did, costing a second attempt (RecipientUnreachableException).
+    "heartbeat.interval": "1000",
+    "heartbeat.rpc-failure-threshold": "2",
+}
+STOP_TIMEOUT_S = 60.0
+RESOURCE_ID = re.compile(r"Starting TaskManager with ResourceID: (\S+)")
 
 
 def pyflink_home() -> Path:
@@ -33,14 +59,14 @@ def pyflink_home() -> Path:
     return Path(pyflink.__file__).resolve().parent
 
 
-def _cluster_env() -> dict[str, str]:
+def _cluster_env(cluster: ClusterSettings, conf_dir: Path | None = None) -> dict[str, str]:
     env = dict(os.environ)
     env.update(
         FLINK_HOME=str(pyflink_home()),
-        FLINK_CONF_DIR=str(CLUSTER_DIR / "conf"),
-        FLINK_LIB_DIR=str(CLUSTER_DIR / "lib"),
-        FLINK_LOG_DIR=str(CLUSTER_DIR / "log"),
-        FLINK_PID_DIR=str(CLUSTER_DIR / "pid"),
+        FLINK_CONF_DIR=str(conf_dir or cluster.home / "conf"),
+        FLINK_LIB_DIR=str(cluster.home / "lib"),
+        FLINK_LOG_DIR=str(cluster.home / "log"),
+        FLINK_PID_DIR=str(cluster.home / "pid"),
         PYFLINK_PYTHON=sys.executable,
     )
     return env
@@ -56,28 +82,34 @@ def package_java_options() -> str:
     return str(options)
 
 
-def prepare_cluster_dirs(settings: JobSettings | None = None) -> None:
-    """Render the cluster's conf and lib directories (idempotent)."""
-    settings = settings or JobSettings()
+def _link_lib(cluster: ClusterSettings) -> None:
+    """``FLINK_LIB_DIR``: links to the package's jars plus ``flink-python`` (idempotent; a
+    running cluster's links are left in place)."""
     home = pyflink_home()
-    lib = CLUSTER_DIR / "lib"
-    conf = CLUSTER_DIR / "conf"
-    for folder in (lib, conf, CLUSTER_DIR / "log", CLUSTER_DIR / "pid"):
-        folder.mkdir(parents=True, exist_ok=True)
-    for stale in lib.glob("*.jar"):
-        stale.unlink()
-    for jar in [
-        *home.joinpath("lib").glob("*.jar"),
-        *home.joinpath("opt").glob("flink-python*.jar"),
-    ]:
-        lib.joinpath(jar.name).symlink_to(jar)
+    lib = cluster.home / "lib"
+    lib.mkdir(parents=True, exist_ok=True)
+    wanted = {
+        jar.name: jar
+        for jar in [
+            *home.joinpath("lib").glob("*.jar"),
+            *home.joinpath("opt").glob("flink-python*.jar"),
+        ]
+    }
+    for present in lib.glob("*.jar"):
+        if present.name not in wanted or present.resolve() != wanted[present.name]:
+            present.unlink()
+    for name, jar in wanted.items():
+        if not lib.joinpath(name).is_symlink():
+            lib.joinpath(name).symlink_to(jar)
+
+
+def _write_conf(conf: Path, config: dict[str, str], workers: int, rest_port: int) -> None:
+    home = pyflink_home()
+    conf.mkdir(parents=True, exist_ok=True)
     for name in ("log4j.properties", "log4j-cli.properties", "log4j-console.properties"):
-        shutil.copyfile(home / "conf" / name, conf / name)
-    conf.joinpath("workers").write_text("localhost\n")
-    conf.joinpath("masters").write_text("localhost:8081\n")
-    config = job_configuration(settings)
-    config.pop("pipeline.name", None)
-    config.setdefault("env.java.opts.all", package_java_options())
+        conf.joinpath(name).write_bytes((home / "conf" / name).read_bytes())
+    conf.joinpath("workers").write_text("localhost\n" * workers)
+    conf.joinpath("masters").write_text(f"localhost:{rest_port}\n")
     lines = [f"{key}: {json.dumps(value)}" for key, value in sorted(config.items())]
     conf.joinpath("config.yaml").write_text(
         "# Rendered from flink-conf/config.yaml by `klineflow cluster up`; edit that file.\n"
@@ -86,81 +118,279 @@ def prepare_cluster_dirs(settings: JobSettings | None = None) -> None:
     )
 
 
-def _overview() -> dict[str, object] | None:
+WORKER_PYTHON = """#!/usr/bin/env bash
+# The Python of this cluster's Python workers (python.executable), rendered by
+# `klineflow cluster up` (jobs/cluster.py). A TaskManager killed with SIGKILL cannot stop its
+# workers and PyFlink's pyflink-udf-runner.sh does not exec Python, so a worker can outlive
+# its JVM, orphaned -- and the store sink's worker keeps chdb's lock on its directory. This
+# runs Python as a child and kills it within a second of the TaskManager's exit.
+python={python}
+taskmanager=""
+pid=$PPID
+while [ "$pid" -gt 1 ] 2>/dev/null; do
+  if [ "$(cat /proc/$pid/comm 2>/dev/null)" = java ]; then taskmanager=$pid; break; fi
+  pid=$(awk '{{print $4}}' /proc/$pid/stat 2>/dev/null || echo 1)
+done
+[ -n "$taskmanager" ] || exec "$python" "$@"
+"$python" "$@" <&0 &
+child=$!
+trap 'kill -TERM $child 2>/dev/null' TERM INT
+while kill -0 "$child" 2>/dev/null; do
+  if ! kill -0 "$taskmanager" 2>/dev/null; then kill -KILL "$child"; break; fi
+  sleep 1
+done
+wait "$child"
+"""
+
+
+def worker_python(cluster: ClusterSettings) -> Path:
+    """Write ``home/bin/python-worker`` (see :data:`WORKER_PYTHON`) and return its path."""
+    path = cluster.home / "bin" / "python-worker"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(WORKER_PYTHON.format(python=shlex.quote(sys.executable)))
+    path.chmod(0o755)
+    return path
+
+
+def cluster_flink_configuration(
+    cluster: ClusterSettings, settings: JobSettings | None = None
+) -> dict[str, str]:
+    """The cluster's Flink configuration: ``job_configuration`` plus its ports and slots."""
+    settings = settings or JobSettings(checkpoint_dir=cluster.home / "checkpoints")
+    config = job_configuration(settings)
+    config.pop("pipeline.name", None)
+    config.setdefault("env.java.opts.all", package_java_options())
+    config.update(CLUSTER_FLINK_SETTINGS)
+    config.update(
+        {
+            "rest.port": str(cluster.rest_port),
+            "jobmanager.rpc.port": str(cluster.rpc_port),
+            "taskmanager.numberOfTaskSlots": str(cluster.slots_per_taskmanager),
+            "python.executable": str(worker_python(cluster)),
+        }
+    )
+    return config
+
+
+def prepare_cluster_dirs(cluster: ClusterSettings, settings: JobSettings | None = None) -> None:
+    """Render the cluster's conf and lib directories (idempotent)."""
+    for folder in ("log", "pid"):
+        (cluster.home / folder).mkdir(parents=True, exist_ok=True)
+    _link_lib(cluster)
+    config = cluster_flink_configuration(cluster, settings)
+    _write_conf(cluster.home / "conf", config, cluster.taskmanagers, cluster.rest_port)
+
+
+def rest_json(cluster: ClusterSettings, path: str) -> Any:
+    """GET ``path`` of the cluster's REST API as JSON; None when nothing answers."""
     try:
-        with urllib.request.urlopen(f"{REST_URL}/overview", timeout=2) as response:
-            data: dict[str, object] = json.load(response)
-            return data
+        with urllib.request.urlopen(f"{cluster.rest_url}{path}", timeout=5) as response:
+            return json.load(response)
     except (urllib.error.URLError, ConnectionError, TimeoutError):
         return None
 
 
-def _running_daemons() -> list[int]:
-    """PIDs of this project's JobManager/TaskManager that are alive (from FLINK_PID_DIR)."""
-    alive = []
-    for pid_file in (CLUSTER_DIR / "pid").glob("flink-*.pid"):
+def taskmanagers(cluster: ClusterSettings) -> list[dict[str, Any]]:
+    """The TaskManagers registered with the JobManager (REST ``/taskmanagers``)."""
+    data = rest_json(cluster, "/taskmanagers")
+    return list(data.get("taskmanagers", [])) if isinstance(data, dict) else []
+
+
+def daemon_pids(cluster: ClusterSettings, daemon: str = "*") -> list[int]:
+    """PIDs of this cluster's live daemons (``taskexecutor``, ``standalonesession``, or
+    ``*`` for both), from its ``FLINK_PID_DIR``, in start order."""
+    running = []
+    for pid_file in sorted((cluster.home / "pid").glob(f"flink-*-{daemon}.pid")):
         for line in pid_file.read_text().split():
-            if line.isdigit() and Path(f"/proc/{line}").exists():
-                alive.append(int(line))
-    return alive
+            if line.isdigit() and alive(int(line)):
+                running.append(int(line))
+    return running
+
+
+def cluster_processes(cluster: ClusterSettings) -> set[int]:
+    """Every live process started from this cluster's ``conf/``: its daemons and their
+    Python workers, also those orphaned by a TaskManager that was killed (they inherit
+    ``FLINK_CONF_DIR`` from their TaskManager)."""
+    marker = f"FLINK_CONF_DIR={cluster.home / 'conf'}".encode()
+    found: set[int] = set()
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            environ = (proc / "environ").read_bytes()
+        except OSError:  # gone meanwhile, or another user's
+            continue
+        if marker in environ.split(b"\0") and alive(int(proc.name)):
+            found.add(int(proc.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, dead but not yet reaped, does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process below ``pid`` (a TaskManager's Python workers and their children)."""
+    found: list[int] = []
+    queue = [pid]
+    while queue:
+        parent = queue.pop()
+        for task in Path(f"/proc/{parent}/task").glob("*"):
+            try:
+                children = (task / "children").read_text().split()
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            for child in map(int, children):
+                if child not in found:
+                    found.append(child)
+                    queue.append(child)
+    return [child for child in found if alive(child)]
+
+
+def taskmanager_processes(cluster: ClusterSettings) -> dict[str, int]:
+    """Resource id (as in REST ``/taskmanagers``) -> PID of each live TaskManager.
+
+    ``flink-daemon.sh`` appends the n-th TaskManager's PID as line n of the pid file and
+    logs it to ``flink-*-taskexecutor-n-*.log``, whose first lines name its resource id.
+    """
+    found: dict[str, int] = {}
+    for pid_file in (cluster.home / "pid").glob("flink-*-taskexecutor.pid"):
+        for index, line in enumerate(pid_file.read_text().split()):
+            if not (line.isdigit() and alive(int(line))):
+                continue
+            for log in (cluster.home / "log").glob(f"flink-*-taskexecutor-{index}-*.log"):
+                match = RESOURCE_ID.search(log.read_text(errors="replace"))
+                if match:
+                    found[match.group(1)] = int(line)
+    return found
 
 
 def _port_in_use(port: int) -> bool:
-    import socket
-
     with socket.socket() as sock:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-def cluster_up(timeout_s: float = 90.0) -> str:
-    """Start the JobManager and one TaskManager; wait until the TaskManager has registered."""
-    if _running_daemons():
-        return f"cluster already running: dashboard {REST_URL}"
-    if _port_in_use(8081):
-        raise JobSetupError(
-            "port 8081 is taken by another process (a local `job run` or a test mini-cluster?); "
-            "stop it first: the cluster's dashboard needs 8081"
-        )
-    prepare_cluster_dirs()
+def _script(name: str, cluster: ClusterSettings, *args: str) -> None:
     subprocess.run(
-        [str(pyflink_home() / "bin" / "start-cluster.sh")],
-        env=_cluster_env(),
+        [str(pyflink_home() / "bin" / name), *args],
+        env=_cluster_env(cluster),
         check=True,
         cwd=PROJECT_ROOT,
+        stdout=subprocess.DEVNULL,
     )
+
+
+def wait_for_taskmanagers(cluster: ClusterSettings, count: int, timeout_s: float) -> int:
+    """Wait until ``count`` TaskManagers are registered; returns the total slots."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        overview = _overview()
-        if overview and int(str(overview.get("taskmanagers", 0))) > 0:
-            return f"cluster up: dashboard {REST_URL} ({overview.get('slots-total')} slots)"
+        registered = taskmanagers(cluster)
+        if len(registered) >= count:
+            return sum(int(tm.get("slotsNumber", 0)) for tm in registered)
         time.sleep(0.5)
-    logs = sorted((CLUSTER_DIR / "log").glob("*.log"))
+    logs = sorted((cluster.home / "log").glob("*.log"), key=lambda path: path.stat().st_mtime)
     tail = "\n".join(logs[-1].read_text(errors="replace").splitlines()[-40:]) if logs else ""
-    raise JobSetupError(f"the Flink cluster did not come up within {timeout_s:.0f}s\n{tail}")
-
-
-def cluster_down() -> str:
-    """Stop the cluster started by ``cluster_up``."""
-    if not _running_daemons():
-        return "cluster not running; nothing to stop"
-    subprocess.run(
-        [str(pyflink_home() / "bin" / "stop-cluster.sh")],
-        env=_cluster_env(),
-        check=False,
-        cwd=PROJECT_ROOT,
+    raise JobSetupError(
+        f"{count} TaskManager(s) did not register within {timeout_s:.0f}s "
+        f"({len(taskmanagers(cluster))} did)\n{tail}"
     )
-    return "cluster stopped"
 
 
-def cluster_status() -> str:
-    """One line: running with how many TaskManagers/jobs, or not running."""
-    overview = _overview() if _running_daemons() else None
-    if overview is None:
-        return "cluster: not running"
+def add_taskmanager(cluster: ClusterSettings, timeout_s: float = 180.0) -> str:
+    """Start one more TaskManager (``bin/taskmanager.sh start``) and wait until it registers.
+
+    This is what brings a lost TaskManager back: Flink standalone never restarts one.
+    """
+    if not daemon_pids(cluster, "standalonesession"):
+        raise JobSetupError(f"no JobManager runs from {cluster.home}: `cluster up` first")
+    before = len(taskmanagers(cluster))
+    _script("taskmanager.sh", cluster, "start")
+    slots = wait_for_taskmanagers(cluster, before + 1, timeout_s)
+    return f"taskmanager added: {before + 1} registered ({slots} slots)"
+
+
+def cluster_up(
+    cluster: ClusterSettings, settings: JobSettings | None = None, timeout_s: float = 180.0
+) -> str:
+    """Start the JobManager and ``cluster.taskmanagers`` TaskManagers; wait until all have
+    registered. On a running cluster, start only the TaskManagers missing (a lost one)."""
+    if daemon_pids(cluster, "standalonesession"):
+        missing = cluster.taskmanagers - len(daemon_pids(cluster, "taskexecutor"))
+        for _ in range(max(missing, 0)):
+            _script("taskmanager.sh", cluster, "start")
+        slots = wait_for_taskmanagers(cluster, cluster.taskmanagers, timeout_s)
+        started = f"; started {missing} TaskManager(s)" if missing > 0 else ""
+        return f"cluster already running: dashboard {cluster.rest_url} ({slots} slots){started}"
+    for port in (cluster.rest_port, cluster.rpc_port):
+        if _port_in_use(port):
+            raise JobSetupError(
+                f"port {port} is taken by another process (a local `job run`, a test cluster, "
+                "another cluster?): stop it or choose --rest-port/--rpc-port"
+            )
+    prepare_cluster_dirs(cluster, settings)
+    _script("start-cluster.sh", cluster)
+    slots = wait_for_taskmanagers(cluster, cluster.taskmanagers, timeout_s)
     return (
-        f"cluster: running at {REST_URL}; taskmanagers={overview.get('taskmanagers')} "
-        f"slots={overview.get('slots-total')} running jobs={overview.get('jobs-running')}"
+        f"cluster up: dashboard {cluster.rest_url}, {cluster.taskmanagers} TaskManager(s) "
+        f"x {cluster.slots_per_taskmanager} slots ({slots} slots)"
     )
+
+
+def cluster_down(cluster: ClusterSettings, timeout_s: float = STOP_TIMEOUT_S) -> str:
+    """Stop every TaskManager and the JobManager of this cluster and wait until they, and
+    the TaskManagers' Python workers, are gone."""
+    daemons = daemon_pids(cluster)
+    managers = len(daemon_pids(cluster, "taskexecutor"))
+    processes = cluster_processes(cluster)
+    if not daemons and not processes:
+        return "cluster not running; nothing to stop"
+    processes |= {pid for daemon in daemons for pid in (daemon, *descendants(daemon))}
+    # stop-all stops every TaskManager in the pid file, also those added after `up`.
+    for script in ("taskmanager.sh", "jobmanager.sh"):
+        subprocess.run(
+            [str(pyflink_home() / "bin" / script), "stop-all"],
+            env=_cluster_env(cluster), check=False, cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+    deadline = time.monotonic() + timeout_s
+    while any(alive(pid) for pid in processes) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = sorted(pid for pid in processes if alive(pid))
+    for pid in left:  # the scripts SIGKILL a daemon after 10 s; this is for stray workers
+        os.kill(pid, signal.SIGKILL)
+    suffix = f" (killed {len(left)} process(es) still running: {left})" if left else ""
+    return f"cluster stopped: {managers} TaskManager(s) and the JobManager{suffix}"
+
+
+def cluster_status(cluster: ClusterSettings) -> str:
+    """The cluster, then one line per registered TaskManager; or that it is not running."""
+    if not daemon_pids(cluster, "standalonesession"):
+        return "cluster: not running"
+    overview = rest_json(cluster, "/overview")
+    if not isinstance(overview, dict):
+        return f"cluster: JobManager running, REST {cluster.rest_url} not answering yet"
+    lines = [
+        f"cluster: running at {cluster.rest_url}; taskmanagers={overview.get('taskmanagers')} "
+        f"slots={overview.get('slots-total')} free={overview.get('slots-available')} "
+        f"running jobs={overview.get('jobs-running')}"
+    ]
+    now_ms = time.time() * 1000
+    pids = taskmanager_processes(cluster)
+    for tm in taskmanagers(cluster):
+        # The REST field holds the time of the last heartbeat (epoch ms; 0: none yet).
+        last = float(tm.get("timeSinceLastHeartbeat", 0))
+        heartbeat = f"{(now_ms - last) / 1000:.0f}s ago" if last > 0 else "none yet"
+        lines.append(
+            f"  taskmanager {tm.get('id')}: pid={pids.get(str(tm.get('id')), '?')} "
+            f"slots={tm.get('slotsNumber')} free={tm.get('freeSlots')} "
+            f"last heartbeat {heartbeat}"
+        )
+    running = daemon_pids(cluster, "taskexecutor")
+    shown = " ".join(map(str, running)) or "none"
+    lines.append(f"  taskmanager processes: {len(running)} ({shown})")
+    return "\n".join(lines)
 
 
 def job_arguments(settings: JobSettings) -> list[str]:
@@ -180,6 +410,8 @@ def job_arguments(settings: JobSettings) -> list[str]:
         "--clickhouse-batch-rows", str(settings.sinks.clickhouse_batch_rows),
         "--clickhouse-flush-ms", str(settings.sinks.clickhouse_flush_ms),
         "--redis-recent-bars", str(settings.sinks.redis_recent_bars),
+        "--flink-conf-dir", str(settings.flink_conf_dir),
+        "--checkpoint-dir", str(settings.checkpoint_dir),
     ]  # fmt: skip
     if settings.sinks.redis_ttl_s is not None:
         args += ["--redis-ttl-s", str(settings.sinks.redis_ttl_s)]
@@ -190,22 +422,79 @@ def job_arguments(settings: JobSettings) -> list[str]:
     return args
 
 
-def submit_job(settings: JobSettings, *, jobmanager: str, detached: bool = True) -> int:
-    """Submit ``jobs/job.py`` with ``flink run``; returns its exit code."""
+def job_fit(settings: JobSettings, parallelism_default: int, jobmanager: str) -> str | None:
+    """Compare the slots the job needs with the TaskManagers registered at ``jobmanager``.
+
+    Raises JobSetupError when the job cannot run there at all; returns a warning when it
+    would not fit on the TaskManagers left after one dies (None: it would, or no
+    TaskManager answers, which ``flink run`` reports itself).
+    """
+    from jobs.job import sink_parallelism, with_source_parallelism
+    from jobs.pipeline import required_slots
+
+    settings = with_source_parallelism(settings)
+    parallelism = settings.parallelism or parallelism_default
+    sources = settings.pipeline.source_parallelism or parallelism
+    needed = required_slots(sources, parallelism, sink_parallelism(settings) or parallelism)
+    try:
+        with urllib.request.urlopen(f"http://{jobmanager}/taskmanagers", timeout=5) as response:
+            slots = [int(tm["slotsNumber"]) for tm in json.load(response)["taskmanagers"]]
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return None
+    if slots and needed > sum(slots):
+        raise JobSetupError(
+            f"the job needs {needed} task slots ({sources} partitions + parallelism "
+            f"{parallelism} + the sink's), the cluster at {jobmanager} has {sum(slots)}: "
+            "start it with more --job-slots or --taskmanagers"
+        )
+    if len(slots) > 1 and needed > sum(slots) - max(slots):
+        return (
+            f"warning: the job needs {needed} task slots; if a TaskManager dies, the others "
+            f"have {sum(slots) - max(slots)} and the job waits until one is back "
+            "(cluster up --job-slots)"
+        )
+    return None
+
+
+def submit_job(
+    settings: JobSettings,
+    *,
+    jobmanager: str,
+    detached: bool = True,
+    cluster: ClusterSettings | None = None,
+) -> int:
+    """Submit ``jobs/job.py`` with ``flink run`` to ``jobmanager``; returns its exit code.
+
+    The client and the job read a configuration rendered for this job and this JobManager
+    (``cluster.home/client-conf``): the job builds its environment from ``config.yaml`` of
+    ``--flink-conf-dir``, whose ``rest.address``/``rest.port`` would otherwise be the ones of
+    ``flink-conf/`` (:8081) and win over ``--jobmanager``. Submitting never rewrites the
+    running cluster's own ``conf/``.
+    """
     from jobs.job import prepare_services
 
-    prepare_cluster_dirs(settings)
+    cluster = cluster or ClusterSettings()
+    _link_lib(cluster)
+    client_conf = cluster.home / "client-conf"
+    config = cluster_flink_configuration(cluster, settings)
+    host, _, port = jobmanager.rpartition(":")
+    config.update({"rest.address": host or "127.0.0.1", "rest.port": port})
+    _write_conf(client_conf, config, cluster.taskmanagers, cluster.rest_port)
     prepare_services(settings)
+    warning = job_fit(settings, int(config.get("parallelism.default", "1")), jobmanager)
+    if warning:
+        print(warning, file=sys.stderr)
+    settings = settings.with_overrides(flink_conf_dir=client_conf)
     command = [
         str(pyflink_home() / "bin" / "flink"), "run",
         "--jobmanager", jobmanager,
         "--pyClientExecutable", sys.executable,
-        "--pyExecutable", sys.executable,
+        "--pyExecutable", config["python.executable"],
         *(["--detached"] if detached else []),
         "--python", str(PROJECT_ROOT / "jobs" / "job.py"),
         *job_arguments(settings),
     ]  # fmt: skip
-    env = _cluster_env()
+    env = _cluster_env(cluster, conf_dir=client_conf)
     env["CLICKHOUSE_URL"] = settings.sinks.clickhouse_url
     env["REDIS_URL"] = settings.sinks.redis_url
     return subprocess.run(command, env=env, cwd=PROJECT_ROOT, check=False).returncode

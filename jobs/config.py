@@ -403,6 +403,22 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
         help="do not announce updates on the kline-updates:{series} pub/sub channels",
     )
     add_signal_arguments(parser)
+    env_flag(
+        parser,
+        "--flink-conf-dir",
+        env="KLINEFLOW_FLINK_CONF_DIR",
+        type=Path,
+        default=job.flink_conf_dir,
+        help="directory of the Flink config.yaml the job runs with",
+    )
+    env_flag(
+        parser,
+        "--checkpoint-dir",
+        env="KLINEFLOW_CHECKPOINT_DIR",
+        type=Path,
+        default=job.checkpoint_dir,
+        help="where the job's checkpoints go (a path every TaskManager can reach)",
+    )
     env_bool_flag(
         parser,
         "--bounded",
@@ -420,6 +436,8 @@ def settings_from_args(args: argparse.Namespace) -> JobSettings:
         consumer_group=args.group_id,
         bounded=args.bounded,
         parallelism=args.parallelism,
+        flink_conf_dir=Path(args.flink_conf_dir).resolve(),
+        checkpoint_dir=Path(args.checkpoint_dir).resolve(),
         pipeline=PipelineConfig(
             max_out_of_orderness_ms=args.max_out_of_orderness_ms,
             idleness_ms=args.idleness_ms,

@@ -79,7 +79,8 @@ def job_configuration(settings: JobSettings) -> dict[str, str]:
     config = load_flink_config(settings.flink_conf_dir)
     settings.checkpoint_dir.mkdir(parents=True, exist_ok=True)
     config["execution.checkpointing.dir"] = settings.checkpoint_dir.resolve().as_uri()
-    config["python.executable"] = sys.executable
+    # A cluster's rendered conf names its own worker Python (jobs/cluster.py: worker_python).
+    config.setdefault("python.executable", sys.executable)
     config["python.client.executable"] = sys.executable
     config["pipeline.jars"] = ";".join(
         jar.resolve().as_uri() for jar in connector_jars(settings.flink_jars_dir)

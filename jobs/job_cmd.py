@@ -1,13 +1,33 @@
-"""``klineflow job run|submit`` and ``klineflow cluster up|down|status``."""
+"""``klineflow job run|submit`` and ``klineflow cluster up|down|status|add-taskmanager``."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from jobs.cliutil import env_bool_flag, env_flag
+from jobs.cluster_settings import (
+    ClusterSettings,
+    add_cluster_arguments,
+    add_home_argument,
+    cluster_settings_from_args,
+)
 from jobs.config import add_job_arguments, settings_from_args
+
+# `job submit` targets the cluster on this REST port by default (`cluster --rest-port`).
+REST_PORT_ENV = "KLINEFLOW_CLUSTER_REST_PORT"
+CLUSTER_ACTIONS = {
+    "up": "start the JobManager and --taskmanagers TaskManagers (on a running cluster: start "
+    "the missing ones, e.g. after one died)",
+    "down": "stop every TaskManager and the JobManager",
+    "status": "the cluster and each registered TaskManager",
+    "add-taskmanager": "start one more TaskManager (bin/taskmanager.sh start): brings a lost "
+    "one back",
+}
 
 
 def register(subparsers: Any) -> None:
@@ -25,9 +45,11 @@ def register(subparsers: Any) -> None:
         submit,
         "--jobmanager",
         env="FLINK_JOBMANAGER",
-        default="127.0.0.1:8081",
-        help="REST address of the cluster's JobManager",
+        default=f"127.0.0.1:{os.environ.get(REST_PORT_ENV) or ClusterSettings().rest_port}",
+        help="REST address of the cluster's JobManager (by default on the cluster's "
+        "KLINEFLOW_CLUSTER_REST_PORT)",
     )
+    add_home_argument(submit)
     env_bool_flag(
         submit,
         "--wait",
@@ -37,9 +59,12 @@ def register(subparsers: Any) -> None:
     submit.set_defaults(func=_submit)
 
     cluster = subparsers.add_parser(
-        "cluster", help="the standalone Flink cluster from the PyFlink package (dashboard :8081)"
+        "cluster",
+        help="the standalone Flink cluster from the PyFlink package (dashboard :8081)",
+        description="; ".join(f"{name}: {text}" for name, text in CLUSTER_ACTIONS.items()),
     )
-    cluster.add_argument("action", choices=("up", "down", "status"))
+    cluster.add_argument("action", choices=tuple(CLUSTER_ACTIONS))
+    add_cluster_arguments(cluster)
     cluster.set_defaults(func=_cluster)
 
 
@@ -60,9 +85,13 @@ def _submit(args: argparse.Namespace) -> int:
     from jobs.cluster import submit_job
     from jobs.job import JobSetupError
 
+    cluster = replace(ClusterSettings(), home=Path(args.home).resolve())
     try:
         return submit_job(
-            settings_from_args(args), jobmanager=args.jobmanager, detached=not args.wait
+            settings_from_args(args),
+            jobmanager=args.jobmanager,
+            detached=not args.wait,
+            cluster=cluster,
         )
     except JobSetupError as exc:
         print(f"klineflow job submit: {exc}", file=sys.stderr)
@@ -72,10 +101,13 @@ def _submit(args: argparse.Namespace) -> int:
 def _cluster(args: argparse.Namespace) -> int:
     from jobs import cluster
 
+    settings = cluster_settings_from_args(args)
     if args.action == "up":
-        print(cluster.cluster_up())
+        print(cluster.cluster_up(settings))
     elif args.action == "down":
-        print(cluster.cluster_down())
+        print(cluster.cluster_down(settings))
+    elif args.action == "add-taskmanager":
+        print(cluster.add_taskmanager(settings))
     else:
-        print(cluster.cluster_status())
+        print(cluster.cluster_status(settings))
     return 0

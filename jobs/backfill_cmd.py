@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -150,11 +149,11 @@ def run(args: argparse.Namespace) -> int:
     """Check the settings, then backfill every symbol; prints one line per symbol."""
     from connectors.exchanges import create_adapter
     from connectors.symbols import UnknownSymbol
-    from jobs.bridge_cmd import parse_contract_sizes
+    from jobs.bridge_cmd import exchange_env, parse_contract_sizes, split_symbols
 
     if not args.exchange:
         return _refuse("--exchange (or BACKFILL_EXCHANGE) is required")
-    symbols = [item.strip() for item in (args.symbols or "").split(",") if item.strip()]
+    symbols = split_symbols(args.symbols)
     if not symbols:
         return _refuse("--symbols (or BACKFILL_SYMBOLS) is required, e.g. BTCUSDT,ETHUSDT")
     if args.since is None:
@@ -170,11 +169,7 @@ def run(args: argparse.Namespace) -> int:
         )
     except UnknownSymbol as exc:
         return _refuse(str(exc))
-    rest_url = (
-        args.rest_url
-        or os.environ.get(f"{args.exchange.upper()}_REST_URL", "").strip()
-        or adapter.default_rest_base()
-    )
+    rest_url = args.rest_url or exchange_env(args.exchange, "REST") or adapter.default_rest_base()
     topic = (args.linear_topic or args.topic) if args.market != "spot" else args.topic
     progress_path = Path(
         args.progress_file or STATE_DIR / "backfill" / f"{args.exchange}-{args.market}.json"

@@ -204,7 +204,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.set_defaults(func=run)
 
 
-def _exchange_env(exchange: str, kind: str) -> str | None:
+def exchange_env(exchange: str, kind: str) -> str | None:
+    """``{EXCHANGE}_{kind}_URL`` from the environment (``BINANCE_REST_URL``), None if unset."""
     value = os.environ.get(f"{exchange.upper()}_{kind}_URL", "").strip()
     return value or None
 
@@ -228,6 +229,11 @@ def parse_contract_sizes(text: str) -> dict[str, float]:
     return sizes
 
 
+def split_symbols(text: str | None) -> list[str]:
+    """The non-empty items of a comma-separated ``--symbols`` value."""
+    return [item.strip() for item in (text or "").split(",") if item.strip()]
+
+
 def run(args: argparse.Namespace) -> int:
     """Validate the settings, then run the bridge until SIGINT/SIGTERM."""
     from connectors.exchanges import create_adapter
@@ -235,7 +241,7 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.exchange:
         return _refuse("--exchange (or BRIDGE_EXCHANGE) is required")
-    symbols = [item.strip() for item in (args.symbols or "").split(",") if item.strip()]
+    symbols = split_symbols(args.symbols)
     if not symbols:
         return _refuse("--symbols (or BRIDGE_SYMBOLS) is required, e.g. BTCUSDT,ETHUSDT")
     try:
@@ -265,9 +271,9 @@ def bridge_config(args: argparse.Namespace, adapter: ExchangeAdapter) -> BridgeC
     """The bridge's settings from parsed flags (URLs: flag, else env, else the exchange's)."""
     topic = (args.linear_topic or args.topic) if args.market != "spot" else args.topic
     return BridgeConfig(
-        ws_url=args.ws_url or _exchange_env(args.exchange, "WS") or adapter.default_ws_url(),
+        ws_url=args.ws_url or exchange_env(args.exchange, "WS") or adapter.default_ws_url(),
         rest_url=args.rest_url
-        or _exchange_env(args.exchange, "REST")
+        or exchange_env(args.exchange, "REST")
         or adapter.default_rest_base(),
         topic=topic,
         dlq_topic=args.dlq_topic,

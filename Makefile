@@ -9,6 +9,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 KLINEFLOW := $(VENV)/bin/klineflow
 PYTEST_ARGS ?=
+OPERATORS_JAR := build/flink-jars/klineflow-operators.jar
+JAVA_SOURCES := $(shell find jvm -name '*.java')
 
 .PHONY: system-packages help setup stack-up stack-down stack-status demo test test-unit chaos lint format \
         cluster-up cluster-down submit bench bench-live bench-peers clean
@@ -16,7 +18,7 @@ PYTEST_ARGS ?=
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-setup: $(VENV)/.installed build/.jars-fetched system-packages ## Create the venv, fetch jars and the Kafka broker (mvn), install redis-server and clickhouse-server
+setup: $(VENV)/.installed build/.jars-fetched $(OPERATORS_JAR) system-packages ## Create the venv, fetch jars and the Kafka broker (mvn), build the job's Java operators, install redis-server and clickhouse-server
 	@echo "setup: ok"
 
 $(VENV)/.installed: pyproject.toml
@@ -30,6 +32,16 @@ build/.jars-fetched: pom.xml
 	@command -v mvn >/dev/null || { echo "Maven (mvn) is required: apt-get install maven"; exit 1; }
 	mvn -B -q -f pom.xml package
 	@touch $@
+
+# The job's own Java operators (jvm/), compiled against the jars of the installed PyFlink and
+# shipped with the connector jars (every jar in build/flink-jars/ goes into pipeline.jars).
+$(OPERATORS_JAR): $(JAVA_SOURCES) $(VENV)/.installed
+	@command -v javac >/dev/null || { echo "a JDK (javac) is required: apt-get install openjdk-17-jdk-headless"; exit 1; }
+	rm -rf build/jvm-classes && mkdir -p build/jvm-classes $(dir $@)
+	javac --release 11 -nowarn -d build/jvm-classes \
+	  -cp "$$($(PY) -c 'import pathlib, pyflink; print(pathlib.Path(pyflink.__file__).parent / "lib")')/*" \
+	  $(JAVA_SOURCES)
+	jar cf $@ -C build/jvm-classes .
 
 # Debian packages: redis-server (the local stack) and clickhouse-server 18.16 (only for the
 # wire-level tests of the native ClickHouse writer; the project itself uses chdb).

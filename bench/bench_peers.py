@@ -13,7 +13,8 @@ process tree with a consumer group of its own:
 - ``flink-sql``: PyFlink SQL, Java operators only, five TUMBLE roll-ups to a blackhole;
 - ``quix``: quix-streams, five tumbling-window roll-ups with ``reduce``, no sinks;
 - ``bytewax``: bytewax 0.21, five ``reduce_window`` roll-ups, no sinks;
-- ``klineflow-minimal|rollups|full``: ``klineflow job run --bounded`` (see peers/klineflow_side).
+- ``klineflow-minimal|rollups|full|full-unbatched``: ``klineflow job run --bounded`` (see
+  peers/klineflow_side).
 
 The roll-ups are 5m, 15m, 1h, 4h and 1d, UTC-aligned, with the job's OHLCV conventions.
 Per side: ``bars_per_s`` = N / ``run_s`` (from its first bar to its last one processed),
@@ -59,6 +60,7 @@ SIDES: Final[tuple[str, ...]] = (
     "klineflow-minimal",
     "klineflow-rollups",
     "klineflow-full",
+    "klineflow-full-unbatched",
 )
 # The sides that run inside ``--side``: their module and the modules they need.
 PEERS: Final[dict[str, tuple[str, tuple[str, ...]]]] = {

@@ -39,7 +39,7 @@ from bench_udfs import synthetic_bars  # noqa: E402
 from jobs.config import AnalyticsConfig, PipelineConfig  # noqa: E402
 from jobs.pipeline import series_settings  # noqa: E402
 from jobs.signals import SignalConfig  # noqa: E402
-from udfs.flink.ingest import decode_bar, encode_bar  # noqa: E402
+from udfs.flink.ingest import decode_bars, encode_bars  # noqa: E402
 from udfs.series import Journal, SeriesProcessor, decode_outputs, encode_outputs  # noqa: E402
 
 PROFILE_TIMEFRAMES = ("15m", "1h", "4h", "1d")
@@ -51,7 +51,7 @@ def replay_elements(series: int, minutes: int) -> list[tuple[str, bytes]]:
     base = synthetic_bars(minutes)
     streams = [[replace(bar, symbol=f"S{index}-USDT") for bar in base] for index in range(series)]
     return [
-        (f"binance:S{index}-USDT", encode_bar(streams[index][minute]))
+        (f"binance:S{index}-USDT", encode_bars([streams[index][minute]]))
         for minute in range(minutes)
         for index in range(series)
     ]
@@ -70,7 +70,7 @@ def run(elements: list[tuple[str, bytes]], *, live: bool, profiles: bool) -> dic
     output_bytes = 0
     started = time.process_time()
     for key, element in elements:
-        kline = decode_bar(element)
+        (kline,) = decode_bars(element)
         state = states.get(key)
         if state is None:
             state = states[key] = processor.new_state()

@@ -152,3 +152,40 @@ def start_task_manager(mini_cluster: Any) -> None:
     """Start one more TaskManager in the mini-cluster (with the cluster's configuration:
     same slots and memory as the first)."""
     mini_cluster.startTaskManager()
+
+
+# The Java operator of ``batch_records`` (jvm/io/klineflow/flink/RecordBatcher.java), in the
+# jar ``make setup`` builds into build/flink-jars/.
+RECORD_BATCHER_CLASS: Final = "io.klineflow.flink.RecordBatcher"
+
+
+def batch_records(
+    stream: DataStream,
+    name: str,
+    *,
+    max_records: int,
+    max_bytes: int,
+    max_delay_ms: int,
+) -> DataStream:
+    """Pack consecutive elements of ``stream`` (bytes or str) into batches of bytes, in Java.
+
+    Each batch is one element (``udfs.batches.unpack_batch`` reads it), sent when full, after
+    ``max_delay_ms``, and before every checkpoint barrier and watermark, so the Python
+    operator that follows pays PyFlink's per-element transport once per batch. The operator
+    chains to ``stream``'s (same parallelism, no shuffle) and keeps no state; ``name`` is its
+    name and uid.
+    """
+    from py4j.java_gateway import JavaClass
+    from pyflink.common import Types
+    from pyflink.java_gateway import get_gateway
+
+    batcher = get_gateway().jvm.io.klineflow.flink.RecordBatcher
+    if not isinstance(batcher, JavaClass):
+        raise RuntimeError(
+            f"{RECORD_BATCHER_CLASS} is not on the classpath: build/flink-jars/"
+            "klineflow-operators.jar is missing or not in pipeline.jars (run `make setup`)"
+        )
+    operator = batcher(int(max_records), int(max_bytes), int(max_delay_ms))
+    output_type = Types.PRIMITIVE_ARRAY(Types.BYTE())
+    j_stream = stream._j_data_stream.transform(name, output_type.get_java_type_info(), operator)
+    return DataStream(j_stream.uid(name))

@@ -62,10 +62,23 @@ class PipelineConfig:
     # A day: far beyond the allowed lateness and every window's idle close, so only series
     # that stopped (delisted, renamed, a producer's made-up symbols) are dropped.
     series_ttl_ms: int = 86_400_000
+    # Kafka messages travel to the first Python step in batches of up to this many records
+    # or bytes, each sent at most source_batch_ms after its first record arrived
+    # (connectors.flink_topology.batch_records): PyFlink charges per element, so a replay
+    # is processed a group of bars at a time, and a live bar waits at most that long.
+    source_batch_records: int = 1_000
+    source_batch_bytes: int = 1_048_576
+    source_batch_ms: int = 20
 
     def __post_init__(self) -> None:
         if isinstance(self.series_ttl_ms, bool) or self.series_ttl_ms < 0:
             raise ValueError(f"series_ttl_ms must be >= 0 (0: never), got {self.series_ttl_ms!r}")
+        for name in ("source_batch_records", "source_batch_bytes"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value!r}")
+        if isinstance(self.source_batch_ms, bool) or self.source_batch_ms < 0:
+            raise ValueError(f"source_batch_ms must be >= 0, got {self.source_batch_ms!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -303,6 +316,30 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
     )
     env_flag(
         parser,
+        "--source-batch-records",
+        env="KLINEFLOW_SOURCE_BATCH_RECORDS",
+        type=int,
+        default=pipeline.source_batch_records,
+        help="Kafka messages per batch into the first Python step (1: one at a time)",
+    )
+    env_flag(
+        parser,
+        "--source-batch-bytes",
+        env="KLINEFLOW_SOURCE_BATCH_BYTES",
+        type=int,
+        default=pipeline.source_batch_bytes,
+        help="at most this many bytes of messages per batch",
+    )
+    env_flag(
+        parser,
+        "--source-batch-ms",
+        env="KLINEFLOW_SOURCE_BATCH_MS",
+        type=int,
+        default=pipeline.source_batch_ms,
+        help="send a batch at most this long after its first message arrived (0: at once)",
+    )
+    env_flag(
+        parser,
         "--profile-timeframes",
         env="KLINEFLOW_PROFILE_TIMEFRAMES",
         type=parse_profile_timeframes,
@@ -447,6 +484,9 @@ def settings_from_args(args: argparse.Namespace) -> JobSettings:
             rollup_idle_close_ms=args.rollup_idle_close_ms,
             rollup_live_horizon_ms=args.rollup_live_horizon_ms,
             series_ttl_ms=args.series_ttl_ms,
+            source_batch_records=args.source_batch_records,
+            source_batch_bytes=args.source_batch_bytes,
+            source_batch_ms=args.source_batch_ms,
         ),
         sinks=SinkConfig(
             clickhouse_url=resolve_clickhouse_url(args.clickhouse_url),

@@ -24,6 +24,8 @@ from jobs.config import JobSettings, SinkConfig, add_job_arguments, settings_fro
 log = logging.getLogger(__name__)
 
 KAFKA_CONNECTOR_JAR_GLOB = "flink-sql-connector-kafka-*.jar"
+# The job's own Java operators (jvm/), built by `make setup`.
+OPERATORS_JAR = "klineflow-operators.jar"
 BOUNDED_RUN_SETTINGS = {
     # A bounded run (replay, backfill, demo) should end: retry a couple of times, then fail
     # loudly instead of restarting forever like the streaming job.
@@ -65,11 +67,16 @@ def _flink_value(value: Any) -> str:
 
 
 def connector_jars(jars_dir: Path) -> list[Path]:
-    """The Flink connector jars (and the codecs they need) fetched by ``make setup``."""
+    """The Flink connector jars (and the codecs they need) fetched by ``make setup``, and the
+    job's own operators built by it."""
     jars = sorted(jars_dir.glob("*.jar"))
     if not any(jar.match(KAFKA_CONNECTOR_JAR_GLOB) for jar in jars):
         raise JobSetupError(
             f"no Kafka connector jar in {jars_dir}: run `make setup` (mvn fetches it from pom.xml)"
+        )
+    if not any(jar.name == OPERATORS_JAR for jar in jars):
+        raise JobSetupError(
+            f"no {OPERATORS_JAR} in {jars_dir}: run `make setup` (javac builds it from jvm/)"
         )
     return jars
 

@@ -7,9 +7,11 @@ The graph is two Python operators deep, because every Python hop costs more than
 (``../shared/notes/pyflink-costs.md``, and ``bench/bench_peers.py`` for the figures):
 
 1. ``ingest`` (one subtask per Kafka partition): parse and validate each message
-   (``udfs.flink.ingest``), emitting ``Row(instrument, bar)`` or a dead letter, chained with
+   (``udfs.flink.ingest``), emitting ``Row(instrument, bars)`` or a dead letter, chained with
    the event-time extraction; the watermarks are made right there, per partition, so a
-   partition read later than the others never makes their bars late;
+   partition read later than the others never makes their bars late. It is fed batches of
+   messages packed in Java (``batch_records``, chained to the source), and emits one row per
+   instrument and batch, so the Python hops after it carry groups of bars, not single bars;
 2. Flink keys the rows by their first field (no Python key step), and ``series``
    (``udfs.flink.series_function``) does everything per instrument: upsert, roll-ups,
    profiles, indicators and rules signals, emitting ``(Tag, payload)`` records on one
@@ -29,7 +31,12 @@ from pyflink.common import Duration, Types
 from pyflink.common.watermark_strategy import WatermarkStrategy
 from pyflink.datastream import DataStream, FlatMapFunction
 
-from connectors.flink_topology import key_by_first_field, name_back_to, set_parallelism_back_to
+from connectors.flink_topology import (
+    batch_records,
+    key_by_first_field,
+    name_back_to,
+    set_parallelism_back_to,
+)
 from jobs.config import AnalyticsConfig, PipelineConfig
 from jobs.signals import SignalConfig
 from udfs.flink.ingest import KEYED_ROW_TYPE, BarOpenTimeAssigner, IngestFunction
@@ -190,14 +197,21 @@ def build_pipeline(
     signals ``signals`` (None: off). Input of another timeframe than 1m (a replayed 1h
     archive) is upserted and stored as it is, never rolled up.
     """
+    batches = batch_records(
+        raw,
+        "batch-records",
+        max_records=config.source_batch_records,
+        max_bytes=config.source_batch_bytes,
+        max_delay_ms=config.source_batch_ms,
+    )
     ingested = (
-        raw.process(IngestFunction(), output_type=KEYED_ROW_TYPE).name("ingest").uid("ingest")
+        batches.process(IngestFunction(), output_type=KEYED_ROW_TYPE).name("ingest").uid("ingest")
     )
     timestamped = ingested.assign_timestamps_and_watermarks(watermark_strategy(config))
     name_back_to(timestamped, ingested,
                  ("event-time-watermarks", "event-time-assign", "event-time-extract"))  # fmt: skip
     if config.source_parallelism:
-        set_parallelism_back_to(timestamped, ingested, config.source_parallelism)
+        set_parallelism_back_to(timestamped, batches, config.source_parallelism)
     records = (
         key_by_first_field(timestamped, Types.PRIMITIVE_ARRAY(Types.BYTE()))
         .process(

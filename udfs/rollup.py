@@ -271,7 +271,10 @@ def _put(acc: RollupAccumulator, open_time: int, entry: Entry) -> bool:
     """Insert or replace one entry and update the running summary; False if not newer."""
     entries = acc.entries
     old = entries.get(open_time)
-    if old is not None and old[_VERSION] >= entry[_VERSION]:
+    if old is None:
+        _put_new(acc, open_time, entry)
+        return True
+    if old[_VERSION] >= entry[_VERSION]:
         return False
     entries[open_time] = entry
     acc.version_sum += entry[_VERSION] - (old[_VERSION] if old is not None else 0)
@@ -315,6 +318,26 @@ def _put(acc: RollupAccumulator, open_time: int, entry: Entry) -> bool:
             total = math.fsum(e[position] for e in entries.values() if e[position] is not None)
         sums[i] = total
     return True
+
+
+def _put_new(acc: RollupAccumulator, open_time: int, entry: Entry) -> None:
+    """``_put`` of a minute the window does not hold yet (nothing to take out): the path of
+    every bar of a replay, so kept short."""
+    acc.entries[open_time] = entry
+    acc.version_sum += entry[_VERSION]
+    acc.first_open_time = min(acc.first_open_time, open_time)
+    acc.last_open_time = max(acc.last_open_time, open_time)
+    counts = acc.provenance_counts
+    provenance = entry[_PROVENANCE]
+    counts[provenance] = counts.get(provenance, 0) + 1
+    acc.high = max(entry[_HIGH], acc.high)
+    acc.low = min(entry[_LOW], acc.low)
+    sums, missing = acc.sums, acc.missing
+    for i, added in enumerate(entry[_SUM_START:_PROVENANCE]):
+        if added is None:
+            missing[i] += 1
+        else:
+            sums[i] += added
 
 
 def merge_accumulators(a: RollupAccumulator, b: RollupAccumulator) -> RollupAccumulator:

@@ -6,7 +6,8 @@ and a Redis server of its own (started and stopped here):
 - ``minimal``: parse + upsert + sinks (no roll-ups, no profiles or indicators, no signals);
 - ``rollups``: + the five roll-ups;
 - ``full``: roll-ups, volume profiles, indicators, rules signals (no ``--inference-url``),
-  with the profile and signal timeframes pinned to today's defaults.
+  with the profile and signal timeframes pinned to today's defaults;
+- ``full-unbatched``: ``full`` with ``--source-batch-records 1`` (what batching gives).
 
 Start-up ends at the first write to Redis (``bench_pipeline.first_redis_write``); the run ends
 when the job's process exits. The klines in chdb are counted afterwards, in another process
@@ -49,6 +50,9 @@ VARIANTS: Final[dict[str, tuple[str, ...]]] = {
         ",".join(SIGNAL_TIMEFRAMES),
     ),
 }
+# ``full`` with one Kafka message per element into the first Python step (no batching), to
+# measure what batching gives in the same run.
+VARIANTS["full-unbatched"] = (*VARIANTS["full"], "--source-batch-records", "1")
 # Env vars the job's flags fall back to: dropped, so the caller's shell cannot change a variant.
 _JOB_ENV_PREFIXES: Final[tuple[str, ...]] = ("KLINEFLOW_", "INFERENCE_")
 _JOB_ENV_NAMES: Final[frozenset[str]] = frozenset(
@@ -109,7 +113,7 @@ def expected_tables(variant: str, bars: int, windows: dict[str, int]) -> dict[st
     """
     rollups = expected_rollups(variant, windows)
     klines = bars + sum(rollups.values())
-    full = variant == "full"
+    full = variant.startswith("full")
     return {
         "klines": klines,
         "volume_profile": sum(windows[tf] for tf in PROFILE_TIMEFRAMES) if full else 0,

@@ -28,6 +28,7 @@ KEY_BY_MAP = "_stream_key_by_map_operator"
 # makes old savepoints unusable for that operator: do it on purpose, say so in the notes.
 JOB_UIDS = {
     "kafka-klines-raw",
+    "batch-records",
     "ingest",
     "event-time-extract",
     "event-time-assign",
@@ -120,7 +121,8 @@ def test_the_watermark_chain_runs_one_subtask_per_partition(
     env, settings = built
     graph = _graph(env)
     partitions = settings.pipeline.source_parallelism
-    for name in ("ingest", "event-time-extract", "event-time-assign", "event-time-watermarks"):
+    for name in ("batch-records", "ingest", "event-time-extract", "event-time-assign",
+                 "event-time-watermarks"):  # fmt: skip
         assert graph[name].getParallelism() == partitions, name
     assert graph["series"].getParallelism() == 2
     assert graph["store-sink"].getParallelism() == 1  # chdb: one writer
@@ -130,3 +132,95 @@ def test_local_runs_get_python_worker_processes(tmp_path: Path) -> None:
     os.environ.pop(PYTHON_WORKER_MODE_VARIABLE, None)
     create_environment(job_settings(tmp_path))
     assert os.environ[PYTHON_WORKER_MODE_VARIABLE] == "process"
+
+
+def _unpacked(batch: bytes) -> list[str]:
+    from udfs.batches import unpack_batch
+
+    return [record.decode() for record in unpack_batch(batch)]
+
+
+def test_batch_records_packs_records_in_order_by_count_and_bytes(tmp_path: Path) -> None:
+    from pyflink.common import Types
+
+    from connectors.flink_topology import batch_records
+
+    configuration = Configuration()
+    for key, value in local_configuration(job_settings(tmp_path)).items():
+        configuration.set_string(key, value)
+    env = StreamExecutionEnvironment.get_execution_environment(configuration)
+    env.set_parallelism(1)
+    records = [f"record-{index:02d}" for index in range(10)]  # 9 bytes each, 13 framed
+    raw = env.from_collection(records, type_info=Types.STRING())
+    by_count = batch_records(raw, "by-count", max_records=3, max_bytes=10_000, max_delay_ms=60_000)
+    by_bytes = batch_records(raw, "by-bytes", max_records=100, max_bytes=40, max_delay_ms=60_000)
+    pickled = Types.PICKLED_BYTE_ARRAY()
+    tagged = by_count.map(lambda batch: ("count", _unpacked(batch)), output_type=pickled).union(
+        by_bytes.map(lambda batch: ("bytes", _unpacked(batch)), output_type=pickled)
+    )
+    assert transformation_uids(env)["by-count"] == "by-count"
+    with tagged.execute_and_collect("test-batch-records") as results:
+        batches = list(results)
+    count = [batch for tag, batch in batches if tag == "count"]
+    size = [batch for tag, batch in batches if tag == "bytes"]
+    # The last, partial batch is sent at the end of the input (not after the 60 s delay).
+    assert [len(batch) for batch in count] == [3, 3, 3, 1]
+    assert [len(batch) for batch in size] == [4, 4, 2]  # sent once 40 bytes are reached
+    assert [record for batch in count for record in batch] == records
+    assert [record for batch in size for record in batch] == records
+
+
+def test_batch_records_sends_a_batch_once_its_first_record_waited_max_delay(
+    tmp_path: Path, kafka_bootstrap: str, kafka_topics: Any
+) -> None:
+    """Live input (an unbounded Kafka source): a batch goes out max_delay_ms after its first
+    record, not only when full or at a checkpoint."""
+    import threading
+    import time
+
+    from pyflink.common import Types
+    from pyflink.common.watermark_strategy import WatermarkStrategy
+
+    from connectors.flink_kafka import klines_source
+    from connectors.flink_topology import batch_records
+    from connectors.kafka_producer import create_producer
+
+    configuration = Configuration()
+    for key, value in local_configuration(job_settings(tmp_path)).items():
+        configuration.set_string(key, value)
+    env = StreamExecutionEnvironment.get_execution_environment(configuration)
+    env.set_parallelism(1)
+    source = klines_source(kafka_bootstrap, kafka_topics.raw, "batch-delay", bounded=False)
+    raw = env.from_source(source, WatermarkStrategy.no_watermarks(), "raw",
+                          type_info=Types.PRIMITIVE_ARRAY(Types.BYTE()))  # fmt: skip
+    batches = batch_records(raw, "by-delay", max_records=1000, max_bytes=1 << 20, max_delay_ms=20)
+    records = [f"record-{index:02d}" for index in range(6)]
+
+    running = threading.Event()
+
+    def produce() -> None:
+        producer = create_producer(kafka_bootstrap)
+        for index, record in enumerate(records):
+            producer.send(kafka_topics.raw, value=record.encode(), partition=0)
+            producer.flush()
+            if index == 0:
+                running.wait(timeout=120)  # the job is up once the first record came back
+            time.sleep(0.3)  # pacing: records arrive one by one, as live updates do
+        producer.close()
+
+    sent: list[list[str]] = []
+    with batches.map(_unpacked, output_type=Types.PICKLED_BYTE_ARRAY()).execute_and_collect(
+        "test-batch-records-delay"
+    ) as results:
+        producer = threading.Thread(target=produce, daemon=True)
+        producer.start()
+        for batch in results:
+            sent.append(batch)
+            running.set()
+            if sum(map(len, sent)) >= len(records):
+                break
+    producer.join(timeout=30)
+    assert [record for batch in sent for record in batch] == records
+    # Checkpoints come every 10 s: without the delay the five paced records (1.5 s) would
+    # travel together.
+    assert len(sent) >= 4

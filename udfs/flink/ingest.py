@@ -1,24 +1,32 @@
-"""Raw Kafka bytes -> ``Row(key, encoded bar)``, or ``Row("", dead letter)``; and event time.
+"""Batches of raw Kafka messages -> ``Row(key, encoded bars)``, or ``Row("", dead letter)``.
 
-The first Python step of the job. It validates each message (``udfs.record``) and emits
-the bar with the key the series operator is keyed by (``udfs.series.instrument_key``), so
-the keyed exchange that follows is made by Flink itself from the row's first field
-(``connectors.flink.topology.key_by_first_field``) with no Python key-extraction step. A
-rejected message becomes an encoded dead letter under the key ``""``: it travels the same
-stream, which keeps this function to one consumer, so PyFlink chains it with its timestamp
+The first Python step of the job. It receives the messages of one source subtask in batches
+(``connectors.flink_topology.batch_records`` packs them in Java, ``udfs.batches`` reads
+them), validates each message (``udfs.record``) and emits, per batch, one row for each
+instrument with that instrument's bars in their order of arrival, under the key the series
+operator is keyed by (``udfs.series.instrument_key``). So the keyed exchange that follows is
+made by Flink itself from the row's first field (``connectors.flink_topology
+.key_by_first_field``) with no Python key-extraction step, and every later Python operator
+pays PyFlink's per-element cost once per group of bars instead of once per bar. A rejected
+message becomes an encoded dead letter under the key ``""``: it travels the same stream,
+which keeps this function to one consumer, so PyFlink chains it with its timestamp
 extraction into one Python operator.
+
+A group's event time is the latest open time among its bars: the watermark that follows
+reaches the series operator after the whole group, as it would after its last bar.
 """
 
 from __future__ import annotations
 
 import pickle
 from collections.abc import Iterator
-from typing import Any, Final
+from typing import Final
 
 from pyflink.common import Row, Types
 from pyflink.common.watermark_strategy import TimestampAssigner
 from pyflink.datastream import ProcessFunction, RuntimeContext
 
+from udfs.batches import unpack_batch
 from udfs.dead_letter import DeadLetter, encode_dead_letter
 from udfs.record import InvalidKline, Kline, decode_kline
 from udfs.series import instrument_key
@@ -33,53 +41,70 @@ KEYED_ROW_TYPE: Final = Types.ROW([Types.STRING(), Types.PRIMITIVE_ARRAY(Types.B
 _OPEN_TIME_BYTES: Final = 8
 
 
-def encode_bar(kline: Kline) -> bytes:
-    """A validated bar as the ingest step ships it: its open time (8 bytes, big-endian, so
-    the timestamp extraction need not unpickle it) and the pickled Kline (the C pickler:
-    PyFlink's coder for Python objects would use cloudpickle's, three times slower)."""
-    return kline.open_time.to_bytes(_OPEN_TIME_BYTES, "big", signed=True) + pickle.dumps(
-        kline, protocol=pickle.HIGHEST_PROTOCOL
+def encode_bars(klines: list[Kline]) -> bytes:
+    """Validated bars of one instrument as the ingest step ships them: the latest open time
+    (8 bytes, big-endian, so the timestamp extraction need not unpickle them) and the
+    pickled list (the C pickler: PyFlink's coder for Python objects would use cloudpickle's,
+    three times slower)."""
+    latest = max(kline.open_time for kline in klines)
+    return latest.to_bytes(_OPEN_TIME_BYTES, "big", signed=True) + pickle.dumps(
+        klines, protocol=pickle.HIGHEST_PROTOCOL
     )
 
 
-def decode_bar(payload: bytes) -> Kline:
-    """The Kline of :func:`encode_bar` (only ever fed the job's own elements)."""
-    kline: Kline = pickle.loads(memoryview(payload)[_OPEN_TIME_BYTES:])
-    return kline
+def decode_bars(payload: bytes) -> list[Kline]:
+    """The Klines of :func:`encode_bars` (only ever fed the job's own elements)."""
+    klines: list[Kline] = pickle.loads(memoryview(payload)[_OPEN_TIME_BYTES:])
+    return klines
 
 
 def encoded_open_time(payload: bytes) -> int:
-    """The open time of an encoded bar, without unpickling it."""
+    """The latest open time of encoded bars, without unpickling them."""
     return int.from_bytes(payload[:_OPEN_TIME_BYTES], "big", signed=True)
 
 
-def _original_bytes(value: Any) -> bytes:
-    # Kafka delivers bytes; ``from_collection`` in tests can only carry str.
-    if isinstance(value, str):
-        return value.encode("utf-8", errors="surrogatepass")
-    return bytes(value)
+def group_by_instrument(
+    messages: list[bytes],
+) -> tuple[dict[str, list[Kline]], list[DeadLetter]]:
+    """Validate ``messages``: the valid bars by instrument key (each instrument's in their
+    order of arrival) and a dead letter for each invalid message, in order."""
+    groups: dict[str, list[Kline]] = {}
+    letters: list[DeadLetter] = []
+    for message in messages:
+        try:
+            kline = decode_kline(message)
+        except InvalidKline as exc:
+            letters.append(DeadLetter(reason=exc.reason, stage="validate", original=message))
+            continue
+        key = instrument_key(kline)
+        group = groups.get(key)
+        if group is None:
+            groups[key] = [kline]
+        else:
+            group.append(kline)
+    return groups, letters
 
 
 class IngestFunction(ProcessFunction):
-    """Bytes from Kafka -> ``Row(instrument key, encoded bar)``; invalid -> ``Row("", letter)``."""
+    """A batch of Kafka messages -> one ``Row(instrument key, encoded bars)`` per instrument
+    in it; each invalid message -> ``Row("", dead letter)``."""
 
     def open(self, runtime_context: RuntimeContext) -> None:
         metrics = runtime_context.get_metrics_group()
         self.records_in = metrics.counter("records_in")
         self.records_rejected = metrics.counter("records_rejected")
+        self.batches_in = metrics.counter("batches_in")
 
-    def process_element(self, value: Any, ctx: ProcessFunction.Context) -> Iterator[Row]:
-        self.records_in.inc()
-        try:
-            kline = decode_kline(value)
-        except InvalidKline as exc:
+    def process_element(self, value: bytes, ctx: ProcessFunction.Context) -> Iterator[Row]:
+        messages = unpack_batch(value)
+        self.batches_in.inc()
+        self.records_in.inc(len(messages))
+        groups, letters = group_by_instrument(messages)
+        for letter in letters:
             self.records_rejected.inc()
-            letter = DeadLetter(
-                reason=exc.reason, stage="validate", original=_original_bytes(value)
-            )
             yield Row(DEAD_LETTER_KEY, encode_dead_letter(letter))
-            return
-        yield Row(instrument_key(kline), encode_bar(kline))
+        for key, klines in groups.items():
+            yield Row(key, encode_bars(klines))
 
 
 class BarOpenTimeAssigner(TimestampAssigner):

@@ -38,7 +38,7 @@ from pyflink.common import Types
 from pyflink.datastream import KeyedProcessFunction, RuntimeContext, TimeDomain
 from pyflink.datastream.state import MapStateDescriptor, ValueStateDescriptor
 
-from udfs.flink.ingest import DEAD_LETTER_KEY, decode_bar
+from udfs.flink.ingest import DEAD_LETTER_KEY, decode_bars
 from udfs.series import (
     InstrumentState,
     Journal,
@@ -109,13 +109,17 @@ class SeriesFunction(KeyedProcessFunction):
         if key == DEAD_LETTER_KEY:  # a dead letter of the ingest step
             yield encode_outputs([(Tag.DEAD_LETTER, bytes(value))])
             return
-        self.records_in.inc()
+        klines = decode_bars(value)
+        self.records_in.inc(len(klines))
         timers = ctx.timer_service()
         now_ms = timers.current_processing_time()
+        watermark = timers.current_watermark()
         state = self._instrument(key, now_ms)
-        outputs = self.processor.on_kline(
-            state, decode_bar(value), timers.current_watermark(), now_ms, self.journal
-        )
+        on_kline = self.processor.on_kline
+        journal = self.journal
+        outputs = []
+        for kline in klines:
+            outputs.extend(on_kline(state, kline, watermark, now_ms, journal))
         self._commit(state)
         self._schedule(key, state, timers)
         self._seen(key, now_ms, timers)

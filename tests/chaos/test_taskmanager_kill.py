@@ -47,7 +47,7 @@ from jobs.cluster import (
     taskmanagers,
 )
 from jobs.cluster_settings import ClusterSettings
-from jobs.config import JobSettings
+from jobs.config import JobSettings, PipelineConfig
 from jobs.pipeline import required_slots
 from tests.integration.conftest import (  # noqa: F401 - fixtures, used by name
     free_ports,
@@ -137,6 +137,16 @@ def job_state(cluster: ClusterSettings, job_id: str) -> str:
     return str(rest_json(cluster, f"/jobs/{job_id}")["state"])
 
 
+# Small Python bundles and one message an element stretch the run, so that the kill lands in
+# its middle (results do not depend on either).
+SLOW_BUNDLES = (
+    ("python.fn-execution.bundle.size", "2"),
+    ("python.fn-execution.bundle.time", "1000"),
+)
+# Job states after which it never runs again.
+ENDED = frozenset({"FINISHED", "FAILED", "CANCELED", "SUSPENDED"})
+
+
 def all_tasks_running(cluster: ClusterSettings, job_id: str) -> bool:
     """Whether every subtask of the job runs (or has already finished)."""
     job = rest_json(cluster, f"/jobs/{job_id}")
@@ -174,8 +184,9 @@ def test_killing_a_taskmanager_mid_stream_restores_the_checkpoint_and_loses_noth
         redis_url=redis_url,
         name="cluster-taskmanager-kill",
         parallelism=PARALLELISM,
+        pipeline=PipelineConfig(source_batch_records=1),  # a long run: see SLOW_BUNDLES
         flink_conf_dir=fast_checkpoints_conf(tmp_path / "flink-conf"),
-    ).with_overrides(flink_overrides=())  # restarts on, as configured for bounded runs
+    ).with_overrides(flink_overrides=SLOW_BUNDLES)  # restarts on, as for bounded runs
 
     started = time.monotonic()
     print(cluster_up(cluster, settings))
@@ -184,7 +195,9 @@ def test_killing_a_taskmanager_mid_stream_restores_the_checkpoint_and_loses_noth
     listing = poll(lambda: rest_json(cluster, "/jobs")["jobs"], timeout_s=60, what="the job")
     assert len(listing) == 1
     job_id = listing[0]["id"]
-    poll(lambda: all_tasks_running(cluster, job_id), timeout_s=STARTUP_S, what="all tasks up")
+    poll(lambda: all_tasks_running(cluster, job_id) or job_state(cluster, job_id) in ENDED,
+         timeout_s=STARTUP_S, what="all tasks up")  # fmt: skip
+    assert job_state(cluster, job_id) == "RUNNING", "the job ended before all its tasks ran"
     # Both TaskManagers run part of the job (taskmanager.load-balance.mode: SLOTS).
     busy = {tm["id"] for tm in taskmanagers(cluster) if tm["freeSlots"] < tm["slotsNumber"]}
     assert len(busy) == 2, taskmanagers(cluster)

@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from jobs.config import PipelineConfig
 from jobs.job import BOUNDED_RUN_SETTINGS
 from tests.chaos.chaos_support import (
     ChaosFigures,
@@ -55,12 +56,15 @@ BOUNDED_RESTARTS = tuple(
 )
 RECOVERY_S = 180.0
 # The golden input takes the bounded job only a few seconds; small Python bundles (a round
-# trip to the JVM every few records) stretch the run so that kills land in its middle.
-# Results do not depend on bundle sizes (the golden snapshot holds at any of them).
+# trip to the JVM every few elements) and small source batches (5 messages an element, so
+# the batcher and its flush before each checkpoint barrier are under test too) stretch the
+# run so that kills land in its middle. Results do not depend on bundle or batch sizes (the
+# golden snapshot holds at any of them).
 SLOW_BUNDLES = (
-    ("python.fn-execution.bundle.size", "10"),
+    ("python.fn-execution.bundle.size", "2"),
     ("python.fn-execution.bundle.time", "1000"),
 )
+SMALL_BATCHES = PipelineConfig(source_batch_records=5)
 
 
 def workers_with_sink() -> list[Worker]:
@@ -107,6 +111,7 @@ def run_with_kills(
         dlq_topic=topics.dlq,
         redis_url=redis_url,
         name="chaos-worker-kill",
+        pipeline=SMALL_BATCHES,
         flink_overrides=(
             *restart_overrides,
             *SLOW_BUNDLES,
@@ -244,6 +249,8 @@ def test_a_task_manager_lost_to_a_fatal_error_is_replaced_and_the_job_recovers(
         dlq_topic=topics.dlq,
         redis_url=redis_url,
         name="chaos-task-manager-lost",
+        # One message an element: the fault must land well before the end of the run.
+        pipeline=PipelineConfig(source_batch_records=1),
         flink_overrides=(
             *BOUNDED_RESTARTS,
             *SLOW_BUNDLES,

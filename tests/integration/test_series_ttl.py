@@ -69,9 +69,10 @@ def test_a_silent_series_is_dropped_and_active_series_keep_their_results(
         dlq_topic=topics.dlq,
         redis_url=redis_url,
         name="series-ttl",
-        pipeline=replace(PipelineConfig(), series_ttl_ms=1_000),
+        # One message an element and small bundles stretch the run to well past the TTL
+        # (results do not change).
+        pipeline=replace(PipelineConfig(), series_ttl_ms=1_000, source_batch_records=1),
         flink_overrides=(
-            # Small bundles stretch the run to well past the TTL (results do not change).
             ("python.fn-execution.bundle.size", "20"),
             ("rest.bind-port", str(rest_port)),
             ("metrics.fetcher.update-interval", "500"),  # REST metrics fresh within 0.5 s

@@ -112,10 +112,13 @@ def bar_fields(bar: VersionedBar) -> dict[str, Any]:
     return fields
 
 
-def bar_member(bar: VersionedBar) -> bytes:
-    """The sorted-set member of a bar: JSON with ``version`` first (the script reads it)."""
-    fields = bar_fields(bar)
-    return orjson.dumps({"version": fields.pop("version"), **fields})
+def bar_member(bar: VersionedBar, fields: Mapping[str, Any] | None = None) -> bytes:
+    """The sorted-set member of a bar: JSON with ``version`` first (the script reads it).
+
+    ``fields``: the bar's :func:`bar_fields` when the caller has them already.
+    """
+    flat = dict(fields) if fields is not None else bar_fields(bar)
+    return orjson.dumps({"version": flat.pop("version"), **flat})
 
 
 def decode_bar_hash(raw: Mapping[Any, Any]) -> dict[str, Any]:
@@ -230,18 +233,20 @@ class RedisBarWriter:
             kept = newest.get(key)
             if kept is None or bar.version >= kept.version:
                 newest[key] = bar
-        items = [
-            CasItem(
-                exchange=bar.kline.exchange,
-                symbol=bar.kline.symbol,
-                timeframe=bar.kline.timeframe,
-                open_time=bar.kline.open_time,
-                version=bar.version,
-                fields=bar_fields(bar),
-                recent_member=bar_member(bar),
+        items = []
+        for bar in newest.values():
+            fields = bar_fields(bar)
+            items.append(
+                CasItem(
+                    exchange=bar.kline.exchange,
+                    symbol=bar.kline.symbol,
+                    timeframe=bar.kline.timeframe,
+                    open_time=bar.kline.open_time,
+                    version=bar.version,
+                    fields=fields,
+                    recent_member=bar_member(bar, fields),
+                )
             )
-            for bar in newest.values()
-        ]
         return self.write_hashes("kline", items)
 
     def write_hashes(self, kind: str, items: Sequence[CasItem]) -> int:

@@ -410,6 +410,9 @@ def job_arguments(settings: JobSettings) -> list[str]:
         "--clickhouse-batch-rows", str(settings.sinks.clickhouse_batch_rows),
         "--clickhouse-flush-ms", str(settings.sinks.clickhouse_flush_ms),
         "--redis-recent-bars", str(settings.sinks.redis_recent_bars),
+        "--source-batch-records", str(settings.pipeline.source_batch_records),
+        "--source-batch-bytes", str(settings.pipeline.source_batch_bytes),
+        "--source-batch-ms", str(settings.pipeline.source_batch_ms),
         "--flink-conf-dir", str(settings.flink_conf_dir),
         "--checkpoint-dir", str(settings.checkpoint_dir),
     ]  # fmt: skip

@@ -54,3 +54,21 @@ def test_nonsense_sizes_are_refused() -> None:
         ClusterSettings(taskmanagers=0)
     with pytest.raises(ValueError, match="job_slots"):
         ClusterSettings(job_slots=0)
+
+
+def test_a_submitted_job_gets_its_source_batching(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``cluster submit`` passes the job's settings as flags of ``jobs/job.py``."""
+    from dataclasses import replace
+
+    from jobs.cluster import job_arguments
+    from jobs.config import JobSettings, PipelineConfig, add_job_arguments, settings_from_args
+
+    settings = JobSettings(
+        pipeline=replace(
+            PipelineConfig(), source_batch_records=7, source_batch_bytes=4096, source_batch_ms=3
+        )
+    )
+    parser = clean_parser(monkeypatch, add_job_arguments)
+    parsed = settings_from_args(parser.parse_args(job_arguments(settings)))
+    batching = ("source_batch_records", "source_batch_bytes", "source_batch_ms")
+    assert [getattr(parsed.pipeline, name) for name in batching] == [7, 4096, 3]

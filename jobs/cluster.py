@@ -28,7 +28,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from jobs.cluster_settings import ClusterSettings
 from jobs.config import PROJECT_ROOT, JobSettings
@@ -393,35 +393,77 @@ def cluster_status(cluster: ClusterSettings) -> str:
     return "\n".join(lines)
 
 
-def job_arguments(settings: JobSettings) -> list[str]:
-    """The job's settings as the flags of ``jobs/job.py``.
+# Flags of ``jobs/job.py`` that ``job_arguments`` never passes: these URLs may hold secrets
+# and travel in the environment instead (``submit_job``).
+ENVIRONMENT_ONLY_FLAGS: Final = frozenset({"--clickhouse-url", "--redis-url", "--inference-url"})
 
-    The ClickHouse and Redis URLs may hold passwords, so they travel in the environment
-    (``CLICKHOUSE_URL``, ``REDIS_URL``), never on a command line that ``ps`` shows.
+
+def job_arguments(settings: JobSettings) -> list[str]:
+    """The job's settings as the flags of ``jobs/job.py``: every flag, so that the submitted
+    job runs with exactly these settings whatever its environment says.
+
+    The ClickHouse, Redis and inference URLs may hold secrets, so they travel in the
+    environment (``CLICKHOUSE_URL``, ``REDIS_URL``, ``INFERENCE_URL``), never on a command
+    line that ``ps`` shows.
     """
-    args = [
-        "--bootstrap-servers", settings.kafka_bootstrap,
-        "--topic", settings.klines_topic,
-        "--dlq-topic", settings.dlq_topic,
-        "--group-id", settings.consumer_group,
-        "--max-out-of-orderness-ms", str(settings.pipeline.max_out_of_orderness_ms),
-        "--idleness-ms", str(settings.pipeline.idleness_ms),
-        "--allowed-lateness-ms", str(settings.pipeline.allowed_lateness_ms),
-        "--clickhouse-batch-rows", str(settings.sinks.clickhouse_batch_rows),
-        "--clickhouse-flush-ms", str(settings.sinks.clickhouse_flush_ms),
-        "--redis-recent-bars", str(settings.sinks.redis_recent_bars),
-        "--source-batch-records", str(settings.pipeline.source_batch_records),
-        "--source-batch-bytes", str(settings.pipeline.source_batch_bytes),
-        "--source-batch-ms", str(settings.pipeline.source_batch_ms),
-        "--flink-conf-dir", str(settings.flink_conf_dir),
-        "--checkpoint-dir", str(settings.checkpoint_dir),
-    ]  # fmt: skip
-    if settings.sinks.redis_ttl_s is not None:
-        args += ["--redis-ttl-s", str(settings.sinks.redis_ttl_s)]
-    if settings.parallelism:
-        args += ["--parallelism", str(settings.parallelism)]
-    if settings.bounded:
-        args.append("--bounded")
+    pipeline, sinks, analytics = settings.pipeline, settings.sinks, settings.analytics
+    signals = settings.signals
+    inference = signals.inference
+    values: dict[str, object] = {
+        "--bootstrap-servers": settings.kafka_bootstrap,
+        "--topic": settings.klines_topic,
+        "--dlq-topic": settings.dlq_topic,
+        "--group-id": settings.consumer_group,
+        "--max-out-of-orderness-ms": pipeline.max_out_of_orderness_ms,
+        "--idleness-ms": pipeline.idleness_ms,
+        "--allowed-lateness-ms": pipeline.allowed_lateness_ms,
+        "--rollup-timeframes": ",".join(pipeline.rollup_timeframes) or "none",
+        "--rollup-idle-close-ms": pipeline.rollup_idle_close_ms,
+        "--rollup-live-horizon-ms": pipeline.rollup_live_horizon_ms,
+        "--series-ttl-ms": pipeline.series_ttl_ms,
+        "--source-batch-records": pipeline.source_batch_records,
+        "--source-batch-bytes": pipeline.source_batch_bytes,
+        "--source-batch-ms": pipeline.source_batch_ms,
+        "--profile-timeframes": ",".join(analytics.profile_timeframes) or "none",
+        "--profile-rows": analytics.profile_rows,
+        "--profile-row-size": "none" if analytics.profile_row_size is None
+        else repr(analytics.profile_row_size),
+        "--profile-max-rows": analytics.profile_max_rows,
+        "--clickhouse-batch-rows": sinks.clickhouse_batch_rows,
+        "--clickhouse-flush-ms": sinks.clickhouse_flush_ms,
+        "--clickhouse-retry-s": repr(sinks.clickhouse_retry_s),
+        "--redis-batch-rows": sinks.redis_batch_rows,
+        "--redis-flush-ms": sinks.redis_flush_ms,
+        "--redis-recent-bars": sinks.redis_recent_bars,
+        "--signal-timeframes": ",".join(signals.timeframes),
+        "--inference-model": inference.model,
+        "--inference-rps": repr(inference.requests_per_s),
+        "--inference-tpm": repr(inference.tokens_per_min),
+        "--inference-price-per-million": repr(inference.price_per_million_tokens),
+        "--inference-timeout-ms": signals.timeout_ms,
+        "--inference-capacity": signals.capacity,
+        "--flink-conf-dir": settings.flink_conf_dir,
+        "--checkpoint-dir": settings.checkpoint_dir,
+    }  # fmt: skip
+    optional = {
+        "--parallelism": settings.parallelism,
+        "--redis-ttl-s": sinks.redis_ttl_s,
+        "--inference-api-key-file": inference.api_key_file,
+    }
+    switches = {
+        "--rollup-emit-in-progress": pipeline.rollup_emit_in_progress,
+        "--no-indicators": not analytics.indicators,
+        "--no-redis-publish": not sinks.redis_publish,
+        "--no-signals": not signals.enabled,
+        "--bounded": settings.bounded,
+    }
+    args: list[str] = []
+    for flag, value in values.items():
+        args += [flag, str(value)]
+    for flag, maybe in optional.items():
+        if maybe is not None and maybe != "":
+            args += [flag, str(maybe)]
+    args += [flag for flag, on in switches.items() if on]
     return args
 
 
@@ -500,4 +542,8 @@ def submit_job(
     env = _cluster_env(cluster, conf_dir=client_conf)
     env["CLICKHOUSE_URL"] = settings.sinks.clickhouse_url
     env["REDIS_URL"] = settings.sinks.redis_url
+    if settings.signals.inference.url:
+        env["INFERENCE_URL"] = settings.signals.inference.url
+    else:
+        env.pop("INFERENCE_URL", None)  # the settings say: no inference
     return subprocess.run(command, env=env, cwd=PROJECT_ROOT, check=False).returncode

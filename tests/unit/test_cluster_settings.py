@@ -56,19 +56,65 @@ def test_nonsense_sizes_are_refused() -> None:
         ClusterSettings(job_slots=0)
 
 
-def test_a_submitted_job_gets_its_source_batching(monkeypatch: pytest.MonkeyPatch) -> None:
-    """``cluster submit`` passes the job's settings as flags of ``jobs/job.py``."""
+def test_a_submitted_job_gets_every_setting_it_was_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every flag of the job, set to a value other than its default, survives ``job_arguments``
+    (the URLs, which travel in the environment, apart); and no flag is forgotten."""
     from dataclasses import replace
+    from pathlib import Path
 
-    from jobs.cluster import job_arguments
-    from jobs.config import JobSettings, PipelineConfig, add_job_arguments, settings_from_args
+    from connectors.inference import InferenceSettings
+    from jobs.cluster import ENVIRONMENT_ONLY_FLAGS, job_arguments
+    from jobs.config import (
+        AnalyticsConfig,
+        JobSettings,
+        PipelineConfig,
+        SinkConfig,
+        add_job_arguments,
+        settings_from_args,
+    )
+    from jobs.signals import SignalConfig
 
     settings = JobSettings(
-        pipeline=replace(
-            PipelineConfig(), source_batch_records=7, source_batch_bytes=4096, source_batch_ms=3
-        )
-    )
+        kafka_bootstrap="10.0.0.1:9093", klines_topic="t.raw", dlq_topic="t.dlq",
+        consumer_group="g", bounded=True, parallelism=3,
+        flink_conf_dir=Path("/tmp/conf").resolve(), checkpoint_dir=Path("/tmp/ck").resolve(),
+        pipeline=PipelineConfig(
+            max_out_of_orderness_ms=1, idleness_ms=2, allowed_lateness_ms=3,
+            rollup_timeframes=("15m",), rollup_emit_in_progress=True, rollup_idle_close_ms=4,
+            rollup_live_horizon_ms=-1, series_ttl_ms=5, source_batch_records=6,
+            source_batch_bytes=7, source_batch_ms=8,
+        ),
+        sinks=SinkConfig(
+            clickhouse_batch_rows=9, clickhouse_flush_ms=10, clickhouse_retry_s=1.5,
+            redis_batch_rows=11, redis_flush_ms=12, redis_recent_bars=13, redis_ttl_s=14,
+            redis_publish=False,
+        ),
+        analytics=AnalyticsConfig(
+            profile_timeframes=(), profile_rows=15, profile_row_size=0.25, profile_max_rows=16,
+            indicators=False,
+        ),
+        signals=SignalConfig(
+            enabled=False, timeframes=("4h",), capacity=17, timeout_ms=1800,
+            inference=InferenceSettings(
+                model="m", api_key_file="/tmp/key", requests_per_s=0.5, tokens_per_min=19.0,
+                price_per_million_tokens=0.75,
+            ),
+        ),
+    )  # fmt: skip
     parser = clean_parser(monkeypatch, add_job_arguments)
-    parsed = settings_from_args(parser.parse_args(job_arguments(settings)))
-    batching = ("source_batch_records", "source_batch_bytes", "source_batch_ms")
-    assert [getattr(parsed.pipeline, name) for name in batching] == [7, 4096, 3]
+    arguments = job_arguments(settings)
+    parsed = settings_from_args(parser.parse_args(arguments))
+    # What travels in the environment comes back as the parser's defaults here.
+    expected = replace(
+        settings,
+        sinks=replace(settings.sinks, clickhouse_url=parsed.sinks.clickhouse_url,
+                      redis_url=parsed.sinks.redis_url),
+        signals=replace(settings.signals, inference=replace(
+            settings.signals.inference, url=parsed.signals.inference.url,
+            l2_redis_url=parsed.signals.inference.l2_redis_url)),
+    )  # fmt: skip
+    assert parsed == expected
+    every_flag = {action.option_strings[0] for action in parser._actions if action.option_strings}
+    passed = {argument for argument in arguments if argument.startswith("--")}
+    # A switch at its default is left out; every other flag must be passed.
+    assert every_flag - passed - {"-h"} <= ENVIRONMENT_ONLY_FLAGS

@@ -284,12 +284,15 @@ def _script(name: str, cluster: ClusterSettings, *args: str) -> None:
 
 
 def wait_for_taskmanagers(cluster: ClusterSettings, count: int, timeout_s: float) -> int:
-    """Wait until ``count`` TaskManagers are registered; returns the total slots."""
+    """Wait until ``count`` TaskManagers are registered, each with its slots; returns the
+    total slots. (The REST API can list a TaskManager that has just registered with no slots
+    yet: seen as "3 registered (6 slots)" for three TaskManagers of 3 slots.)"""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         registered = taskmanagers(cluster)
-        if len(registered) >= count:
-            return sum(int(tm.get("slotsNumber", 0)) for tm in registered)
+        slots = [int(tm.get("slotsNumber", 0)) for tm in registered]
+        if len(registered) >= count and all(slots):
+            return sum(slots)
         time.sleep(0.5)
     logs = sorted((cluster.home / "log").glob("*.log"), key=lambda path: path.stat().st_mtime)
     tail = "\n".join(logs[-1].read_text(errors="replace").splitlines()[-40:]) if logs else ""

@@ -50,14 +50,20 @@ def job_settings(tmp_path: Path, **changes: Any) -> JobSettings:
     )
 
 
-@pytest.fixture()
-def built(tmp_path: Path) -> Iterator[tuple[Any, JobSettings]]:
-    settings = job_settings(tmp_path)
+def local_environment(settings: JobSettings, *, parallelism: int) -> Any:
+    """A mini-cluster environment with the job's local configuration (jars included)."""
     configuration = Configuration()
     for key, value in local_configuration(settings).items():
         configuration.set_string(key, value)
     env = StreamExecutionEnvironment.get_execution_environment(configuration)
-    env.set_parallelism(2)
+    env.set_parallelism(parallelism)
+    return env
+
+
+@pytest.fixture()
+def built(tmp_path: Path) -> Iterator[tuple[Any, JobSettings]]:
+    settings = job_settings(tmp_path)
+    env = local_environment(settings, parallelism=2)
     attach_job(env, settings)
     yield env, settings
 
@@ -145,11 +151,7 @@ def test_batch_records_packs_records_in_order_by_count_and_bytes(tmp_path: Path)
 
     from connectors.flink_topology import batch_records
 
-    configuration = Configuration()
-    for key, value in local_configuration(job_settings(tmp_path)).items():
-        configuration.set_string(key, value)
-    env = StreamExecutionEnvironment.get_execution_environment(configuration)
-    env.set_parallelism(1)
+    env = local_environment(job_settings(tmp_path), parallelism=1)
     records = [f"record-{index:02d}" for index in range(10)]  # 9 bytes each, 13 framed
     raw = env.from_collection(records, type_info=Types.STRING())
     by_count = batch_records(raw, "by-count", max_records=3, max_bytes=10_000, max_delay_ms=60_000)
@@ -185,11 +187,7 @@ def test_batch_records_sends_a_batch_once_its_first_record_waited_max_delay(
     from connectors.flink_topology import batch_records
     from connectors.kafka_producer import create_producer
 
-    configuration = Configuration()
-    for key, value in local_configuration(job_settings(tmp_path)).items():
-        configuration.set_string(key, value)
-    env = StreamExecutionEnvironment.get_execution_environment(configuration)
-    env.set_parallelism(1)
+    env = local_environment(job_settings(tmp_path), parallelism=1)
     source = klines_source(kafka_bootstrap, kafka_topics.raw, "batch-delay", bounded=False)
     raw = env.from_source(source, WatermarkStrategy.no_watermarks(), "raw",
                           type_info=Types.PRIMITIVE_ARRAY(Types.BYTE()))  # fmt: skip

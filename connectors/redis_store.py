@@ -83,8 +83,13 @@ def update_message(item: CasItem) -> bytes:
 
 def encode_field(value: Any) -> str:
     """A hash field value: strings as they are, anything else as its JSON literal."""
-    if isinstance(value, str):
-        return value
+    kind = type(value)
+    if kind is str:
+        return cast(str, value)
+    if kind is int:  # the JSON literal of an int is its decimal form
+        return str(value)
+    if value is None:
+        return "null"
     return orjson.dumps(value).decode()
 
 
@@ -133,6 +138,8 @@ class CasItem:
     ``open_time`` and ``version`` (non-negative integers) order updates; ``fields`` is the
     hash content (``open_time`` and ``version`` are stored too). ``recent_member`` also puts
     the item into the kind's sorted set of recent items (kinds in ``RECENT_KINDS`` only).
+    ``message`` is what an applied update publishes when the caller has it already (it must
+    hold what :func:`update_message` would); None = built from the fields.
     """
 
     exchange: str
@@ -142,6 +149,7 @@ class CasItem:
     version: int
     fields: Mapping[str, Any]
     recent_member: bytes | None = None
+    message: bytes | None = None
 
 
 def _check_order_value(name: str, value: Any) -> str:
@@ -236,6 +244,7 @@ class RedisBarWriter:
         items = []
         for bar in newest.values():
             fields = bar_fields(bar)
+            member = bar_member(bar, fields)
             items.append(
                 CasItem(
                     exchange=bar.kline.exchange,
@@ -244,7 +253,9 @@ class RedisBarWriter:
                     open_time=bar.kline.open_time,
                     version=bar.version,
                     fields=fields,
-                    recent_member=bar_member(bar, fields),
+                    recent_member=member,
+                    # The member holds every hash field, open_time and version: the message.
+                    message=member,
                 )
             )
         return self.write_hashes("kline", items)
@@ -329,15 +340,22 @@ class RedisBarWriter:
         )
         args: list[Any] = [self.recent_bars, self.ttl_s or 0, channel]
         ordered = sorted(items, key=lambda item: (item.open_time, item.version))
-        for item in ordered:
+        newest = len(ordered) - 1
+        for position, item in enumerate(ordered):
+            message = b""
+            if self.publish:
+                message = item.message if item.message is not None else update_message(item)
+            # Only the newest item's fields can end up in the hash (the items are in order,
+            # so when any of them is applied the newest is too): the others carry none.
+            fields = item.fields if position == newest else {}
             args += [
                 _check_order_value("open_time", item.open_time),
                 _check_order_value("version", item.version),
                 item.recent_member if item.recent_member is not None else b"",
-                update_message(item) if self.publish else b"",
-                len(item.fields),
+                message,
+                len(fields),
             ]
-            for name, value in item.fields.items():
+            for name, value in fields.items():
                 args.append(name)
                 args.append(encode_field(value))
         return keys, args

@@ -9,7 +9,9 @@
 -- ARGV[4..] one group per item, applied in order:
 --          open_time (decimal integer, epoch ms), version (decimal integer),
 --          sorted-set member ('' = none), the message to publish, n (number of hash fields),
---          then field, value, ... (n pairs)
+--          then field, value, ... (n pairs). The items come in (open_time, version) order,
+--          so when any of them is applied the last one is too and only its fields reach the
+--          hash: the caller may send n = 0 for the others.
 --
 -- Each item, in turn, is applied exactly as if it came alone: the hash takes it only when
 -- (open_time, version) is newer than or equal to what it holds (open_time greater, or equal

@@ -322,8 +322,26 @@ def test_a_batch_ends_as_its_items_written_one_call_each_and_announces_in_order(
     assert (hash_of(redis_client), zset_of(redis_client)) == expected
     announced = []
     while (message := pubsub.get_message(timeout=1)) is not None:
-        payload = orjson.loads(message["data"])
-        announced.append((payload["open_time"], payload["version"]))
+        announced.append(orjson.loads(message["data"]))
     pubsub.close()
-    # write_bars keeps the newest version of each bar in a batch: one per minute, in order.
-    assert announced == [(START + minute * MINUTE, 3) for minute in range(12)]
+    # write_bars keeps the newest version of each bar in a batch: one per minute, in order,
+    # each announcing the whole bar (only the newest item's fields travel to the hash).
+    assert announced == [bar_fields(make_bar(minute, 3)) for minute in range(12)]
+
+
+def test_a_batch_below_the_stored_item_changes_nothing_and_one_above_takes_its_fields(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    """Only the newest item of a call carries its hash fields: a call whose items are all
+    older than the stored one leaves the hash alone; one whose newest item is newer stores
+    exactly that item's fields."""
+    with RedisBarWriter(redis_url, recent_bars=50) as writer:
+        writer.write_bars([make_bar(5, 2)])
+        stored = hash_of(redis_client)
+        assert writer.write_bars([make_bar(3, 1), make_bar(4, 7), make_bar(5, 1)]) == 1
+        assert hash_of(redis_client) == stored  # only the sorted set took minutes 3 and 4
+        writer.write_bars([make_bar(2, 9), make_bar(6, 1), make_bar(4, 8)])
+    assert hash_of(redis_client) == bar_fields(make_bar(6, 1))
+    assert [member["open_time"] for member, _ in zset_of(redis_client)] == [
+        START + minute * MINUTE for minute in (2, 3, 4, 5, 6)
+    ]

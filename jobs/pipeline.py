@@ -107,8 +107,8 @@ def watermark_strategy(config: PipelineConfig) -> WatermarkStrategy:
 class PayloadsOf(FlatMapFunction):
     """The payloads of one tag in the series operator's elements."""
 
-    def __init__(self, tag: Tag) -> None:
-        self.tag = int(tag)
+    def __init__(self, tag: int) -> None:
+        self.tag = tag
 
     def flat_map(self, value: bytes) -> Iterator[Any]:
         for tag, payload in decode_outputs(value):
@@ -148,8 +148,8 @@ class PipelineStreams:
     def __init__(self, records: DataStream) -> None:
         self.records = records
 
-    def _part(self, tag: Tag, output_type: Any) -> DataStream:
-        name = f"select-{tag.name.lower().replace('_', '-')}"
+    def _part(self, tag: int, output_type: Any) -> DataStream:
+        name = f"select-{Tag.name_of(tag).lower().replace('_', '-')}"
         # No uid: PyFlink chains the reader that follows into this operator and gives the
         # fused one this uid too (a hash collision); these readers hold no state.
         return self.records.flat_map(PayloadsOf(tag), output_type=output_type).name(name)

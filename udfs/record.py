@@ -173,7 +173,7 @@ class Kline:
 
     def to_dict(self) -> dict[str, Any]:
         """The record as a plain dict in contract field order."""
-        return {name: getattr(self, name) for name in FIELDS}
+        return dict(zip(FIELDS, _KLINE_VALUES(self), strict=True))
 
     def values_fingerprint(self) -> tuple[Any, ...]:
         """The market values of the bar: two updates with equal fingerprints carry the same data."""

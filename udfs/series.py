@@ -33,7 +33,6 @@ from __future__ import annotations
 import pickle
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from enum import IntEnum
 from typing import Any, Final
 
 import orjson
@@ -73,15 +72,24 @@ _TIMEFRAME_BY_INDEX: Final[dict[int, str]] = {i: name for name, i in _TIMEFRAME_
 _SLOT_BASE: Final = 16
 
 
-class Tag(IntEnum):
-    """What an output of the series operator is."""
+class Tag:
+    """What an output of the series operator is (plain ints: an enum member costs a
+    lookup each time an element is unpickled, several microseconds per output)."""
 
-    BAR = 0  # VersionedBar: an upserted bar or a roll-up
-    PROFILE = 1  # ProfileRecord
-    INDICATOR = 2  # IndicatorRecord
-    SIGNAL = 3  # Signal (rules analyser)
-    SIGNAL_REQUEST = 4  # SignalRequest for the inference operator
-    DEAD_LETTER = 5  # encoded DeadLetter (bytes)
+    BAR: Final = 0  # VersionedBar: an upserted bar or a roll-up
+    PROFILE: Final = 1  # ProfileRecord
+    INDICATOR: Final = 2  # IndicatorRecord
+    SIGNAL: Final = 3  # Signal (rules analyser)
+    SIGNAL_REQUEST: Final = 4  # SignalRequest for the inference operator
+    DEAD_LETTER: Final = 5  # encoded DeadLetter (bytes)
+
+    @classmethod
+    def name_of(cls, tag: int) -> str:
+        """The constant's name of ``tag`` (``Tag.name_of(Tag.BAR) == "BAR"``)."""
+        for name, value in vars(cls).items():
+            if name.isupper() and value == tag:
+                return name
+        raise ValueError(f"no output tag {tag!r}")
 
 
 Output = tuple[int, Any]

@@ -14,7 +14,10 @@ process tree with a consumer group of its own:
 - ``quix``: quix-streams, five tumbling-window roll-ups with ``reduce``, no sinks;
 - ``bytewax``: bytewax 0.21, five ``reduce_window`` roll-ups, no sinks;
 - ``klineflow-minimal|rollups|full|full-unbatched``: ``klineflow job run --bounded`` (see
-  peers/klineflow_side).
+  peers/klineflow_side);
+- ``klineflow-full-baseline``, with ``--baseline REV`` only: ``full`` from the source of git
+  revision REV (exported next to the run, using this tree's ``build/`` jars), right after
+  ``klineflow-full``, so a change is compared with what it replaces on the same data.
 
 The roll-ups are 5m, 15m, 1h, 4h and 1d, UTC-aligned, with the job's OHLCV conventions.
 Per side: ``bars_per_s`` = N / ``run_s`` (from its first bar to its last one processed),
@@ -36,6 +39,7 @@ import json
 import logging
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -61,6 +65,7 @@ SIDES: Final[tuple[str, ...]] = (
     "klineflow-rollups",
     "klineflow-full",
     "klineflow-full-unbatched",
+    "klineflow-full-baseline",
 )
 # The sides that run inside ``--side``: their module and the modules they need.
 PEERS: Final[dict[str, tuple[str, tuple[str, ...]]]] = {
@@ -95,6 +100,20 @@ def parse_sides(text: str) -> list[str]:
             f"unknown side(s) {', '.join(sorted(unknown))}; choose from {', '.join(SIDES)}"
         )
     return [side for side in SIDES if side in wanted]
+
+
+def export_revision(revision: str, into: Path) -> Path:
+    """The source tree of git ``revision`` of this project, exported to ``into``; its
+    ``build/`` is this tree's (the connector and operator jars, the Kafka libs)."""
+    into.mkdir(parents=True)
+    archive = subprocess.run(
+        ["git", "-C", str(PROJECT_ROOT), "archive", "--format=tar", revision],
+        check=True,
+        capture_output=True,
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    (into / "build").symlink_to(PROJECT_ROOT / "build")
+    return into
 
 
 def unavailable(side: str) -> str | None:
@@ -144,12 +163,17 @@ def run_peer(side: str, spec: SideSpec, timeout_s: float) -> tuple[SideReport | 
     return SideReport.from_json(finished.stdout.strip().splitlines()[-1]), finished
 
 
-def run_side(side: str, spec: SideSpec, timeout_s: float) -> tuple[SideReport | None, Finished]:
-    """Run one side (a peer or a klineflow variant) to its end."""
+def run_side(
+    side: str, spec: SideSpec, timeout_s: float, baseline: Path | None = None
+) -> tuple[SideReport | None, Finished]:
+    """Run one side (a peer or a klineflow variant) to its end; ``baseline``: the source
+    tree of ``klineflow-full-baseline``."""
     if side.startswith("klineflow-"):
         from peers import klineflow_side
 
-        report, finished = klineflow_side.run(side.removeprefix("klineflow-"), spec, timeout_s)
+        variant = side.removeprefix("klineflow-")
+        tree = baseline if variant == "full-baseline" else None
+        report, finished = klineflow_side.run(variant, spec, timeout_s, source_tree=tree)
         return (report if finished.ok else None), finished
     return run_peer(side, spec, timeout_s)
 
@@ -240,8 +264,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if produced.failed or produced.bars != args.bars or not produced.consecutive():
             raise RuntimeError(f"producing failed: {produced.bars} acknowledged, {produced.failed}")
         windows = produced.expected_windows()
+        baseline = export_revision(args.baseline, work / "baseline") if args.baseline else None
         results: dict[str, dict[str, Any]] = {}
         for side in args.sides:
+            if side == "klineflow-full-baseline" and baseline is None:
+                continue
             reason = unavailable(side)
             if reason is not None:
                 results[side] = {"status": reason}
@@ -259,7 +286,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 ports=tuple(free_port() for _ in range(args.parallelism)),
             )
             log.info("side %s ...", side)
-            report, finished = run_side(side, spec, args.timeout_s)
+            report, finished = run_side(side, spec, args.timeout_s, baseline)
             expected = expected_outputs(side, windows, len(produced.series))
             tables = expected_tables(side, windows, produced.bars)
             results[side] = summarize(report, finished, produced.bars, expected, tables)
@@ -278,6 +305,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             },
             "rollup_windows": windows,
             "method": METHOD,
+            "baseline": args.baseline,
             "sides": results,
             "ratios": ratios(results),
         }
@@ -306,6 +334,12 @@ def main() -> None:
     parser.add_argument(
         "--sides", type=parse_sides, default=list(SIDES), help=f"any of {','.join(SIDES)}"
     )
+    parser.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="also run klineflow-full from git revision REV (e.g. HEAD, main~3), after "
+        "klineflow-full",
+    )
     parser.add_argument("--timeout-s", type=float, default=None, help="time limit per side")
     parser.add_argument("--keep-work", action="store_true", help="keep the temporary directory")
     parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "bench" / "results")
@@ -322,6 +356,8 @@ def main() -> None:
 
         print(json.dumps(chdb_counts(args.count_chdb)))
         return
+    if args.baseline and "klineflow-full-baseline" not in args.sides:
+        args.sides = parse_sides(",".join([*args.sides, "klineflow-full-baseline"]))
     if args.timeout_s is None:
         args.timeout_s = default_timeout_s(args.bars)
     result = run(args)

@@ -7,7 +7,9 @@ and a Redis server of its own (started and stopped here):
 - ``rollups``: + the five roll-ups;
 - ``full``: roll-ups, volume profiles, indicators, rules signals (no ``--inference-url``),
   with the profile and signal timeframes pinned to today's defaults;
-- ``full-unbatched``: ``full`` with ``--source-batch-records 1`` (what batching gives).
+- ``full-unbatched``: ``full`` with ``--source-batch-records 1`` (what batching gives);
+- ``full-baseline``: ``full`` run from another revision's source tree (``bench_peers.py
+  --baseline REV``), so a change is measured against what it replaces in the same run.
 
 Start-up ends at the first write to Redis (``bench_pipeline.first_redis_write``); the run ends
 when the job's process exits. The klines in chdb are counted afterwards, in another process
@@ -53,6 +55,9 @@ VARIANTS: Final[dict[str, tuple[str, ...]]] = {
 # ``full`` with one Kafka message per element into the first Python step (no batching), to
 # measure what batching gives in the same run.
 VARIANTS["full-unbatched"] = (*VARIANTS["full"], "--source-batch-records", "1")
+VARIANTS["full-baseline"] = VARIANTS["full"]
+# What runs ``klineflow`` from a source tree put first on PYTHONPATH (a baseline revision).
+_CLI_FROM_PATH: Final = "import sys; from jobs.cli import main; sys.exit(main())"
 # Env vars the job's flags fall back to: dropped, so the caller's shell cannot change a variant.
 _JOB_ENV_PREFIXES: Final[tuple[str, ...]] = ("KLINEFLOW_", "INFERENCE_")
 _JOB_ENV_NAMES: Final[frozenset[str]] = frozenset(
@@ -65,10 +70,23 @@ def klineflow_executable() -> Path:
     return Path(sys.executable).parent / "klineflow"
 
 
-def job_command(variant: str, spec: SideSpec, clickhouse_url: str, redis_url: str) -> list[str]:
-    """``klineflow job run --bounded`` with the variant's flags and this run's endpoints."""
+def job_command(
+    variant: str,
+    spec: SideSpec,
+    clickhouse_url: str,
+    redis_url: str,
+    *,
+    source_tree: Path | None = None,
+) -> list[str]:
+    """``klineflow job run --bounded`` with the variant's flags and this run's endpoints
+    (``source_tree``: the CLI of that tree, which must come first on PYTHONPATH)."""
+    cli = (
+        [str(klineflow_executable())]
+        if source_tree is None
+        else [sys.executable, "-c", _CLI_FROM_PATH]
+    )
     return [
-        str(klineflow_executable()),
+        *cli,
         "job",
         "run",
         "--bounded",
@@ -90,13 +108,20 @@ def job_command(variant: str, spec: SideSpec, clickhouse_url: str, redis_url: st
     ]
 
 
-def job_env() -> dict[str, str]:
-    """This process's environment without anything the job's flags fall back to."""
-    return {
+def job_env(source_tree: Path | None = None) -> dict[str, str]:
+    """This process's environment without anything the job's flags fall back to; with
+    ``source_tree`` first on PYTHONPATH (its packages shadow the installed project's, in the
+    job and in its Python workers, which inherit the environment)."""
+    env = {
         name: value
         for name, value in os.environ.items()
         if name not in _JOB_ENV_NAMES and not name.startswith(_JOB_ENV_PREFIXES)
     }
+    if source_tree is not None:
+        env["PYTHONPATH"] = os.pathsep.join(
+            part for part in (str(source_tree), env.get("PYTHONPATH", "")) if part
+        )
+    return env
 
 
 def expected_rollups(variant: str, windows: dict[str, int]) -> dict[str, int]:
@@ -146,8 +171,13 @@ def _count_in_subprocess(url: str, logs: Path) -> dict[str, Any]:
     return dict(json.loads(finished.stdout.strip().splitlines()[-1]))
 
 
-def run(variant: str, spec: SideSpec, timeout_s: float) -> tuple[SideReport, Finished]:
-    """Run one variant to its end; the report's outputs are its roll-up rows in chdb."""
+def run(
+    variant: str, spec: SideSpec, timeout_s: float, *, source_tree: Path | None = None
+) -> tuple[SideReport, Finished]:
+    """Run one variant to its end; the report's outputs are its roll-up rows in chdb.
+
+    ``source_tree``: run the job from that tree (a baseline revision) instead of this one.
+    """
     work = Path(spec.work)
     redis_server = RedisServer(
         StackConfig(home=work / "redis", redis_port=free_port(), stop_with_parent=True)
@@ -161,10 +191,13 @@ def run(variant: str, spec: SideSpec, timeout_s: float) -> tuple[SideReport, Fin
         watcher.start()
         try:
             finished = run_tree(
-                job_command(variant, spec, clickhouse_url, redis_server.url),
+                job_command(
+                    variant, spec, clickhouse_url, redis_server.url, source_tree=source_tree
+                ),
                 logs=work / "job",
                 timeout_s=timeout_s,
-                env=job_env(),
+                env=job_env(source_tree),
+                cwd=source_tree,
             )
         finally:
             stop.set()

@@ -63,15 +63,23 @@ def _kill_group(pgid: int) -> None:
 
 
 def run_tree(
-    command: list[str], *, logs: Path, timeout_s: float, env: dict[str, str] | None = None
+    command: list[str],
+    *,
+    logs: Path,
+    timeout_s: float,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
 ) -> Finished:
-    """Run ``command`` to its end (or ``timeout_s``); stdout/stderr go to ``logs``.*."""
+    """Run ``command`` (in ``cwd``) to its end (or ``timeout_s``); stdout/stderr go to
+    ``logs``.*."""
     logs.parent.mkdir(parents=True, exist_ok=True)
     out_path, err_path = logs.with_suffix(".out"), logs.with_suffix(".err")
     timed_out = False
     with out_path.open("wb") as out, err_path.open("wb") as err:
         spawned_at = now()
-        process = subprocess.Popen(command, stdout=out, stderr=err, env=env, start_new_session=True)
+        process = subprocess.Popen(
+            command, stdout=out, stderr=err, env=env, cwd=cwd, start_new_session=True
+        )
         with sampling(process.pid, frozenset()) as sampler:
             try:
                 process.wait(timeout=timeout_s)

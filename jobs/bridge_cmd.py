@@ -1,4 +1,8 @@
-"""``klineflow bridge``: exchange kline WebSockets into Kafka (see :mod:`connectors.bridge`)."""
+"""``klineflow bridge``: exchange kline WebSockets into Kafka (see :mod:`connectors.bridge`).
+
+One process follows one exchange and one or more of its markets; which symbols each market
+follows is :func:`connectors.bridge.markets.symbols_by_market`'s business.
+"""
 
 from __future__ import annotations
 
@@ -8,15 +12,25 @@ import logging
 import os
 import signal
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import orjson
 
 from connectors.bridge.config import BridgeConfig
+from connectors.bridge.markets import (
+    MARKET_PREFIX_SEPARATOR,
+    SELF_DESCRIBING_EXCHANGES,
+    MarketSpecError,
+    parse_market_urls,
+    parse_markets,
+    symbols_by_market,
+)
 from jobs.cliutil import default_of, env_flag
 from jobs.config import JobSettings
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
     from connectors.exchanges.base import ExchangeAdapter
 
 log = logging.getLogger("klineflow.bridge")
@@ -37,13 +51,19 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     """Add the ``bridge`` command."""
     parser = subparsers.add_parser(
         "bridge",
-        help="stream 1m klines of one exchange market into Kafka",
+        help="stream 1m klines of one exchange's markets into Kafka",
         description=(
-            "Subscribe to the 1m kline streams of SYMBOLS on one exchange and market, turn every "
-            "update into the klines.raw record and produce it keyed per series; repair gaps over "
-            "REST. One market per process; the canonical symbol names the instrument "
-            "(BTC-USDT, BTC-USDT-PERP, BTC-USD-PERP, BTC-USDT-250627), so spot and "
-            "derivatives bars of one pair never share a series key and may share a topic."
+            "Subscribe to the 1m kline streams of SYMBOLS on one exchange and one or more of its "
+            "markets, turn every update into the klines.raw record and produce it keyed per "
+            "series; repair gaps over REST. Each market has its own WebSocket connections and "
+            "gap repair; all share one Kafka producer and one stats line. The canonical symbol "
+            "names the instrument (BTC-USDT, BTC-USDT-PERP, BTC-USD-PERP, BTC-USDT-250627), so "
+            "spot and derivatives bars of one pair never share a series key and may share a "
+            "topic. Examples: --exchange bybit --market spot,linear --symbols BTCUSDT,ETHUSDT "
+            "(both pairs on both markets); --exchange bybit --symbols "
+            "BTCUSDT,linear:BTCUSDT,linear:ETHUSDT (spot BTCUSDT, linear BTCUSDT and ETHUSDT); "
+            "--exchange okx --market spot,linear --symbols BTC-USDT,BTC-USDT-SWAP (an OKX instId "
+            "names its market)."
         ),
     )
     job = JobSettings()  # the bridge feeds the job: its topics and broker by default
@@ -54,18 +74,25 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         parser,
         "--symbols",
         env="BRIDGE_SYMBOLS",
+        metavar="[MARKET:]SYMBOL,...",
         help="comma-separated exchange symbols, e.g. BTCUSDT,ETHUSDT (OKX: BTC-USDT, "
-        "BTC-USDT-SWAP; Binance COIN-M: BTCUSD_PERP); a symbol whose quote is no known quote "
-        "asset, or a contract of unknown size, is refused",
+        "BTC-USDT-SWAP; Binance COIN-M: BTCUSD_PERP), each SYMBOL or MARKET:SYMBOL "
+        "(linear:ETHUSDT follows ETHUSDT on linear only). A SYMBOL without a prefix is "
+        "followed on every market of --market (Binance/Bybit BTCUSDT names the spot pair and "
+        "the perpetual alike); an OKX instId on the market it names, which --market must list. "
+        "A symbol whose quote is no known quote asset, one that does not fit its market, or a "
+        "contract of unknown size is refused",
     )
     env_flag(
         parser,
         "--market",
         env="BRIDGE_MARKET",
         default="spot",
-        choices=("spot", "linear", "inverse"),
-        help="spot; linear (quote-margined: Binance USDT-M, OKX USDT/USDC SWAP and futures, "
-        "Bybit linear); inverse (coin-margined: Binance COIN-M, OKX USD SWAP, Bybit inverse)",
+        metavar="MARKET[,MARKET...]",
+        help="the markets of the symbols given without a MARKET: prefix, comma-separated: "
+        "spot; linear (quote-margined: Binance USDT-M, OKX USDT/USDC SWAP and futures, "
+        "Bybit linear); inverse (coin-margined: Binance COIN-M, OKX USD SWAP, Bybit inverse); "
+        "e.g. spot,linear",
     )
     env_flag(
         parser,
@@ -79,14 +106,20 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "--ws-url",
         default=None,
-        help="WebSocket base URL (a URL without a path gets the market's path) "
-        "(env BINANCE_WS_URL / OKX_WS_URL / BYBIT_WS_URL; default: the exchange's public URL)",
+        metavar="URL|MARKET=URL,...",
+        help="WebSocket base URL of every market, or per market (spot=URL,linear=URL; a market "
+        "without one falls back to the variable, then the default); a URL without a path "
+        "gets the market's path "
+        "(env BINANCE_WS_URL / OKX_WS_URL / BYBIT_WS_URL, same syntax; default: the exchange's "
+        "public URL of each market)",
     )
     parser.add_argument(
         "--rest-url",
         default=None,
-        help="REST base URL for gap repair (env BINANCE_REST_URL / OKX_REST_URL / "
-        "BYBIT_REST_URL; default: the exchange's public URL)",
+        metavar="URL|MARKET=URL,...",
+        help="REST base URL for gap repair, of every market or per market like --ws-url "
+        "(env BINANCE_REST_URL / OKX_REST_URL / BYBIT_REST_URL, same syntax; default: the "
+        "exchange's public URL of each market)",
     )
     env_flag(
         parser, "--topic", env="KLINES_TOPIC", default=job.klines_topic, help="topic of spot bars"
@@ -96,7 +129,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--linear-topic",
         env="KLINES_LINEAR_TOPIC",
         default=None,
-        help="topic of derivatives bars (default: --topic; their series keys differ from spot's)",
+        help="topic of derivatives (linear and inverse) bars (default: --topic; their series "
+        "keys differ from spot's)",
     )
     env_flag(
         parser,
@@ -236,44 +270,82 @@ def split_symbols(text: str | None) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     """Validate the settings, then run the bridge until SIGINT/SIGTERM."""
-    from connectors.exchanges import create_adapter
     from connectors.symbols import UnknownSymbol
 
     if not args.exchange:
         return _refuse("--exchange (or BRIDGE_EXCHANGE) is required")
-    symbols = split_symbols(args.symbols)
-    if not symbols:
+    items = split_symbols(args.symbols)
+    if not items:
         return _refuse("--symbols (or BRIDGE_SYMBOLS) is required, e.g. BTCUSDT,ETHUSDT")
     try:
         contract_sizes = parse_contract_sizes(args.contract_size)
-        adapter = create_adapter(args.exchange, args.market, symbols, contract_sizes)
-    except UnknownSymbol as exc:
-        hint = ""
-        for margin in ("linear", "inverse"):
-            if args.exchange == "okx" and f"{margin} instrument" in str(exc):
-                hint = f" (use --market {margin} for this instrument)"
-        return _refuse(f"{exc}{hint}")
-    config = bridge_config(args, adapter)
-    log.info(
-        "event=starting exchange=%s market=%s symbols=%d topic=%s dlq=%s ws=%s rest=%s",
-        adapter.name,
-        adapter.market,
-        len(adapter.symbols),
-        config.topic,
-        config.dlq_topic,
-        adapter.ws_endpoint(config.ws_url),
-        config.rest_url,
-    )
-    return asyncio.run(_run_bridge(adapter, config, args.bootstrap_servers))
+        markets = parse_markets(args.market)
+        plan = symbols_by_market(args.exchange, markets, items, contract_sizes)
+        adapters = market_adapters(args.exchange, plan, contract_sizes, items)
+        configs = [bridge_config(args, adapter) for adapter in adapters]
+    except (UnknownSymbol, MarketSpecError) as exc:
+        return _refuse(str(exc))
+    for adapter, config in zip(adapters, configs, strict=True):
+        log.info(
+            "event=starting exchange=%s market=%s symbols=%d topic=%s dlq=%s ws=%s rest=%s",
+            adapter.name,
+            adapter.market,
+            len(adapter.symbols),
+            config.topic,
+            config.dlq_topic,
+            adapter.ws_endpoint(config.ws_url),
+            config.rest_url,
+        )
+    markets_run = list(zip(adapters, configs, strict=True))
+    return asyncio.run(_run_bridge(markets_run, args.bootstrap_servers))
+
+
+def market_adapters(
+    exchange: str,
+    plan: Mapping[str, Sequence[str]],
+    contract_sizes: Mapping[str, float],
+    items: Sequence[str],
+) -> list[ExchangeAdapter]:
+    """One adapter per market of ``plan`` (:func:`symbols_by_market` of ``items``).
+
+    With several markets, UnknownSymbol names the market, and says so when a symbol reached
+    a market it does not fit because it came without a market prefix.
+    """
+    from connectors.exchanges import create_adapter
+    from connectors.symbols import UnknownSymbol, parse_symbol
+
+    adapters = []
+    for market, symbols in plan.items():
+        try:
+            adapters.append(create_adapter(exchange, market, symbols, contract_sizes))
+        except UnknownSymbol as exc:
+            if len(plan) == 1 and all(MARKET_PREFIX_SEPARATOR not in item for item in items):
+                raise  # one market, no prefixes: the message as it always was
+            hint = ""
+            for symbol in symbols:
+                try:
+                    parse_symbol(exchange, symbol, market, contract_sizes)
+                except UnknownSymbol:
+                    if symbol in items and exchange not in SELF_DESCRIBING_EXCHANGES:
+                        hint = (
+                            f" ({symbol} has no market prefix, so it is followed on every "
+                            f"market of --market; give it as MARKET{MARKET_PREFIX_SEPARATOR}"
+                            f"{symbol} to follow it on one)"
+                        )
+                    break
+            raise UnknownSymbol(f"{exchange} {market}: {exc}{hint}") from exc
+    return adapters
 
 
 def bridge_config(args: argparse.Namespace, adapter: ExchangeAdapter) -> BridgeConfig:
-    """The bridge's settings from parsed flags (URLs: flag, else env, else the exchange's)."""
-    topic = (args.linear_topic or args.topic) if args.market != "spot" else args.topic
+    """The settings of ``adapter``'s market from parsed flags (URLs: flag, else env, else the
+    exchange's; derivatives to ``--linear-topic`` if given). MarketSpecError for a malformed
+    per-market URL list."""
+    topic = (args.linear_topic or args.topic) if adapter.market != "spot" else args.topic
     return BridgeConfig(
-        ws_url=args.ws_url or exchange_env(args.exchange, "WS") or adapter.default_ws_url(),
-        rest_url=args.rest_url
-        or exchange_env(args.exchange, "REST")
+        ws_url=_market_url(args.ws_url, "--ws-url", args.exchange, "WS", adapter.market)
+        or adapter.default_ws_url(),
+        rest_url=_market_url(args.rest_url, "--rest-url", args.exchange, "REST", adapter.market)
         or adapter.default_rest_base(),
         topic=topic,
         dlq_topic=args.dlq_topic,
@@ -291,16 +363,30 @@ def bridge_config(args: argparse.Namespace, adapter: ExchangeAdapter) -> BridgeC
     )
 
 
+def _market_url(
+    flag: str | None, flag_name: str, exchange: str, kind: str, market: str
+) -> str | None:
+    """``market``'s URL from the flag, else from ``{EXCHANGE}_{kind}_URL``; None from neither."""
+    from_flag = parse_market_urls(flag, flag_name).for_market(market)
+    if from_flag:
+        return from_flag
+    variable = f"{exchange.upper()}_{kind}_URL"
+    return parse_market_urls(exchange_env(exchange, kind), variable).for_market(market)
+
+
 def _refuse(message: str) -> int:
     print(f"klineflow bridge: {message}", file=sys.stderr)
     return 2
 
 
-async def _run_bridge(adapter: Any, config: Any, bootstrap: str) -> int:
+async def _run_bridge(
+    markets: Sequence[tuple[ExchangeAdapter, BridgeConfig]], bootstrap: str
+) -> int:
+    """Run one bridge per market around one producer; flush it once on the way out."""
     import aiohttp
     from kafka.errors import KafkaError
 
-    from connectors.bridge import Bridge, KafkaSink
+    from connectors.bridge import Bridge, BridgeGroup, KafkaSink
     from connectors.kafka_producer import create_producer
 
     loop = asyncio.get_running_loop()
@@ -309,15 +395,21 @@ async def _run_bridge(adapter: Any, config: Any, bootstrap: str) -> int:
     except KafkaError as exc:
         print(f"klineflow bridge: cannot reach Kafka at {bootstrap}: {exc!r}", file=sys.stderr)
         return 1
-    sink = KafkaSink(producer, max_pending=config.max_pending)
+    max_pending = max(config.max_pending for _, config in markets)
+    sink = KafkaSink(producer, max_pending=max_pending)
     sink.start()
     stop = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     async with aiohttp.ClientSession() as session:
-        bridge = Bridge(adapter, config, sink, session)
-        sink.on_closed_bar_lost = bridge.on_closed_bar_lost
-        final = await bridge.run(stop)
+        runner: Bridge | BridgeGroup
+        if len(markets) == 1:
+            ((adapter, config),) = markets
+            runner = Bridge(adapter, config, sink, session)
+        else:
+            runner = BridgeGroup(markets, sink, session)
+        sink.on_closed_bar_lost = runner.on_closed_bar_lost
+        final = await runner.run(stop)
     log.info("event=stopping pending=%d", sink.pending)
     clean = await sink.close(timeout_s=30.0)
     final["sink"] = sink.stats()

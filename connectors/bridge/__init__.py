@@ -16,7 +16,9 @@ Pieces, from the wire inwards:
 - :class:`KafkaSink` produces from a dedicated thread with a bounded number of
   unacknowledged records (the event loop awaits when Kafka is slow or down: memory is
   bounded), counts delivery failures and hands lost closed bars back to the repairer.
-- :class:`Bridge` wires them, prints counters periodically and on exit.
+- :class:`Bridge` wires them for one market, prints counters periodically and on exit.
+- :class:`BridgeGroup` runs one :class:`Bridge` per market of one exchange (spot and
+  perpetuals side by side) around one shared sink, with one stats line.
 
 Duplicates downstream: a REST-repaired bar can duplicate a WebSocket bar only across a bridge
 restart (start-up backfill) or a lost delivery acknowledgement; the Flink upsert keeps one bar
@@ -26,9 +28,11 @@ a closed bar changes nothing.
 Where each piece lives: :mod:`.connection` (:class:`Connection`, :class:`ShardSupervisor`),
 :mod:`.tracker` (:class:`SeriesTracker`), :mod:`.repair` (:class:`GapRepairer`),
 :mod:`.kafka_sink` (:class:`KafkaSink`), :mod:`.config` (:class:`BridgeConfig`),
-:mod:`.stats` (counters, :func:`lag_summary`, :class:`LogSampler`) and :mod:`.runtime`
-(:class:`Bridge`). The names below are loaded on first use, so that the command line can read
-:class:`BridgeConfig`'s defaults without importing aiohttp and kafka-python.
+:mod:`.stats` (counters, :func:`lag_summary`, :class:`LogSampler`), :mod:`.runtime`
+(:class:`Bridge`), :mod:`.group` (:class:`BridgeGroup`) and :mod:`.markets` (which markets,
+symbols and endpoint URLs a process follows, from the command line's words). The names below
+are loaded on first use, so that the command line can read :class:`BridgeConfig`'s defaults
+without importing aiohttp and kafka-python.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from connectors.bridge.config import BridgeConfig
     from connectors.bridge.connection import Connection, ShardSupervisor
+    from connectors.bridge.group import BridgeGroup
     from connectors.bridge.kafka_sink import KafkaSink, RecordSink
     from connectors.bridge.repair import GapRepairer
     from connectors.bridge.runtime import Bridge
@@ -60,6 +65,7 @@ _SUBMODULE: dict[str, str] = {
     "RecordSink": "kafka_sink",
     "GapRepairer": "repair",
     "Bridge": "runtime",
+    "BridgeGroup": "group",
     "ConnectionStats": "stats",
     "LogSampler": "stats",
     "RepairStats": "stats",
@@ -72,6 +78,7 @@ _SUBMODULE: dict[str, str] = {
 __all__ = [
     "Bridge",
     "BridgeConfig",
+    "BridgeGroup",
     "Connection",
     "ConnectionStats",
     "GapRepairer",

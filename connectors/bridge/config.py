@@ -1,4 +1,4 @@
-"""Settings of one bridge process (one exchange, one market)."""
+"""Settings of the bridge of one market of one exchange."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from connectors.redaction import redacted_repr
 
 @dataclass(frozen=True, slots=True)
 class BridgeConfig:
-    """Settings of one bridge process (one exchange, one market)."""
+    """Settings of the bridge of one exchange market (a process following several markets
+    has one per market: their endpoints and topics differ)."""
 
     ws_url: str
     rest_url: str

@@ -197,7 +197,7 @@ class ShardSupervisor:
         self.bridge = bridge
         self.index = index
         self.symbols = symbols
-        self.name = f"{bridge.adapter.name}-{index}"
+        self.name = f"{bridge.name}-{index}"
         self.stats = ConnectionStats()
         self.backoff = ReconnectBackoff(
             base_s=bridge.config.backoff_base_s,

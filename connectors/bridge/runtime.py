@@ -40,7 +40,14 @@ log = logging.getLogger(__name__)
 
 
 class Bridge:
-    """One exchange and market: shards of connections, the tracker, the repairer, the sink."""
+    """One exchange and market: shards of connections, the tracker, the repairer, the sink.
+
+    Several markets of one exchange in one process are several bridges sharing one sink
+    (:class:`~connectors.bridge.group.BridgeGroup`); ``name`` then tells their connections
+    apart in logs and counters (``bybit-linear``; default: the exchange), and
+    ``connect_bucket`` spaces out the connections of all of them (the exchange limits
+    connection attempts per IP).
+    """
 
     def __init__(
         self,
@@ -50,8 +57,11 @@ class Bridge:
         session: aiohttp.ClientSession,
         *,
         stats_printer: Callable[[dict[str, Any]], None] | None = None,
+        name: str | None = None,
+        connect_bucket: TokenBucket | None = None,
     ) -> None:
         self.adapter = adapter
+        self.name = name or adapter.name
         self.config = config
         self.sink = sink
         self.session = session
@@ -70,8 +80,8 @@ class Bridge:
             for index, offset in enumerate(range(0, len(symbols), size))
         ]
         self.repairer = GapRepairer(self, RestKlineClient(adapter, config.rest_url, session))
-        self._connect_bucket = TokenBucket(adapter.connect_rate_per_s, 1.0)
-        self.stats_printer = stats_printer or _log_stats
+        self._connect_bucket = connect_bucket or TokenBucket(adapter.connect_rate_per_s, 1.0)
+        self.stats_printer = stats_printer or log_stats
         self.started_at = time.monotonic()
         self.dead_letters = 0
         self._rejection_log = LogSampler()
@@ -247,42 +257,20 @@ class Bridge:
             ),
         }
 
+    def start_tasks(self) -> list[asyncio.Task[Any]]:
+        """Start the connection shards and the repairer (they run until cancelled)."""
+        tasks = [asyncio.create_task(shard.run(), name=shard.name) for shard in self.shards]
+        repairer_name = "repairer" if self.name == self.adapter.name else f"{self.name}-repairer"
+        tasks.append(asyncio.create_task(self.repairer.run(), name=repairer_name))
+        return tasks
+
     async def run(self, stop: asyncio.Event) -> dict[str, Any]:
         """Run until ``stop`` is set; returns the final counters."""
-        tasks = [asyncio.create_task(shard.run(), name=shard.name) for shard in self.shards]
-        tasks.append(asyncio.create_task(self.repairer.run(), name="repairer"))
+        tasks = self.start_tasks()
         tasks.append(asyncio.create_task(self._print_stats_periodically(), name="stats"))
-        stopper = asyncio.create_task(stop.wait())
-        try:
-            done, _ = await asyncio.wait({stopper, *tasks}, return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                if task is not stopper and not task.cancelled() and task.exception() is not None:
-                    raise task.exception()  # type: ignore[misc]
-        except BaseException as exc:
-            await self._flush_on_fatal_exit(exc)
-            raise
-        finally:
-            stopper.cancel()
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        await run_until_stopped(stop, tasks, self.sink)
         final = self.stats(reset_lag=False)
         return final
-
-    async def _flush_on_fatal_exit(self, exc: BaseException) -> None:
-        """Before a fatal error ends the process: deliver what is queued (nothing lost)."""
-        close = getattr(self.sink, "close", None)
-        pending = getattr(self.sink, "pending", None)
-        log.error(
-            "event=fatal_exit error=%s pending=%s (flushing the producer)",
-            quote(exc, 300),
-            pending,
-        )
-        if close is not None:
-            clean = await close()
-            log.error("event=fatal_exit_flushed clean=%s", clean)
 
     async def _print_stats_periodically(self) -> None:
         while True:
@@ -290,5 +278,46 @@ class Bridge:
             self.stats_printer(self.stats())
 
 
-def _log_stats(stats: dict[str, Any]) -> None:
+async def run_until_stopped(
+    stop: asyncio.Event, tasks: list[asyncio.Task[Any]], sink: RecordSink
+) -> None:
+    """Wait until ``stop`` is set or a task ends, then cancel and await every task.
+
+    A task that failed ends the run with its exception, after what ``sink`` holds was
+    flushed (nothing queued is lost to a fatal error).
+    """
+    stopper = asyncio.create_task(stop.wait())
+    try:
+        done, _ = await asyncio.wait({stopper, *tasks}, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            if task is not stopper and not task.cancelled() and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+    except BaseException as exc:
+        await flush_on_fatal_exit(sink, exc)
+        raise
+    finally:
+        stopper.cancel()
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+async def flush_on_fatal_exit(sink: RecordSink, exc: BaseException) -> None:
+    """Before a fatal error ends the process: deliver what is queued (nothing lost)."""
+    close = getattr(sink, "close", None)
+    pending = getattr(sink, "pending", None)
+    log.error(
+        "event=fatal_exit error=%s pending=%s (flushing the producer)",
+        quote(exc, 300),
+        pending,
+    )
+    if close is not None:
+        clean = await close()
+        log.error("event=fatal_exit_flushed clean=%s", clean)
+
+
+def log_stats(stats: dict[str, Any]) -> None:
+    """The default stats printer: one ``event=stats {json}`` log line."""
     log.info("event=stats %s", orjson.dumps(stats).decode())

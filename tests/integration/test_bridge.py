@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import os
 import re
 import signal
@@ -25,7 +26,7 @@ import orjson
 import pytest
 
 from connectors.exchanges import create_adapter
-from connectors.kafka_admin import read_topic
+from connectors.kafka_admin import ensure_topics, read_topic
 from connectors.rest_repair import RestKlineClient
 from tests.fakes.exchange_servers import FAKES, MINUTE_MS, FakeExchange, ThreadedFake
 
@@ -341,3 +342,238 @@ def test_cli_refuses_unknown_symbols_and_unknown_contract_sizes(
     assert main(["bridge", "--exchange", "okx", "--market", "linear", "--symbols",
                  "PEPE-USDT-SWAP", "--contract-size", "PEPE-USDT-SWAP=abc"]) == 2  # fmt: skip
     assert "expected RAW_SYMBOL=<positive number>" in capsys.readouterr().err
+
+
+# --- several markets of one venue in one process ---------------------------------------------
+
+# exchange: (--market, --symbols, {market: raw symbols its feed serves}, one fake for all
+# markets, derivatives on their own topic). OKX serves spot and swaps on one endpoint and
+# names the market in the instId; Bybit serves each market on its own path (here: its own
+# fake, so each market gets its own URLs) and spells spot and linear BTCUSDT alike.
+MULTI_MARKET_SCENARIOS: dict[str, tuple[str, str, dict[str, list[str]], bool, bool]] = {
+    "okx": (
+        "spot,linear",
+        "BTC-USDT,BTC-USDT-SWAP,ETH-USDT-SWAP",
+        {"spot": ["BTC-USDT"], "linear": ["BTC-USDT-SWAP", "ETH-USDT-SWAP"]},
+        True,
+        False,
+    ),
+    "bybit": (
+        "spot,linear",
+        "BTCUSDT,linear:ETHUSDT",  # BTCUSDT on both markets, ETHUSDT on linear only
+        {"spot": ["BTCUSDT"], "linear": ["BTCUSDT", "ETHUSDT"]},
+        False,
+        True,
+    ),
+}
+
+
+@pytest.mark.parametrize("exchange", list(MULTI_MARKET_SCENARIOS))
+def test_one_bridge_follows_spot_and_linear_of_a_venue_and_loses_nothing_at_shutdown(
+    exchange: str, kafka_bootstrap: str, kafka_topics: Any, tmp_path: Path
+) -> None:
+    market_list, symbol_list, served, one_fake, own_topic = MULTI_MARKET_SCENARIOS[exchange]
+    linear_topic = kafka_topics.raw + ".linear" if own_topic else kafka_topics.raw
+    if own_topic:
+        ensure_topics(kafka_bootstrap, [linear_topic], partitions=4)
+    extra: dict[str, Any] = {"tick_interval_s": 0.02, "client_idle_timeout_s": 5.0}
+    if one_fake:
+        shared = FAKES[exchange]([raw for raws in served.values() for raw in raws], **extra)
+        fakes = dict.fromkeys(served, shared)
+    else:
+        fakes = {m: FAKES[exchange](raws, market=m, **extra) for m, raws in served.items()}
+    unique_fakes = list(dict.fromkeys(fakes.values()))
+    log_path = tmp_path / "bridge.log"
+    with contextlib.ExitStack() as stack:
+        threaded = {id(fake): stack.enter_context(ThreadedFake(fake)) for fake in unique_fakes}
+        log_file = stack.enter_context(log_path.open("w"))
+        if one_fake:
+            url_flags = ["--ws-url", shared.ws_base, "--rest-url", shared.rest_base]
+        else:
+            url_flags = [
+                "--ws-url", ",".join(f"{m}={fake.ws_base}" for m, fake in fakes.items()),
+                "--rest-url", ",".join(f"{m}={fake.rest_base}" for m, fake in fakes.items()),
+            ]  # fmt: skip
+        topic_flags = ["--topic", kafka_topics.raw]
+        if own_topic:
+            topic_flags += ["--linear-topic", linear_topic]
+        command = [
+            sys.executable, "-m", "jobs.cli", "bridge",
+            "--exchange", exchange, "--market", market_list, "--symbols", symbol_list,
+            *url_flags, *topic_flags, "--dlq-topic", kafka_topics.dlq,
+            "--bootstrap-servers", kafka_bootstrap,
+            "--stats-interval", "0.5", "--no-data-timeout", "10", "--ping-interval", "0.3",
+            "--repair-delay", "0.2", "--startup-backfill-minutes", str(BACKFILL_MINUTES),
+        ]  # fmt: skip
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        bridge = subprocess.Popen(
+            command, cwd=REPO_ROOT, stdout=log_file, stderr=subprocess.STDOUT, env=env
+        )
+        try:
+
+            def alive() -> None:
+                if bridge.poll() is not None:
+                    raise AssertionError(log_path.read_text(errors="replace")[-3000:])
+
+            def every_symbol_flows(min_each: int) -> bool:
+                alive()
+                for market, raws in served.items():
+                    fake = fakes[market]
+                    for raw in raws:
+                        index = fake.tape.raw_symbols.index(raw)
+                        if sum(1 for _, sym, *_ in fake.sent if sym == index) < min_each:
+                            return False
+                return True
+
+            _wait(lambda: every_symbol_flows(15), 30, "updates of every symbol of both markets")
+            # Each market on its own connection(s): no link carries spot and linear symbols.
+            for market, raws in served.items():
+                fake = fakes[market]
+                wanted = {fake.tape.raw_symbols.index(raw) for raw in raws}
+                links = [conn.symbols for conn in fake.connections.values() if conn.symbols]
+                assert wanted in links, (market, links)
+                assert all(link <= wanted or link.isdisjoint(wanted) for link in links)
+            # A skipped final update of the linear-only symbol: the linear repairer fetches it.
+            linear_fake = fakes["linear"]
+            gap_index = linear_fake.tape.raw_symbols.index(served["linear"][-1])
+            gap_bar = linear_fake.current_bar() + 1
+            threaded[id(linear_fake)].call(lambda: _skip_symbol(linear_fake, gap_index, gap_bar))
+            _wait(lambda: linear_fake.current_bar() > gap_bar + 2, 20, "the gap bar to pass")
+            sent_before = sum(len(fake.sent) for fake in unique_fakes)
+            _wait(
+                lambda: sum(len(f.sent) for f in unique_fakes) > sent_before + 20,
+                20,
+                "more updates after the gap",
+            )
+            # Stop every feed (a read barrier), wait until the gap is repaired, then SIGTERM.
+            for fake in unique_fakes:
+                threaded[id(fake)].call(fake.pause)
+            reports_before_pause = len(_stats_lines(log_path, "stats"))
+
+            def settled() -> bool:
+                alive()
+                lines = _stats_lines(log_path, "stats")
+                return len(lines) > reports_before_pause and (
+                    lines[-1]["repair"]["gap_bars_outstanding"] == 0
+                    and lines[-1]["repair"]["series_waiting"] == 0
+                )
+
+            _wait(settled, 30, "gap repair of both markets to finish")
+        finally:
+            bridge.send_signal(signal.SIGTERM)
+            try:
+                exit_code = bridge.wait(timeout=45)
+            except subprocess.TimeoutExpired:
+                bridge.kill()
+                raise
+    log_text = log_path.read_text(errors="replace")
+    assert exit_code == 0, log_text[-3000:]
+    (final,) = _stats_lines(log_path, "final_stats")
+    assert final["markets"] == ["spot", "linear"]
+    _check_markets_on_kafka(
+        exchange,
+        served=served,
+        fakes=fakes,
+        final=final,
+        bootstrap=kafka_bootstrap,
+        topics={"spot": kafka_topics.raw, "linear": linear_topic},
+        dlq_topic=kafka_topics.dlq,
+        gap=(served["linear"][-1], gap_bar),
+    )
+
+
+async def _skip_symbol(fake: FakeExchange, symbol_index: int, bar: int) -> None:
+    fake.skip_final(symbol_index, bar)
+
+
+def _check_markets_on_kafka(
+    exchange: str,
+    *,
+    served: dict[str, list[str]],
+    fakes: dict[str, FakeExchange],
+    final: dict[str, Any],
+    bootstrap: str,
+    topics: dict[str, str],
+    dlq_topic: str,
+    gap: tuple[str, int],
+) -> None:
+    """Every market's bars on its topic with its symbols; every update sent, none twice."""
+    records_by_topic = {
+        topic: [(key, orjson.loads(value)) for key, value in read_topic(bootstrap, topic)]
+        for topic in set(topics.values())
+    }
+    letters = read_topic(bootstrap, dlq_topic, timeout_s=5)
+    record_market = {"spot": "spot", "linear": "perp"}
+    expected_symbols: dict[tuple[str, str], str] = {}  # (market field, raw) -> canonical
+    for market, raws in served.items():
+        adapter = create_adapter(exchange, market, raws)
+        for raw, info in adapter.symbols.items():
+            expected_symbols[(record_market[market], raw)] = info.symbol
+    by_series: dict[tuple[str, str], list[dict[str, Any]]] = collections.defaultdict(list)
+    for topic, records in records_by_topic.items():
+        for key, record in records:
+            identity = (record["market"], record["raw_symbol"])
+            assert identity in expected_symbols, record
+            assert record["symbol"] == expected_symbols[identity]
+            assert key == f"{exchange}:{record['symbol']}:1m".encode()
+            market = "spot" if record["market"] == "spot" else "linear"
+            assert topic == topics[market], (topic, record)
+            by_series[identity].append(record)
+    assert set(by_series) == set(expected_symbols), "a series of one market never arrived"
+    spot_symbols = {s for (m, _), s in expected_symbols.items() if m == "spot"}
+    perp_symbols = {s for (m, _), s in expected_symbols.items() if m == "perp"}
+    assert "BTC-USDT" in spot_symbols and "BTC-USDT-PERP" in perp_symbols
+
+    for (market_field, raw), series in by_series.items():
+        fake = fakes["spot" if market_field == "spot" else "linear"]
+        tape = fake.tape
+        index = tape.raw_symbols.index(raw)
+        live = [r for r in series if r["provenance"] == "ws"]
+        repaired = [r for r in series if r["provenance"] == "rest"]
+        assert len(live) + len(repaired) == len(series), "provenance is ws or rest"
+        identities = [
+            (tape.bar_of(r["open_time"]), round((r["volume"] - 1.0) / 0.25), r["is_closed"])
+            for r in live
+        ]
+        assert len(identities) == len(set(identities)), f"{raw} produced an update twice"
+        # Nothing lost: every update the feed sent (all before the pause) is on Kafka.
+        sent = {(bar, step) for _, sym, bar, step in fake.sent if sym == index}
+        produced = {(bar, step) for bar, step, _ in identities}
+        assert sent - produced == set(), f"{market_field} {raw}: updates lost"
+        closed_bars = {tape.bar_of(r["open_time"]) for r in series if r["is_closed"]}
+        first_live_bar = min(bar for bar, _ in produced)
+        last_bar, last_step = max(sent)
+        last_closed = last_bar if last_step == tape.steps_per_bar - 1 else last_bar - 1
+        expected = set(range(first_live_bar - BACKFILL_MINUTES, last_closed + 1))
+        assert expected - closed_bars == set(), f"{market_field} {raw} misses closed bars"
+        assert repaired and all(r["is_closed"] for r in repaired)  # start-up backfill, per market
+    # The skipped final update came over REST, from the linear market's REST endpoint.
+    gap_raw, gap_bar = gap
+    linear_fake = fakes["linear"]
+    gap_series = by_series[("perp", gap_raw)]
+    assert any(
+        linear_fake.tape.bar_of(r["open_time"]) == gap_bar and r["provenance"] == "rest"
+        for r in gap_series
+    )
+    if exchange == "bybit":
+        assert {query["category"] for _, query, _ in fakes["spot"].rest_requests} == {"spot"}
+        assert {query["category"] for _, query, _ in linear_fake.rest_requests} == {"linear"}
+
+    # One stats line: the markets summed, each market's own counters, one sink.
+    assert set(final["by_market"]) == {"spot", "linear"}
+    for market, counters in final["by_market"].items():
+        assert counters["totals"]["bars_produced"] > 0, market
+        assert counters["rest"]["requests"] > 0, market
+        assert all(name.startswith(f"{exchange}-{market}-") for name in counters["connections"])
+    totals = final["totals"]
+    assert totals["bars_produced"] == sum(
+        counters["totals"]["bars_produced"] for counters in final["by_market"].values()
+    )
+    # The shared producer's one flush delivered every record of both markets.
+    on_kafka = sum(len(records) for records in records_by_topic.values()) + len(letters)
+    sink = final["sink"]
+    assert sink["failed"] == 0 and sink["pending"] == 0
+    assert sink["delivered"] == on_kafka
+    assert on_kafka == totals["bars_produced"] + final["repair"]["bars_repaired"] + sum(
+        counters["dead_letters"] for counters in final["by_market"].values()
+    )

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from jobs.cluster_settings import ClusterSettings
-from jobs.config import PROJECT_ROOT, JobSettings
+from jobs.config import PROJECT_ROOT, JobSettings, format_flink_options
 from jobs.job import JobSetupError, job_configuration
 
 # On top of flink-conf/config.yaml, for a cluster of several TaskManagers:
@@ -452,6 +452,7 @@ def job_arguments(settings: JobSettings) -> list[str]:
         "--parallelism": settings.parallelism,
         "--redis-ttl-s": sinks.redis_ttl_s,
         "--inference-api-key-file": inference.api_key_file,
+        "--flink-option": format_flink_options(settings.flink_overrides),
     }
     switches = {
         "--rollup-emit-in-progress": pipeline.rollup_emit_in_progress,

@@ -177,7 +177,7 @@ class JobSettings:
     flink_jars_dir: Path = PROJECT_ROOT / "build" / "flink-jars"
     checkpoint_dir: Path = STATE_DIR / "checkpoints"
     job_name: str = "klineflow"
-    # Extra Flink settings on top of flink-conf/config.yaml (tests turn restarts off).
+    # Flink settings over flink-conf/config.yaml and BOUNDED_RUN_SETTINGS (--flink-option).
     flink_overrides: tuple[tuple[str, str], ...] = ()
 
     def __repr__(self) -> str:
@@ -187,6 +187,26 @@ class JobSettings:
     def with_overrides(self, **changes: Any) -> JobSettings:
         """A copy with some fields replaced (tests use it for fresh topics and paths)."""
         return replace(self, **changes)
+
+
+def parse_flink_options(text: str) -> tuple[tuple[str, str], ...]:
+    """``--flink-option``: comma-separated ``KEY=VALUE`` Flink settings ('' = none)."""
+    options: list[tuple[str, str]] = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        key, equals, value = item.partition("=")
+        if not equals or not key.strip() or not value.strip():
+            raise argparse.ArgumentTypeError(
+                f"{item!r} is not KEY=VALUE (e.g. python.fn-execution.bundle.size=100)"
+            )
+        options.append((key.strip(), value.strip()))
+    return tuple(options)
+
+
+def format_flink_options(options: tuple[tuple[str, str], ...]) -> str:
+    """The inverse of :func:`parse_flink_options`."""
+    return ",".join(f"{key}={value}" for key, value in options)
 
 
 def add_job_arguments(parser: argparse.ArgumentParser) -> None:
@@ -450,6 +470,17 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
     )
     env_flag(
         parser,
+        "--flink-option",
+        env="KLINEFLOW_FLINK_OPTIONS",
+        type=parse_flink_options,
+        default=job.flink_overrides,
+        metavar="KEY=VALUE,...",
+        help="Flink settings that win over config.yaml and the bounded-run settings, "
+        "comma-separated (e.g. python.fn-execution.bundle.size=100); a value holding a comma "
+        "belongs in --flink-conf-dir's config.yaml",
+    )
+    env_flag(
+        parser,
         "--checkpoint-dir",
         env="KLINEFLOW_CHECKPOINT_DIR",
         type=Path,
@@ -475,6 +506,7 @@ def settings_from_args(args: argparse.Namespace) -> JobSettings:
         parallelism=args.parallelism,
         flink_conf_dir=Path(args.flink_conf_dir).resolve(),
         checkpoint_dir=Path(args.checkpoint_dir).resolve(),
+        flink_overrides=tuple(args.flink_option),
         pipeline=PipelineConfig(
             max_out_of_orderness_ms=args.max_out_of_orderness_ms,
             idleness_ms=args.idleness_ms,

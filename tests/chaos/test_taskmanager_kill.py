@@ -78,6 +78,12 @@ REPO_FLINK_CONF = Path(__file__).resolve().parents[2] / "flink-conf" / "config.y
 # Generous: three JVMs and seven Python workers on a shared 2-core machine.
 STARTUP_S = 400.0
 FINISH_S = 600.0
+# Bundles of a few elements: each bundle end is a blocking state round trip per key, which
+# stretches the ~15 s bounded run to minutes (a bounded run otherwise takes 10,000).
+SMALL_BUNDLES = (
+    ("python.fn-execution.bundle.size", "5"),
+    ("python.fn-execution.bundle.time", "20"),
+)
 T = TypeVar("T")
 
 
@@ -178,11 +184,11 @@ def test_killing_a_taskmanager_mid_stream_restores_the_checkpoint_and_loses_noth
         redis_url=redis_url,
         name="cluster-taskmanager-kill",
         parallelism=PARALLELISM,
-        # One message an element: a run long enough for the kill to land in its middle
-        # (bundle sizes cannot be set here: a bounded run on the cluster takes its own).
+        # One message an element and small bundles (--flink-option, which wins over the
+        # bounded-run settings): a run long enough for the kill to land in its middle.
         pipeline=PipelineConfig(source_batch_records=1),
         flink_conf_dir=fast_checkpoints_conf(tmp_path / "flink-conf"),
-    ).with_overrides(flink_overrides=())  # restarts on, as configured for bounded runs
+    ).with_overrides(flink_overrides=SMALL_BUNDLES)  # and restarts on, as for bounded runs
 
     started = time.monotonic()
     print(cluster_up(cluster, settings))

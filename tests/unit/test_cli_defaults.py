@@ -9,6 +9,7 @@ import argparse
 import re
 from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -118,3 +119,39 @@ def test_every_command_flag_names_its_environment_variable(
 def test_no_stack_flags_give_the_default_stack_config(monkeypatch: pytest.MonkeyPatch) -> None:
     parser = clean_parser(monkeypatch, stack_cmd.add_stack_arguments)
     assert stack_cmd.config_from_args(parser.parse_args([])) == StackConfig()
+
+
+def test_flink_options_parse_and_refuse_what_is_not_key_value(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from jobs.config import add_job_arguments, parse_flink_options, settings_from_args
+
+    assert parse_flink_options("") == ()
+    assert parse_flink_options(" a.b = 1 , c=x=y ,") == (("a.b", "1"), ("c", "x=y"))
+    for bad in ("bundle.size", "=5", "a=", "a=1,oops"):
+        with pytest.raises(argparse.ArgumentTypeError, match="is not KEY=VALUE"):
+            parse_flink_options(bad)
+    monkeypatch.setenv("KLINEFLOW_FLINK_OPTIONS", "python.fn-execution.bundle.size=7")
+    parser = argparse.ArgumentParser()
+    add_job_arguments(parser)
+    from_env = settings_from_args(parser.parse_args([]))
+    assert from_env.flink_overrides == (("python.fn-execution.bundle.size", "7"),)
+    given = settings_from_args(parser.parse_args(["--flink-option", "rest.port=0"]))
+    assert given.flink_overrides == (("rest.port", "0"),)
+
+
+def test_flink_options_win_over_the_bounded_run_settings(tmp_path: Path) -> None:
+    from jobs.config import JobSettings
+    from jobs.job import BOUNDED_RUN_SETTINGS, OPERATORS_JAR, job_configuration
+
+    jars = tmp_path / "jars"  # what `make setup` leaves there, by name
+    jars.mkdir()
+    for name in ("flink-sql-connector-kafka-4.0.jar", OPERATORS_JAR):
+        (jars / name).touch()
+    settings = JobSettings(bounded=True, checkpoint_dir=tmp_path / "ck", flink_jars_dir=jars)
+    assert (
+        job_configuration(settings)["python.fn-execution.bundle.size"]
+        == (BOUNDED_RUN_SETTINGS["python.fn-execution.bundle.size"])
+    )
+    tuned = settings.with_overrides(flink_overrides=(("python.fn-execution.bundle.size", "5"),))
+    assert job_configuration(tuned)["python.fn-execution.bundle.size"] == "5"

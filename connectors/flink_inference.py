@@ -19,6 +19,9 @@ a ``SIGNAL_REQUEST`` in, an encoded element holding its ``SIGNAL`` out.
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from pyflink.datastream import RuntimeContext
@@ -32,10 +35,67 @@ from connectors.inference import (
     RedisL2Cache,
     load_api_key,
 )
+from connectors.private_file import write_private_file
+from connectors.redaction import redact_url
 from udfs.series import Output, Tag, encode_outputs
 from udfs.signals import SignalRequest
 
 _BREAKER_GAUGE = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
+
+
+@dataclass(frozen=True, slots=True)
+class InferenceSecrets:
+    """The inference API's URL and the L2 cache's Redis URL in full, kept out of the job
+    graph like the sinks' (:class:`connectors.flink_sinks.SinkSecrets`): written to a private
+    file by the client, read by the workers."""
+
+    url: str | None
+    l2_redis_url: str | None
+
+    def __repr__(self) -> str:
+        shown = [redact_url(url) if url else url for url in (self.url, self.l2_redis_url)]
+        return f"InferenceSecrets(url={shown[0]!r}, l2_redis_url={shown[1]!r})"
+
+    @property
+    def needed(self) -> bool:
+        """Whether either URL holds a secret (else the redacted URLs are the URLs)."""
+        return any(url and redact_url(url) != url for url in (self.url, self.l2_redis_url))
+
+    def redacted(self, settings: InferenceSettings) -> InferenceSettings:
+        """``settings`` with these URLs redacted (what the job graph may hold)."""
+        return replace(
+            settings,
+            url=redact_url(self.url) if self.url else self.url,
+            l2_redis_url=redact_url(self.l2_redis_url) if self.l2_redis_url else None,
+        )
+
+    def write(self, path: Path) -> Path:
+        """Write the file (mode 0600, replaced atomically); returns ``path``."""
+        return write_private_file(path, json.dumps({"url": self.url, "l2": self.l2_redis_url}))
+
+    @classmethod
+    def read(cls, path: str | Path) -> InferenceSecrets:
+        """Read a file written by :meth:`write`; ValueError if it is not one."""
+        try:
+            data = json.loads(Path(path).read_text())
+            return cls(url=data["url"], l2_redis_url=data["l2"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"cannot read the inference secrets file {path}: {exc}") from None
+
+
+def inference_function(
+    settings: InferenceSettings, secrets_path: Path | None = None
+) -> InferenceAsyncFunction:
+    """The operator's function for ``settings``, with no password in what gets pickled: when
+    a URL holds one, both URLs go to ``secrets_path`` (ValueError if it is None) and the
+    function carries the redacted settings and that path."""
+    secrets = InferenceSecrets(settings.url, settings.l2_redis_url)
+    if not secrets.needed:
+        return InferenceAsyncFunction(settings)
+    if secrets_path is None:
+        raise ValueError("the inference URLs hold a password: give a secrets_path to keep it")
+    path = secrets.write(secrets_path).resolve()
+    return InferenceAsyncFunction(secrets.redacted(settings), secrets_file=str(path))
 
 
 class InferenceAsyncFunction(AsyncFunction):
@@ -43,18 +103,31 @@ class InferenceAsyncFunction(AsyncFunction):
 
     The rate budget is split evenly over the operator's subtasks (``share`` = parallelism).
     The API key is read in ``open`` on the worker (env var or key file), never shipped in the
-    job graph.
+    job graph; with ``secrets_file`` (see :func:`inference_function`) so are the URLs.
     """
 
-    def __init__(self, settings: InferenceSettings) -> None:
+    def __init__(self, settings: InferenceSettings, secrets_file: str | None = None) -> None:
         self.settings = settings
+        self.secrets_file = secrets_file
+
+    def worker_settings(self) -> InferenceSettings:
+        """The settings to run with: the full URLs from the secrets file if there is one."""
+        if self.secrets_file is None:
+            return self.settings
+        secrets = InferenceSecrets.read(self.secrets_file)
+        if secrets.redacted(self.settings) != self.settings:
+            raise ValueError(
+                f"the inference secrets file {self.secrets_file} is for other URLs than this job's"
+            )
+        return replace(self.settings, url=secrets.url, l2_redis_url=secrets.l2_redis_url)
 
     def open(self, runtime_context: RuntimeContext) -> None:
         # Import the HTTP stack now, not inside the first call: a cold first request would
         # reach the server late and bunch up with the next one the rate budget lets out.
         import aiohttp  # noqa: F401
 
-        settings = self.settings
+        settings = self.settings = self.worker_settings()
+        self.secrets_file = None
         l2 = RedisL2Cache(settings.l2_redis_url) if settings.l2_redis_url else None
         self.engine = InferenceEngine(
             settings,

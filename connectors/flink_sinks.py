@@ -64,6 +64,7 @@ from pyflink.datastream.connectors.base import Sink
 from pyflink.datastream.state import ListStateDescriptor
 
 from connectors.flink_topology import name_key_step
+from connectors.private_file import write_private_file
 from connectors.redaction import redact_url
 from udfs.series import Tag, decode_outputs
 
@@ -327,13 +328,8 @@ class SinkSecrets:
 
     def write(self, path: Path) -> Path:
         """Write the file (mode 0600, replaced atomically); returns ``path``."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(descriptor, "w") as handle:
-            json.dump({"clickhouse_url": self.clickhouse_url, "redis_url": self.redis_url}, handle)
-        os.replace(temporary, path)
-        return path
+        content = {"clickhouse_url": self.clickhouse_url, "redis_url": self.redis_url}
+        return write_private_file(path, json.dumps(content))
 
     @classmethod
     def read(cls, path: str | Path) -> SinkSecrets:

@@ -189,6 +189,11 @@ def sink_secrets_path(settings: JobSettings) -> Path:
     return settings.checkpoint_dir.resolve().parent / "secrets" / f"{settings.job_name}-sinks.json"
 
 
+def inference_secrets_path(settings: JobSettings) -> Path:
+    """Where a run keeps the inference URLs for its workers when one holds a password."""
+    return sink_secrets_path(settings).with_name(f"{settings.job_name}-inference.json")
+
+
 def sink_parallelism(settings: JobSettings) -> int | None:
     """chdb allows one process per directory: its sink runs alone (None: the job's)."""
     return 1 if settings.sinks.clickhouse_url.startswith("chdb:") else settings.parallelism
@@ -228,7 +233,7 @@ def attach_job(env: Any, settings: JobSettings) -> None:
     streams = build_pipeline(raw, pipeline, analytics, signals)
     records = streams.records
     if signals is not None and signals.inference.url:
-        records = with_inference(records, signals)
+        records = with_inference(records, signals, secrets_path=inference_secrets_path(settings))
     dead_letters = attach_sink(
         records,
         StoreSinkFunction(
@@ -325,8 +330,15 @@ def _one_line(exc: BaseException) -> str:
 
 def run_job(settings: JobSettings) -> None:
     """Build and run the job, blocking until it ends (bounded) or is cancelled."""
+    from jobs.worker_secrets import remove_secret_variables, with_api_key_in_file
+
     prepare_services(settings)
     settings = with_source_parallelism(settings)
+    # Before the JVM starts: the workers inherit its environment and Beam logs it.
+    settings = with_api_key_in_file(settings, sink_secrets_path(settings).parent)
+    removed = remove_secret_variables(settings)
+    if removed:
+        log.info("kept out of the workers' environment: %s", ", ".join(removed))
     env = create_environment(settings)
     attach_job(env, settings)
     log.info("starting job %s (bounded=%s)", settings.job_name, settings.bounded)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from connectors.inference import InferenceSettings
@@ -60,19 +61,23 @@ class SignalConfig:
         )
 
 
-def with_inference(records: DataStream, config: SignalConfig) -> DataStream:
+def with_inference(
+    records: DataStream, config: SignalConfig, *, secrets_path: Path | None = None
+) -> DataStream:
     """The series operator's elements with each ``SIGNAL_REQUEST`` answered by the model.
 
     The requests go through :class:`connectors.flink_inference.InferenceAsyncFunction` on
     ``AsyncDataStream.unordered_wait`` (bounded ``capacity``, a per-element timeout) and come
     back as ``SIGNAL`` records, exactly one per request; everything else passes as is.
+    URLs with a password travel to the workers in ``secrets_path``, not in the job graph
+    (``connectors.flink_inference.inference_function``).
     The requests stay in the subtask of the series operator that made them (forward), so the
     requests of one series share one engine's in-flight and cache deduplication.
     """
     from pyflink.common import Time, Types
     from pyflink.datastream.async_data_stream import AsyncDataStream
 
-    from connectors.flink_inference import InferenceAsyncFunction
+    from connectors.flink_inference import inference_function
     from jobs.pipeline import SignalRequestsOf, WithoutSignalRequests
 
     encoded = Types.PRIMITIVE_ARRAY(Types.BYTE())
@@ -81,7 +86,7 @@ def with_inference(records: DataStream, config: SignalConfig) -> DataStream:
     signals = (
         AsyncDataStream.unordered_wait(
             requests.name("signal-requests").uid("signal-requests"),
-            InferenceAsyncFunction(config.engine_settings()),
+            inference_function(config.engine_settings(), secrets_path),
             Time.milliseconds(config.timeout_ms),
             capacity=config.capacity,
             output_type=encoded,

@@ -32,7 +32,7 @@ from typing import Any, Final
 
 from jobs.cluster_settings import ClusterSettings
 from jobs.config import PROJECT_ROOT, JobSettings, format_flink_options
-from jobs.job import JobSetupError, job_configuration
+from jobs.job import DETACHED_ENV, JobSetupError, job_configuration
 
 # On top of flink-conf/config.yaml, for a cluster of several TaskManagers:
 CLUSTER_FLINK_SETTINGS = {
@@ -544,6 +544,10 @@ def submit_job(
         *job_arguments(settings),
     ]  # fmt: skip
     env = _cluster_env(cluster, conf_dir=client_conf)
+    if detached:
+        env[DETACHED_ENV] = "1"  # jobs/job.py then returns once the job is submitted
+    else:
+        env.pop(DETACHED_ENV, None)
     env["CLICKHOUSE_URL"] = settings.sinks.clickhouse_url
     env["REDIS_URL"] = settings.sinks.redis_url
     if settings.signals.inference.url:

@@ -41,6 +41,9 @@ BOUNDED_RUN_SETTINGS = {
 }
 
 
+# Set (to "1") by `klineflow job submit` unless --wait: the driver inside `flink run
+# --detached` returns once the cluster has the job instead of waiting for its end.
+DETACHED_ENV = "KLINEFLOW_DETACHED"
 # How long the job's start waits for Kafka to answer before it gives up with one line.
 SERVICE_TIMEOUT_S = 30.0
 
@@ -343,6 +346,9 @@ def run_job(settings: JobSettings) -> None:
     attach_job(env, settings)
     log.info("starting job %s (bounded=%s)", settings.job_name, settings.bounded)
     client = env.execute_async(settings.job_name)
+    if os.environ.get(DETACHED_ENV) == "1":
+        log.info("submitted job %s (detached): it runs on the cluster", client.get_job_id())
+        return
     try:
         supervise(client)
     except KeyboardInterrupt:

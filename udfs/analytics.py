@@ -318,9 +318,7 @@ def check_finite_indicators(values: IndicatorValues) -> IndicatorValues:
 
 
 def _copy_state(state: IndicatorState) -> IndicatorState:
-    copy = IndicatorState()
-    copy.__setstate__(state.__getstate__())
-    return copy
+    return state.copy()
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,6 +37,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any, Final, NamedTuple
 
 from udfs.pickling import pickled_as_arguments
@@ -280,6 +281,10 @@ _RUNNING_FIELDS: Final = (
 )
 
 
+# The running values in _RUNNING_FIELDS order, read in one C call (a state is copied per bar).
+_RUNNING_VALUES: Final = attrgetter(*_RUNNING_FIELDS)
+
+
 class IndicatorState:
     """Incremental RSI 14, MACD 12/26/9 and Bollinger 20/2 of one series, for Flink keyed state.
 
@@ -343,7 +348,15 @@ class IndicatorState:
         return f"IndicatorState(count={self.count}, last_open_time={self.last_open_time})"
 
     def _running(self) -> tuple[Any, ...]:
-        return tuple(getattr(self, name) for name in _RUNNING_FIELDS)
+        running: tuple[Any, ...] = _RUNNING_VALUES(self)
+        return running
+
+    def copy(self) -> IndicatorState:
+        """An independent copy (the state holds only numbers and tuples)."""
+        twin = IndicatorState.__new__(IndicatorState)
+        twin._restore(_RUNNING_VALUES(self))
+        twin.undo = self.undo
+        return twin
 
     def _restore(self, running: tuple[Any, ...]) -> None:
         for name, value in zip(_RUNNING_FIELDS, running, strict=True):

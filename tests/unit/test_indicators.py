@@ -206,3 +206,14 @@ def test_values_are_null_before_warm_up_in_the_state() -> None:
     state = IndicatorState()
     first = state.update(100.0)
     assert first == IndicatorValues(None, None, None, None, None, None, None)
+
+
+def test_a_copy_of_a_state_equals_it_and_goes_its_own_way() -> None:
+    state = IndicatorState()
+    for index, close in enumerate([100.0 + (index % 7) * 0.5 for index in range(40)]):
+        state.update(close, open_time=index * 60_000)
+    twin = state.copy()
+    assert twin == state and twin.__getstate__() == pickle.loads(pickle.dumps(state)).__getstate__()
+    after = twin.update(101.25, open_time=40 * 60_000)
+    assert twin != state and state.bars_seen == 40 and twin.bars_seen == 41
+    assert state.update(101.25, open_time=40 * 60_000) == after

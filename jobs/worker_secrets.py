@@ -29,10 +29,11 @@ def api_key_path(secrets_dir: Path, job_name: str) -> Path:
 
 def with_api_key_in_file(settings: JobSettings, secrets_dir: Path) -> JobSettings:
     """``settings`` whose inference key (when it comes from the environment) is read from a
-    private file by the workers instead; unchanged when there is no key or a file gives it."""
+    private file by the workers instead; unchanged when there is no key, a file gives it, or
+    the job calls no inference API."""
     inference = settings.signals.inference
-    if inference.api_key_file:
-        return settings
+    if inference.api_key_file or not (settings.signals.enabled and inference.url):
+        return settings  # a file gives the key already, or no worker calls the API
     key = os.environ.get(inference.api_key_env, "").strip()
     if not key:
         return settings

@@ -62,7 +62,9 @@ def test_an_api_key_from_the_environment_moves_to_a_private_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("INFERENCE_API_KEY", API_KEY)
-    settings = JobSettings(job_name="keyed")
+    settings = JobSettings(
+        job_name="keyed", signals=SignalConfig(inference=InferenceSettings(url="http://llm/v1"))
+    )
     moved = with_api_key_in_file(settings, tmp_path)
     key_file = moved.signals.inference.api_key_file
     assert key_file == str(api_key_path(tmp_path, "keyed").resolve())
@@ -73,10 +75,15 @@ def test_an_api_key_from_the_environment_moves_to_a_private_file(
     assert API_KEY.encode() not in cloudpickle.dumps(moved.signals.inference)
     # A key file given already, or no key at all: nothing to move.
     given = settings.with_overrides(
-        signals=SignalConfig(inference=InferenceSettings(api_key_file="/run/key"))
+        signals=SignalConfig(
+            inference=InferenceSettings(url="http://llm/v1", api_key_file="/run/key")
+        )
     )
     assert with_api_key_in_file(given, tmp_path) == given
-    assert with_api_key_in_file(settings, tmp_path) == settings
+    assert with_api_key_in_file(settings, tmp_path) == settings  # no key in the environment
+    no_inference = JobSettings(job_name="plain")
+    assert with_api_key_in_file(no_inference, tmp_path) == no_inference
+    assert not api_key_path(tmp_path, "plain").exists()
 
 
 def test_the_variables_holding_secrets_are_removed_and_only_those() -> None:

@@ -8,11 +8,15 @@ ones.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from jobs.stack import KafkaBroker
 from tests.integration.conftest import (  # noqa: F401 - fixtures, used by name
+    START_TIMEOUT_S,
+    fresh_stack_config,
     kafka_bootstrap,
     kafka_broker,
     kafka_topics,
@@ -31,3 +35,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if CHAOS_DIR in Path(str(item.path)).resolve().parents:
             item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture
+def own_broker(tmp_path: Path) -> Iterator[KafkaBroker]:
+    """A Kafka broker of this test only (it gets killed), on free ports."""
+    broker = KafkaBroker(fresh_stack_config(tmp_path / "broker"))
+    broker.start(timeout_s=START_TIMEOUT_S)
+    try:
+        yield broker
+    finally:
+        broker.stop()

@@ -42,7 +42,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -53,7 +53,7 @@ import pytest
 from connectors.kafka_admin import DEAD_LETTER_TOPIC, ensure_topics, read_topic
 from jobs.stack import KafkaBroker
 from tests.fakes.exchange_servers import BinanceFake, FakeExchange, TapeUpdate, ThreadedFake
-from tests.integration.conftest import START_TIMEOUT_S, fresh_stack_config
+from tests.integration.conftest import START_TIMEOUT_S
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 
@@ -126,17 +126,6 @@ class BrokerKillFigures:
     def report(self) -> None:
         """Print the figures (``pytest -s`` or ``make chaos`` shows them)."""
         print("chaos:", json.dumps(asdict(self), sort_keys=True))
-
-
-@pytest.fixture
-def own_broker(tmp_path: Path) -> Iterator[KafkaBroker]:
-    """A Kafka broker of this test only (it gets killed), on free ports."""
-    broker = KafkaBroker(fresh_stack_config(tmp_path / "broker"))
-    broker.start(timeout_s=START_TIMEOUT_S)
-    try:
-        yield broker
-    finally:
-        broker.stop()
 
 
 # --- the bridge process ----------------------------------------------------------------------

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -29,7 +29,6 @@ from tests.chaos.chaos_support import (
 from tests.integration.conftest import (
     START_TIMEOUT_S,
     free_ports,
-    fresh_stack_config,
 )
 from tests.integration.job_contract_support import (
     cancel_job,
@@ -46,17 +45,6 @@ pytestmark = pytest.mark.chaos
 OUTAGE_S = 8.0
 MAX_RESTARTS = 4
 SLOW_BUNDLES = (("python.fn-execution.bundle.size", "20"),)
-
-
-@pytest.fixture
-def own_broker(tmp_path: Path) -> Iterator[KafkaBroker]:
-    """A Kafka broker of this test only (it gets killed), on free ports."""
-    broker = KafkaBroker(fresh_stack_config(tmp_path / "broker"))
-    broker.start(timeout_s=START_TIMEOUT_S)
-    try:
-        yield broker
-    finally:
-        broker.stop()
 
 
 def run_with_outage(

@@ -1,9 +1,11 @@
 """History over REST: the closed 1m bars of a time range, paged, rate limited and resumable.
 
-``klineflow backfill`` (``jobs/backfill_cmd.py``) runs :func:`backfill` for each symbol of
-one exchange market. The range ``[start_ms, end_ms)`` is fetched in chunks of
-``chunk_minutes`` through the bridge's :class:`~connectors.rest_repair.RestKlineClient`
-(one token bucket for the process; 429/418 and ``Retry-After`` pause every request, as the
+``klineflow backfill`` (``jobs/backfill_cmd.py``) runs :func:`backfill_markets` for the
+symbols of one exchange on one or more of its markets (spot, linear, inverse), each market
+with its own adapter and REST base URL (:class:`MarketBackfill`). The range
+``[start_ms, end_ms)`` is fetched in chunks of ``chunk_minutes`` through the bridge's
+:class:`~connectors.rest_repair.RestKlineClient` (the command gives the markets served by one
+host one token bucket; 429/418 and ``Retry-After`` pause every request to that host, as the
 exchanges' limits are per IP). Every closed bar is emitted with provenance ``rest``; a bar
 the exchange still reports open is never emitted (a range reaching the present stops at the
 last closed minute); a row the parser rejects goes to the dead-letter topic with its reason.
@@ -26,7 +28,7 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Final
@@ -63,6 +65,7 @@ class SymbolReport:
     start_ms: int
     end_ms: int
     resumed_from_ms: int
+    market: str = ""
     bars: int = 0
     rejected: int = 0
     open_bars_skipped: int = 0
@@ -72,10 +75,11 @@ class SymbolReport:
 
 @dataclass(slots=True)
 class BackfillReport:
-    """The reports of every symbol, and the REST client's counters."""
+    """The reports of every symbol, and the REST clients' counters (summed, and per market)."""
 
     symbols: list[SymbolReport] = field(default_factory=list)
     rest: dict[str, int] = field(default_factory=dict)
+    rest_by_market: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
     def failed(self) -> list[SymbolReport]:
@@ -125,9 +129,24 @@ def minute_floor(ms: int) -> int:
     return ms - ms % MINUTE_MS
 
 
+@dataclass(frozen=True, slots=True)
+class MarketBackfill:
+    """One market of a backfill: its REST client (adapter and base URL), symbols, progress.
+
+    Several markets may share one :class:`ProgressFile` (its keys name the market) and one
+    token bucket (their clients' ``bucket``).
+    """
+
+    client: RestKlineClient
+    symbols: Sequence[SymbolInfo]
+    progress: ProgressFile
+
+
 @dataclass(slots=True)
 class _Series:
     info: SymbolInfo
+    client: RestKlineClient
+    progress: ProgressFile
     key: str
     position: int
     report: SymbolReport
@@ -148,28 +167,62 @@ async def backfill(
     chunk_attempts: int = DEFAULT_CHUNK_ATTEMPTS,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
 ) -> BackfillReport:
-    """Emit every closed 1m bar of ``symbols`` with ``start_ms <= open_time < end_ms``.
+    """Emit every closed 1m bar of ``symbols`` of ``client``'s market with
+    ``start_ms <= open_time < end_ms``: :func:`backfill_markets` of one market."""
+    return await backfill_markets(
+        [MarketBackfill(client, symbols, progress)], start_ms, end_ms,
+        emit=emit, reject=reject, settle=settle, chunk_minutes=chunk_minutes,
+        chunk_attempts=chunk_attempts, sleep=sleep,
+    )  # fmt: skip
+
+
+async def backfill_markets(
+    markets: Sequence[MarketBackfill],
+    start_ms: int,
+    end_ms: int,
+    *,
+    emit: EmitBar,
+    reject: EmitRejected,
+    settle: Settle,
+    chunk_minutes: int = DEFAULT_CHUNK_MINUTES,
+    chunk_attempts: int = DEFAULT_CHUNK_ATTEMPTS,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> BackfillReport:
+    """Emit every closed 1m bar of every market's symbols with ``start_ms <= open_time < end_ms``.
 
     Both bounds are rounded down to the minute. The range is walked in rounds of
-    ``chunk_minutes``: each round fetches that stretch of every symbol and emits the bars of
-    all of them merged by open time, as a live feed delivers them (one symbol's whole
-    history before the next one's would put every later symbol hopelessly behind the job's
-    event-time watermark). Each symbol goes on from the progress file when it got further
-    than ``start_ms``. A symbol the exchange refuses, or whose chunk keeps failing
-    ``chunk_attempts`` times, is reported failed and left out of later rounds; what it had
-    delivered stays recorded, so a new run goes on from there.
+    ``chunk_minutes``: each round fetches that stretch of every symbol of every market and
+    emits the bars of all of them merged by open time, as a live feed delivers them (one
+    symbol's or one market's whole history before the next one's would put every later
+    series hopelessly behind the job's event-time watermark). Each series goes on from its
+    market's progress file when it got further than ``start_ms``. A symbol the exchange
+    refuses, or whose chunk keeps failing ``chunk_attempts`` times, is reported failed and
+    left out of later rounds; what it had delivered stays recorded, so a new run goes on from
+    there. Raises ValueError when two markets would produce the same series (the canonical
+    symbol names the instrument, so that means a market was given twice).
     """
-    adapter = client.adapter
     start_ms, end_ms = minute_floor(start_ms), minute_floor(end_ms)
     report = BackfillReport()
-    series = []
-    for info in symbols:
-        key = progress_key(adapter.name, adapter.market, info.raw_symbol)
-        saved = progress.next_start(key)
-        position = max(start_ms, saved) if saved is not None else start_ms
-        symbol_report = SymbolReport(info.symbol, start_ms, end_ms, resumed_from_ms=position)
-        report.symbols.append(symbol_report)
-        series.append(_Series(info, key, position, symbol_report, done=position >= end_ms))
+    series: list[_Series] = []
+    market_of_series: dict[str, str] = {}
+    for market in markets:
+        adapter = market.client.adapter
+        for info in market.symbols:
+            series_name = f"{adapter.name}:{info.symbol}"
+            if series_name in market_of_series:
+                raise ValueError(
+                    f"series {series_name} given twice "
+                    f"({market_of_series[series_name]} and {adapter.market})"
+                )
+            market_of_series[series_name] = adapter.market
+            key = progress_key(adapter.name, adapter.market, info.raw_symbol)
+            saved = market.progress.next_start(key)
+            position = max(start_ms, saved) if saved is not None else start_ms
+            symbol_report = SymbolReport(info.symbol, start_ms, end_ms, resumed_from_ms=position,
+                                         market=adapter.market)  # fmt: skip
+            report.symbols.append(symbol_report)
+            series.append(_Series(info, market.client, market.progress, key, position,
+                                  symbol_report, done=position >= end_ms))  # fmt: skip
     chunk_ms = max(1, chunk_minutes) * MINUTE_MS
     round_start = start_ms
     while round_start < end_ms and any(not item.done for item in series):
@@ -179,7 +232,7 @@ async def backfill(
             if item.done or item.position >= round_end:
                 continue
             try:
-                result = await _fetch_chunk(client, item.info, item.position, round_end,
+                result = await _fetch_chunk(item.client, item.info, item.position, round_end,
                                             attempts=chunk_attempts, sleep=sleep)  # fmt: skip
             except BackfillFailed as exc:
                 item.report.error = str(exc)
@@ -209,14 +262,19 @@ async def backfill(
                 # present, whose last minutes are not history yet. Stop before the first.
                 next_start = max(item.position, minute_floor(min(result.unconfirmed)))
                 item.done = True
-            progress.save(item.key, next_start)
+            item.progress.save(item.key, next_start)
             item.position = next_start
             log.info(
                 "event=backfill_chunk symbol=%s next_start=%d bars=%d rejected=%d",
                 item.info.symbol, next_start, item.report.bars, item.report.rejected,
             )  # fmt: skip
         round_start = round_end
-    report.rest = {name: getattr(client.stats, name) for name in client.stats.__slots__}
+    for client in {id(market.client): market.client for market in markets}.values():
+        by_market = report.rest_by_market.setdefault(client.adapter.market, {})
+        for name in client.stats.__slots__:
+            value = getattr(client.stats, name)
+            by_market[name] = by_market.get(name, 0) + value
+            report.rest[name] = report.rest.get(name, 0) + value
     return report
 
 

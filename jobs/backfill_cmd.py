@@ -1,4 +1,10 @@
-"""``klineflow backfill``: closed 1m bars of a time range over REST into Kafka."""
+"""``klineflow backfill``: closed 1m bars of a time range over REST into Kafka.
+
+One run pages through one exchange, on one or more of its markets, chosen as the bridge
+chooses them (``--market spot,linear``, ``MARKET:SYMBOL``; :mod:`connectors.bridge.markets`),
+each market with its own REST base URL (``--rest-url``/``BINANCE_REST_URL`` …, one URL or
+``MARKET=URL,…``; :mod:`jobs.market_urls`).
+"""
 
 from __future__ import annotations
 
@@ -7,11 +13,20 @@ import asyncio
 import logging
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from jobs.cliutil import env_flag
 from jobs.config import STATE_DIR, JobSettings
+from jobs.market_urls import URL_METAVAR, market_url
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from connectors.exchanges.base import ExchangeAdapter
+    from connectors.retry import TokenBucket
 
 log = logging.getLogger(__name__)
 
@@ -20,10 +35,16 @@ EXIT_FAILED = 1
 EXIT_REFUSED = 2
 
 _DESCRIPTION = """\
-Page through an exchange's REST klines for SYMBOLS of one market from --since to --until
-(default: now), and produce every closed 1m bar (provenance "rest") to the klines topic,
-merged by open time across symbols as a live feed would deliver them. Requests share one
-rate limit; 429/418 and Retry-After pause them all. The still-open bar is never produced.
+Page through an exchange's REST klines for SYMBOLS of one or more of its markets from
+--since to --until (default: now), and produce every closed 1m bar (provenance "rest") to the
+klines topic, merged by open time across symbols and markets as a live feed would deliver
+them. Markets and symbols are chosen as for `klineflow bridge`: --market spot,linear
+--symbols BTCUSDT fills the spot pair (BTC-USDT) and the perpetual (BTC-USDT-PERP);
+--symbols BTCUSDT,linear:ETHUSDT fills spot BTCUSDT and linear ETHUSDT; an OKX instId
+(BTC-USDT, BTC-USDT-SWAP) names its market. Each market uses its own REST base URL
+(--rest-url spot=URL,linear=URL, or the bridge's BINANCE_REST_URL etc. in the same syntax;
+default: the exchange's public URL of that market). Requests to one host share one rate
+limit; 429/418 and Retry-After pause them all. The still-open bar is never produced.
 Rows the exchange returns malformed go to the dead-letter topic with their reason.
 
 Resumable: progress is saved per series after each chunk once Kafka has acknowledged it, and
@@ -61,14 +82,22 @@ def register(subparsers: Any) -> None:
         "--market",
         env="BACKFILL_MARKET",
         default="spot",
-        choices=("spot", "linear", "inverse"),
-        help="market of the symbols (as for `klineflow bridge`)",
+        metavar="MARKET[,MARKET...]",
+        help="the markets of the symbols given without a MARKET: prefix, comma-separated, as "
+        "for `klineflow bridge`: spot; linear (quote-margined: Binance USDT-M, OKX USDT/USDC "
+        "SWAP and futures, Bybit linear); inverse (coin-margined: Binance COIN-M, OKX USD "
+        "SWAP, Bybit inverse); e.g. spot,linear",
     )
     env_flag(
         parser,
         "--symbols",
         env="BACKFILL_SYMBOLS",
-        help="comma-separated exchange symbols, e.g. BTCUSDT,ETHUSDT (as for `klineflow bridge`)",
+        metavar="[MARKET:]SYMBOL,...",
+        help="comma-separated exchange symbols, each SYMBOL or MARKET:SYMBOL, as for "
+        "`klineflow bridge`: a SYMBOL without a prefix is filled on every market of --market "
+        "(Binance/Bybit BTCUSDT names the spot pair and the perpetual alike), linear:ETHUSDT "
+        "on linear only, an OKX instId (BTC-USDT, BTC-USDT-SWAP) on the market it names, "
+        "which --market must list",
     )
     env_flag(
         parser,
@@ -76,7 +105,8 @@ def register(subparsers: Any) -> None:
         env="BRIDGE_CONTRACT_SIZES",
         default="",
         metavar="RAW=SIZE,...",
-        help="contract sizes of derivatives not in the built-in table",
+        help="contract sizes of derivatives not in the built-in table, comma-separated "
+        "(base units per contract for linear, USD per contract for inverse)",
     )
     env_flag(
         parser,
@@ -105,13 +135,19 @@ def register(subparsers: Any) -> None:
         "--progress-file",
         env="BACKFILL_PROGRESS_FILE",
         default=None,
-        help="where progress is kept (default: .klineflow/backfill/EXCHANGE-MARKET.json)",
+        help="where progress is kept; one file holds every market's (default: one file per "
+        "market, .klineflow/backfill/EXCHANGE-MARKET.json)",
     )
     parser.add_argument(
         "--rest-url",
         default=None,
-        help="REST base URL (env BINANCE_REST_URL / OKX_REST_URL / BYBIT_REST_URL; default: "
-        "the exchange's public URL)",
+        metavar=URL_METAVAR,
+        help="REST base URL of every market, or per market (spot=URL,linear=URL; a market "
+        "without one falls back to the variable, then the default), as for `klineflow "
+        "bridge` (env BINANCE_REST_URL / OKX_REST_URL / BYBIT_REST_URL, same syntax; "
+        "default: the exchange's public URL of each market, e.g. Binance spot "
+        "https://api.binance.com, linear https://fapi.binance.com, inverse "
+        "https://dapi.binance.com)",
     )
     env_flag(
         parser, "--topic", env="KLINES_TOPIC", default=job.klines_topic, help="topic of spot bars"
@@ -121,7 +157,8 @@ def register(subparsers: Any) -> None:
         "--linear-topic",
         env="KLINES_LINEAR_TOPIC",
         default=None,
-        help="topic of derivatives bars (default: --topic)",
+        help="topic of derivatives (linear and inverse) bars (default: --topic; their series "
+        "keys differ from spot's)",
     )
     env_flag(
         parser,
@@ -145,16 +182,80 @@ def _refuse(message: str) -> int:
     return EXIT_REFUSED
 
 
+@dataclass(frozen=True, slots=True)
+class MarketRun:
+    """What the backfill of one market uses: adapter (symbols), REST base, topic, progress."""
+
+    adapter: ExchangeAdapter
+    rest_url: str
+    topic: str
+    progress_path: Path
+
+
+def plan_markets(args: argparse.Namespace) -> list[MarketRun]:
+    """The markets ``args`` backfill, in :data:`~connectors.bridge.markets.MARKETS` order.
+
+    Markets and symbols follow the bridge's rules (:func:`connectors.bridge.markets.
+    symbols_by_market`); each market's REST base URL is ``--rest-url``'s entry for it, else
+    ``{EXCHANGE}_REST_URL``'s, else the adapter's public default; derivatives go to
+    ``--linear-topic`` when given. Raises :class:`~connectors.symbols.UnknownSymbol` or
+    :class:`~connectors.bridge.markets.MarketSpecError` with a message for the operator.
+    """
+    from connectors.bridge.markets import parse_markets, symbols_by_market
+    from jobs.bridge_cmd import market_adapters, parse_contract_sizes, split_symbols
+
+    items = split_symbols(args.symbols)
+    contract_sizes = parse_contract_sizes(args.contract_size)
+    plan = symbols_by_market(args.exchange, parse_markets(args.market), items, contract_sizes)
+    runs = []
+    for adapter in market_adapters(args.exchange, plan, contract_sizes, items):
+        market = adapter.market
+        rest_url = market_url(args.rest_url, "--rest-url", args.exchange, "REST", market)
+        runs.append(
+            MarketRun(
+                adapter=adapter,
+                rest_url=rest_url or adapter.default_rest_base(),
+                topic=(args.linear_topic or args.topic) if market != "spot" else args.topic,
+                progress_path=Path(
+                    args.progress_file or STATE_DIR / "backfill" / f"{args.exchange}-{market}.json"
+                ),
+            )
+        )
+    return runs
+
+
+def rest_buckets(runs: Sequence[MarketRun]) -> list[TokenBucket]:
+    """One token bucket per REST host (scheme, host and port), for each run in order.
+
+    Markets served by one host share its limit (OKX and Bybit serve every market from one
+    host, whose limits are per IP); Binance's spot and futures hosts keep their own.
+    """
+    from connectors.retry import TokenBucket
+
+    by_host: dict[str, list[MarketRun]] = {}
+    for run in runs:
+        parts = urlsplit(run.rest_url)
+        by_host.setdefault(f"{parts.scheme}://{parts.netloc}".lower(), []).append(run)
+    bucket_of: dict[int, TokenBucket] = {}
+    for group in by_host.values():
+        bucket = TokenBucket(
+            min(run.adapter.rest_rate_per_s for run in group),
+            min(run.adapter.rest_burst for run in group),
+        )
+        for run in group:
+            bucket_of[id(run)] = bucket
+    return [bucket_of[id(run)] for run in runs]
+
+
 def run(args: argparse.Namespace) -> int:
     """Check the settings, then backfill every symbol; prints one line per symbol."""
-    from connectors.exchanges import create_adapter
+    from connectors.bridge.markets import MarketSpecError
     from connectors.symbols import UnknownSymbol
-    from jobs.bridge_cmd import exchange_env, parse_contract_sizes, split_symbols
+    from jobs.bridge_cmd import split_symbols
 
     if not args.exchange:
         return _refuse("--exchange (or BACKFILL_EXCHANGE) is required")
-    symbols = split_symbols(args.symbols)
-    if not symbols:
+    if not split_symbols(args.symbols):
         return _refuse("--symbols (or BACKFILL_SYMBOLS) is required, e.g. BTCUSDT,ETHUSDT")
     if args.since is None:
         return _refuse("--since (or BACKFILL_SINCE) is required, e.g. 2025-01-01")
@@ -164,47 +265,41 @@ def run(args: argparse.Namespace) -> int:
     if args.chunk_minutes < 1:
         return _refuse("--chunk-minutes must be at least 1")
     try:
-        adapter = create_adapter(
-            args.exchange, args.market, symbols, parse_contract_sizes(args.contract_size)
-        )
-    except UnknownSymbol as exc:
+        runs = plan_markets(args)
+    except (UnknownSymbol, MarketSpecError) as exc:
         return _refuse(str(exc))
-    rest_url = args.rest_url or exchange_env(args.exchange, "REST") or adapter.default_rest_base()
-    topic = (args.linear_topic or args.topic) if args.market != "spot" else args.topic
-    progress_path = Path(
-        args.progress_file or STATE_DIR / "backfill" / f"{args.exchange}-{args.market}.json"
-    )
+    for market_run in runs:
+        log.info(
+            "event=backfill_market exchange=%s market=%s symbols=%d rest=%s topic=%s "
+            "progress=%s",
+            market_run.adapter.name, market_run.adapter.market, len(market_run.adapter.symbols),
+            market_run.rest_url, market_run.topic, market_run.progress_path,
+        )  # fmt: skip
     return asyncio.run(
         _backfill(
-            adapter,
-            rest_url,
-            topic,
+            runs,
             args.dlq_topic,
             args.bootstrap_servers,
             since=args.since,
             until=until,
             chunk_minutes=args.chunk_minutes,
-            progress_path=progress_path,
         )
     )
 
 
 async def _backfill(
-    adapter: Any,
-    rest_url: str,
-    topic: str,
+    runs: Sequence[MarketRun],
     dlq_topic: str,
     bootstrap: str,
     *,
     since: int,
     until: int,
     chunk_minutes: int,
-    progress_path: Path,
 ) -> int:
     import aiohttp
     from kafka.errors import KafkaError
 
-    from connectors.backfill import BackfillFailed, ProgressFile, backfill
+    from connectors.backfill import BackfillFailed, MarketBackfill, ProgressFile, backfill_markets
     from connectors.exchanges.base import RejectedBar
     from connectors.kafka_admin import DEAD_LETTER_TOPIC, TopicError, ensure_topics
     from connectors.kafka_producer import DeliveryCounter, create_producer
@@ -213,12 +308,22 @@ async def _backfill(
     from udfs.dead_letter import DeadLetter, encode_dead_letter
     from udfs.record import Kline, encode_kline, now_ms
 
+    progress_files: dict[Path, ProgressFile] = {}
     try:
-        progress = ProgressFile(progress_path)
+        for market_run in runs:  # markets given one --progress-file share one
+            path = market_run.progress_path
+            if path not in progress_files:
+                progress_files[path] = ProgressFile(path)
     except (OSError, ValueError) as exc:
         return _refuse(f"progress file: {exc}")
+    topics = list(dict.fromkeys(market_run.topic for market_run in runs))
+    topic_of_symbol = {
+        info.symbol: market_run.topic
+        for market_run in runs
+        for info in market_run.adapter.symbols.values()
+    }
     try:
-        ensure_topics(bootstrap, [topic], partitions=RAW_PARTITIONS)
+        ensure_topics(bootstrap, topics, partitions=RAW_PARTITIONS)
         ensure_topics(bootstrap, [dlq_topic], partitions=DLQ_PARTITIONS,
                       configs=DEAD_LETTER_TOPIC)  # fmt: skip
         producer = create_producer(bootstrap, client_id="klineflow-backfill")
@@ -229,7 +334,8 @@ async def _backfill(
     letters = DeliveryCounter(max_pending=10_000)
 
     def emit(kline: Kline) -> None:
-        bars.send(producer, topic, encode_kline(kline), kline.series_key.encode())
+        bars.send(producer, topic_of_symbol[kline.symbol], encode_kline(kline),
+                  kline.series_key.encode())  # fmt: skip
 
     def reject(rejected: RejectedBar) -> None:
         letter = DeadLetter(reason=rejected.reason, stage="backfill", original=rejected.original,
@@ -245,22 +351,34 @@ async def _backfill(
                 f"{(bars.errors + letters.errors)[:1]}"
             )
 
+    paths = ", ".join(str(path) for path in progress_files)
     try:
         async with aiohttp.ClientSession() as session:
-            client = RestKlineClient(adapter, rest_url, session)
-            report = await backfill(client, list(adapter.symbols.values()), since, until,
-                                    emit=emit, reject=reject, settle=settle, progress=progress,
-                                    chunk_minutes=chunk_minutes)  # fmt: skip
+            markets = [
+                MarketBackfill(
+                    RestKlineClient(market_run.adapter, market_run.rest_url, session,
+                                    bucket=bucket),
+                    list(market_run.adapter.symbols.values()),
+                    progress_files[market_run.progress_path],
+                )
+                for market_run, bucket in zip(runs, rest_buckets(runs), strict=True)
+            ]  # fmt: skip
+            report = await backfill_markets(markets, since, until, emit=emit, reject=reject,
+                                            settle=settle, chunk_minutes=chunk_minutes)  # fmt: skip
     except BackfillFailed as exc:
-        print(f"klineflow backfill: {exc} (progress kept in {progress_path})", file=sys.stderr)
+        print(f"klineflow backfill: {exc} (progress kept in {paths})", file=sys.stderr)
         return EXIT_FAILED
     finally:
         producer.close(timeout=5)
+    exchange = runs[0].adapter.name
     for item in report.symbols:
         status = f"failed: {item.error}" if item.error else "ok"
         print(
-            f"{adapter.name} {item.symbol}: {item.bars} bars, {item.rejected} rejected, "
+            f"{exchange} {item.symbol}: {item.bars} bars, {item.rejected} rejected, "
             f"{item.open_bars_skipped} still open, from {item.resumed_from_ms} ({status})"
         )
-    print(f"rest: {report.rest}; progress: {progress_path}")
+    if len(report.rest_by_market) > 1:
+        for market, counters in report.rest_by_market.items():
+            print(f"rest {market}: {counters}")
+    print(f"rest: {report.rest}; progress: {paths}")
     return EXIT_FAILED if report.failed else EXIT_OK

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import signal
 import sys
 from typing import TYPE_CHECKING
@@ -21,12 +20,12 @@ from connectors.bridge.markets import (
     MARKET_PREFIX_SEPARATOR,
     SELF_DESCRIBING_EXCHANGES,
     MarketSpecError,
-    parse_market_urls,
     parse_markets,
     symbols_by_market,
 )
 from jobs.cliutil import default_of, env_flag
 from jobs.config import JobSettings
+from jobs.market_urls import market_url
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -238,12 +237,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.set_defaults(func=run)
 
 
-def exchange_env(exchange: str, kind: str) -> str | None:
-    """``{EXCHANGE}_{kind}_URL`` from the environment (``BINANCE_REST_URL``), None if unset."""
-    value = os.environ.get(f"{exchange.upper()}_{kind}_URL", "").strip()
-    return value or None
-
-
 def parse_contract_sizes(text: str) -> dict[str, float]:
     """``--contract-size RAW=SIZE,RAW=SIZE`` to a mapping; UnknownSymbol for a malformed one."""
     from connectors.symbols import UnknownSymbol
@@ -343,9 +336,9 @@ def bridge_config(args: argparse.Namespace, adapter: ExchangeAdapter) -> BridgeC
     per-market URL list."""
     topic = (args.linear_topic or args.topic) if adapter.market != "spot" else args.topic
     return BridgeConfig(
-        ws_url=_market_url(args.ws_url, "--ws-url", args.exchange, "WS", adapter.market)
+        ws_url=market_url(args.ws_url, "--ws-url", args.exchange, "WS", adapter.market)
         or adapter.default_ws_url(),
-        rest_url=_market_url(args.rest_url, "--rest-url", args.exchange, "REST", adapter.market)
+        rest_url=market_url(args.rest_url, "--rest-url", args.exchange, "REST", adapter.market)
         or adapter.default_rest_base(),
         topic=topic,
         dlq_topic=args.dlq_topic,
@@ -361,17 +354,6 @@ def bridge_config(args: argparse.Namespace, adapter: ExchangeAdapter) -> BridgeC
         startup_backfill_minutes=max(0, args.startup_backfill_minutes),
         max_pending=max(2, args.max_pending),
     )
-
-
-def _market_url(
-    flag: str | None, flag_name: str, exchange: str, kind: str, market: str
-) -> str | None:
-    """``market``'s URL from the flag, else from ``{EXCHANGE}_{kind}_URL``; None from neither."""
-    from_flag = parse_market_urls(flag, flag_name).for_market(market)
-    if from_flag:
-        return from_flag
-    variable = f"{exchange.upper()}_{kind}_URL"
-    return parse_market_urls(exchange_env(exchange, kind), variable).for_market(market)
 
 
 def _refuse(message: str) -> int:

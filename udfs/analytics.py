@@ -51,7 +51,6 @@ import bisect
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from itertools import islice
 from operator import itemgetter
 from typing import Any, Final
 
@@ -337,7 +336,7 @@ class IndicatorSeries:
     into ``base``, ascending; ``current`` is ``base`` advanced over the whole history.
     """
 
-    __slots__ = ("base", "current", "history", "horizon_ms", "snapshots")
+    __slots__ = ("_window", "base", "current", "history", "horizon_ms", "snapshots")
 
     def __init__(self, horizon_ms: int) -> None:
         if horizon_ms < 1:
@@ -350,6 +349,10 @@ class IndicatorSeries:
         # incremental path (never mutated, never pickled): folding old bars into ``base``
         # then takes a snapshot instead of advancing ``base`` once more per bar.
         self.snapshots: dict[int, IndicatorState] = {}
+        # ``(first, last, total)``: the versions of history[first:last + 1] sum to ``total``,
+        # the window of :meth:`_version_of` for ``last`` -- slid forward as bars are appended
+        # instead of summed again per bar. None: to be computed (after any other change).
+        self._window: tuple[int, int, int] | None = None
 
     def __getstate__(self) -> tuple[Any, ...]:
         return (self.horizon_ms, self.base, self.current, self.history)
@@ -357,6 +360,7 @@ class IndicatorSeries:
     def __setstate__(self, state: tuple[Any, ...]) -> None:
         self.horizon_ms, self.base, self.current, self.history = state
         self.snapshots = {}
+        self._window = None
 
     def __repr__(self) -> str:
         return f"IndicatorSeries(horizon_ms={self.horizon_ms}, history={len(self.history)})"
@@ -400,9 +404,10 @@ class IndicatorSeries:
             self.snapshots[open_time] = candidate
             if replaces:
                 history[position] = entry
+                self._window = None
             else:
                 history.append(entry)
-            emissions = [IndicatorEmission(open_time, values, self._version_of(len(history) - 1))]
+            emissions = [IndicatorEmission(open_time, values, self._newest_version())]
         else:
             emissions = self._recompute(position, entry, replaces)
         self._fold_old()
@@ -423,6 +428,7 @@ class IndicatorSeries:
             if index >= position:
                 computed.append((index, check_finite_indicators(values)))
         self.history = history
+        self._window = None
         self.current = state
         for stale in [t for t in self.snapshots if t >= entry[0]]:
             del self.snapshots[stale]
@@ -431,13 +437,34 @@ class IndicatorSeries:
             for index, values in computed
         ]
 
+    def _newest_version(self) -> int:
+        """:meth:`_version_of` the newest bar, sliding the window kept from the last call."""
+        history = self.history
+        last = len(history) - 1
+        window = self._window
+        if window is None or window[1] > last:
+            first = bisect.bisect_right(
+                history, history[last][0] - self.horizon_ms, hi=last, key=itemgetter(0)
+            )
+            total = sum(map(itemgetter(2), history[first : last + 1]))
+        else:
+            first, upto, total = window
+            for index in range(upto + 1, last + 1):
+                total += history[index][2]
+            cutoff = history[last][0] - self.horizon_ms
+            while history[first][0] <= cutoff:
+                total -= history[first][2]
+                first += 1
+        self._window = (first, last, total)
+        return total
+
     def _version_of(self, index: int) -> int:
         """Sum of the versions of the bars in ``(t - horizon, t]``, ``t`` = bar ``index``."""
         history = self.history
         first = bisect.bisect_right(
             history, history[index][0] - self.horizon_ms, hi=index, key=itemgetter(0)
         )
-        return sum(map(itemgetter(2), islice(history, first, index + 1)))
+        return sum(map(itemgetter(2), history[first : index + 1]))
 
     def _fold_old(self) -> None:
         """Move closes older than twice the horizon behind the newest into ``base``."""
@@ -463,6 +490,10 @@ class IndicatorSeries:
         for open_time, _close, _version in history[:folded]:
             snapshots.pop(open_time, None)
         del history[:folded]
+        window = self._window
+        if window is not None:  # folded bars are older than any window: it only shifts
+            first, last, total = window
+            self._window = (first - folded, last - folded, total) if first >= folded else None
 
 
 def batch_indicator_versions(bars: Sequence[tuple[int, int]], horizon_ms: int) -> dict[int, int]:

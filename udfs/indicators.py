@@ -247,6 +247,54 @@ def bollinger(
     return BollingerSeries(middle_out, upper_out, lower_out)
 
 
+def _newest_bollinger(
+    values: Sequence[float], count: int, period: int = BB_PERIOD, nbdev: float = BB_NBDEV
+) -> list[tuple[float | None, float | None, float | None]]:
+    """``(middle, upper, lower)`` of the newest ``count`` indices, as :func:`bollinger` gives
+    them (the same running total, so the same bits), without the older deviations."""
+    total = 0.0
+    for value in values[: period - 1]:
+        total += value
+    length = len(values)
+    first_kept = length - count
+    warming_up = max(0, min(length, period - 1) - first_kept)  # kept indices before a band
+    out: list[tuple[float | None, float | None, float | None]] = [(None, None, None)] * warming_up
+    for index in range(period - 1, length):
+        total += values[index]
+        middle = total / period
+        total -= values[index - period + 1]
+        if index >= first_kept:
+            width = _deviation(values[index - period + 1 : index + 1], middle) * nbdev
+            out.append((middle, middle + width, middle - width))
+    return out
+
+
+def newest_indicators(closes: Sequence[float], count: int = 2) -> list[IndicatorValues]:
+    """The last ``count`` rows of :func:`compute_indicators` (fewer if there are fewer
+    closes), equal to them bit for bit, without building the older rows."""
+    if count < 1:
+        raise ValueError(f"count must be >= 1, got {count!r}")
+    values = _checked_closes(closes)
+    count = min(count, len(values))
+    if not count:
+        return []
+    rsi_values = rsi(values)[-count:]
+    macd_values = macd(values)
+    bands = _newest_bollinger(values, count)
+    return [
+        IndicatorValues(
+            rsi_14=rsi_values[offset],
+            macd=macd_values.macd[offset - count],
+            macd_signal=macd_values.signal[offset - count],
+            macd_hist=macd_values.hist[offset - count],
+            bb_middle=bands[offset][0],
+            bb_upper=bands[offset][1],
+            bb_lower=bands[offset][2],
+        )
+        for offset in range(count)
+    ]
+
+
 def compute_indicators(closes: Sequence[float]) -> list[IndicatorValues]:
     """RSI 14, MACD 12/26/9 and Bollinger 20/2 of every close, in batch."""
     rsi_values = rsi(closes)

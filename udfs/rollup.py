@@ -244,11 +244,19 @@ def _entry(bar: VersionedBar) -> Entry:
     )
 
 
-def add_bar(acc: RollupAccumulator, bar: VersionedBar, arrival_ms: int = 0) -> RollupAccumulator:
+def bar_entry(bar: VersionedBar) -> Entry:
+    """What an accumulator keeps of one version of a 1m bar (pass it to :func:`add_bar` when
+    the same bar goes into several windows)."""
+    return _entry(bar)
+
+
+def add_bar(
+    acc: RollupAccumulator, bar: VersionedBar, arrival_ms: int = 0, entry: Entry | None = None
+) -> RollupAccumulator:
     """Put one version of a 1m bar into ``acc`` (replacing an older version of that bar).
 
     ``arrival_ms`` is the wall-clock time the bar reached the window; only the first one is
-    kept (see :func:`is_window_closed`).
+    kept (see :func:`is_window_closed`). ``entry``: :func:`bar_entry` of ``bar``, if known.
 
     A version not newer than the one held is ignored: the upsert emits strictly growing
     versions per bar, so that only happens if a stream is replayed into the window twice.
@@ -260,7 +268,7 @@ def add_bar(acc: RollupAccumulator, bar: VersionedBar, arrival_ms: int = 0) -> R
         acc.market, acc.base_multiplier = k.market, k.base_multiplier
         acc.first_open_time = acc.last_open_time = k.open_time
         acc.first_arrival_ms = arrival_ms
-    if _put(acc, k.open_time, _entry(bar)):
+    if _put(acc, k.open_time, entry if entry is not None else _entry(bar)):
         acc.raw_symbol = k.raw_symbol
         acc.event_time = max(acc.event_time, k.event_time)
         acc.latest_ingest_time = max(acc.latest_ingest_time, k.ingest_time)

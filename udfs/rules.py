@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any, Final, Protocol
 
-from udfs.indicators import compute_indicators
+from udfs.indicators import newest_indicators
 
 RSI_OVERSOLD: Final = 30.0
 RSI_OVERBOUGHT: Final = 70.0
@@ -268,7 +268,7 @@ def indicator_snapshot(candles: Sequence[Candle]) -> IndicatorSnapshot:
     """The newest RSI, MACD and Bollinger values of ``candles`` (None where too short)."""
     if not candles:
         return IndicatorSnapshot(None, None, None, None, None, None, None, None)
-    values = compute_indicators([c.close for c in candles])
+    values = newest_indicators([c.close for c in candles], 2)
     last = values[-1]
     return IndicatorSnapshot(
         rsi=last.rsi_14,
@@ -316,6 +316,8 @@ def key_levels(candles: Sequence[Candle], snapshot: IndicatorSnapshot) -> tuple[
 
 
 def _finite_or_none(value: Any) -> float | None:
+    if type(value) is float:  # nearly always: skip the checks below
+        return value if math.isfinite(value) else None
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     try:

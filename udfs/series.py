@@ -50,8 +50,10 @@ from udfs.dead_letter import DeadLetter, encode_dead_letter
 from udfs.record import TIMEFRAME_MS, Kline, VersionedBar, encode_kline, timeframe_ms
 from udfs.rollup import (
     SOURCE_TIMEFRAME,
+    Entry,
     RollupAccumulator,
     add_bar,
+    bar_entry,
     build_rollup_bar,
     summarize,
 )
@@ -141,13 +143,26 @@ class SeriesSettings:
 
 
 class RollupAccumulating:
-    """Roll-up windows keep a ``udfs.rollup.RollupAccumulator``."""
+    """Roll-up windows keep a ``udfs.rollup.RollupAccumulator``.
+
+    A bar goes into every roll-up window of its series one after another: its entry is
+    built once, for the first window.
+    """
+
+    __slots__ = ("_last",)
+
+    def __init__(self) -> None:
+        self._last: tuple[VersionedBar | None, Entry | None] = (None, None)
 
     def create(self) -> RollupAccumulator:
         return RollupAccumulator()
 
     def add(self, accumulator: RollupAccumulator, bar: VersionedBar, arrival_ms: int) -> None:
-        add_bar(accumulator, bar, arrival_ms)
+        last_bar, entry = self._last
+        if last_bar is not bar:
+            entry = bar_entry(bar)
+            self._last = (bar, entry)
+        add_bar(accumulator, bar, arrival_ms, entry)
 
     def first_arrival_ms(self, accumulator: RollupAccumulator) -> int:
         return accumulator.first_arrival_ms

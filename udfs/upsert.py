@@ -37,7 +37,12 @@ class UpsertOutcome(Enum):
     @property
     def emits(self) -> bool:
         """True when the update goes downstream."""
-        return self in (UpsertOutcome.NEW, UpsertOutcome.UPDATE, UpsertOutcome.CORRECTION)
+        return self in _EMITTING  # a set: member lookups on the Enum class are slow
+
+
+_EMITTING: frozenset[UpsertOutcome] = frozenset(
+    {UpsertOutcome.NEW, UpsertOutcome.UPDATE, UpsertOutcome.CORRECTION}
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,7 +26,7 @@ firing is a :class:`Firing`; whether it emits a closed bar is ``udfs.rollup.is_w
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
 from udfs.record import TIMEFRAME_MS, VersionedBar
@@ -58,6 +58,10 @@ class WindowTiming:
     idle_close_ms: int
     live_horizon_ms: int
 
+    def __post_init__(self) -> None:
+        if self.allowed_lateness_ms < 0:  # a window is never forgotten before it closes
+            raise ValueError(f"allowed_lateness_ms must be >= 0, got {self.allowed_lateness_ms}")
+
 
 @dataclass(slots=True)
 class Window:
@@ -69,11 +73,12 @@ class Window:
     accumulator: Any
     finalized: bool = False
     idle_due: int | None = None
+    # The window's last millisecond (Flink's ``TimeWindow.max_timestamp``): a field, not a
+    # property, because every bar and every watermark reads it for each window held.
+    max_timestamp: int = field(init=False)
 
-    @property
-    def max_timestamp(self) -> int:
-        """The window's last millisecond (Flink's ``TimeWindow.max_timestamp``)."""
-        return self.start + self.length_ms - 1
+    def __post_init__(self) -> None:
+        self.max_timestamp = self.start + self.length_ms - 1
 
     def cleanup_time(self, allowed_lateness_ms: int) -> int:
         """The watermark at which the window is forgotten."""
@@ -172,11 +177,14 @@ class WindowSet:
         lateness = self.timing.allowed_lateness_ms
         expired: list[tuple[int, int]] = []
         for key, window in self.windows.items():
-            if not window.finalized and window.max_timestamp <= watermark:
+            max_timestamp = window.max_timestamp
+            if max_timestamp > watermark:
+                continue  # neither due nor expired (expiry comes later still)
+            if not window.finalized:
                 window.finalized = True
                 window.idle_due = None
                 firings.append(Firing(window, closed=True))
-            if window.cleanup_time(lateness) <= watermark:
+            if max_timestamp + lateness <= watermark:  # window.cleanup_time(lateness)
                 expired.append(key)
         for key in expired:
             del self.windows[key]

@@ -162,3 +162,23 @@ def test_a_bar_older_than_the_horizon_is_refused_and_changes_nothing() -> None:
         series.apply(START + 40 * MINUTE, math.inf, 1_000)
     assert pickle.dumps(series) == before
     assert len(series.history) <= 21  # twice the horizon is kept, older closes are folded
+
+
+def test_every_emission_carries_the_window_sum_of_versions() -> None:
+    """The version of each emission (newest bars, corrections of the newest, folds) equals
+    the sum of the versions in ``(t - horizon, t]`` recomputed from scratch."""
+    rng = random.Random(11)
+    horizon = 7 * MINUTE
+    series = IndicatorSeries(horizon)
+    versions: dict[int, int] = {}
+    for minute in range(300):
+        open_time = START + minute * MINUTE
+        if minute % 5 == 3:
+            continue  # gaps
+        for _ in range(rng.choice((1, 1, 2))):  # sometimes corrected at once
+            versions[open_time] = versions.get(open_time, 0) + rng.randrange(1, 50)
+            (emission,) = series.apply(open_time, 100.0 + rng.uniform(-1, 1), versions[open_time])
+            want = sum(v for t, v in versions.items() if open_time - horizon < t <= open_time)
+            assert emission.version == want, minute
+        if minute % 50 == 0:
+            series = pickle.loads(pickle.dumps(series))

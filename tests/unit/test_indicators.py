@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import pickle
+import random
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from udfs.indicators import (
     bollinger,
     compute_indicators,
     macd,
+    newest_indicators,
     rsi,
 )
 
@@ -217,3 +219,13 @@ def test_a_copy_of_a_state_equals_it_and_goes_its_own_way() -> None:
     after = twin.update(101.25, open_time=40 * 60_000)
     assert twin != state and state.bars_seen == 40 and twin.bars_seen == 41
     assert state.update(101.25, open_time=40 * 60_000) == after
+
+
+@pytest.mark.parametrize("count", [1, 2, 3, 25])
+def test_newest_indicators_equal_the_last_rows_of_the_batch(count: int) -> None:
+    """Bit for bit, warm-up Nones included, for every length around the periods."""
+    rng = random.Random(count)
+    for length in [*range(0, 60), 100, 137]:
+        closes = [100 + 10 * math.sin(i / 7) + rng.uniform(-1, 1) for i in range(length)]
+        want = compute_indicators(closes)[-count:] if length else []
+        assert newest_indicators(closes, count) == want, length

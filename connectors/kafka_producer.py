@@ -6,7 +6,9 @@
   series stays in order in its partition even when the broker hiccups;
 - ``linger_ms``/``batch_size`` large enough to fill batches at replay speed, and zstd
   compression (JSON bars compress ~5x) when the ``zstandard`` module is importable, else none;
-- ``max_block_ms`` bounding how long ``send`` may wait for metadata.
+- ``max_block_ms`` bounding how long ``send`` may wait for metadata;
+- ``reconnect_backoff_max_ms`` of 1 s (the Java client's default; kafka-python's is 30 s), so
+  a producer reconnects within about a second of a broker coming back after an outage.
 
 kafka-python 3.0.12 has **no** ``buffer_memory`` setting (its record accumulator allocates
 batches without a buffer pool, and an unknown setting raises ``ValueError``), so the
@@ -15,6 +17,12 @@ acknowledges them. :class:`DeliveryCounter` closes that gap: ``DeliveryCounter.s
 while ``max_pending`` records are unacknowledged (for at most ``max_block_ms``), and counts
 every success and failure through the future's callbacks, so a failed delivery is never
 silent.
+
+:func:`replacement_producer` and :func:`close_producer` let a long-running client (the
+bridge's sink) swap a producer that stopped working for a new one: kafka-python 3.0.12's
+idempotent producer never sends again once a batch it had already sent expires (see
+``connectors/bridge/kafka_sink.py``), and its ``close`` raises instead of closing while
+records are still unacknowledged.
 """
 
 from __future__ import annotations
@@ -22,11 +30,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any, Final
 
 from kafka import KafkaProducer
 from kafka.codec import has_zstd
-from kafka.errors import KafkaTimeoutError
+from kafka.errors import KafkaError, KafkaTimeoutError
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +57,7 @@ def producer_config(bootstrap: str, **overrides: Any) -> dict[str, Any]:
         "max_block_ms": DEFAULT_MAX_BLOCK_MS,
         "delivery_timeout_ms": 120_000,
         "request_timeout_ms": 30_000,
+        "reconnect_backoff_max_ms": 1_000,
         "client_id": "klineflow",
     }
     config.update(overrides)
@@ -61,6 +71,60 @@ def create_producer(bootstrap: str, **overrides: Any) -> KafkaProducer:
     :func:`producer_config`. Raises ``kafka.errors.NoBrokersAvailable`` when no broker answers.
     """
     return KafkaProducer(**producer_config(bootstrap, **overrides))
+
+
+def replacement_producer(producer: KafkaProducer) -> KafkaProducer:
+    """A new ``KafkaProducer`` with ``producer``'s settings, created without a broker.
+
+    The broker version ``producer`` found at its start is passed on (``api_version``), so the
+    new producer does not bootstrap in its constructor: it can be created while the broker is
+    down, and connects (and fetches metadata) once it is back.
+    """
+    settings = {
+        name: value
+        for name, value in producer.config.items()
+        if name in KafkaProducer.DEFAULT_CONFIG
+    }
+    return KafkaProducer(**settings)
+
+
+# How long close_producer waits for a force-closed producer's I/O thread to end.
+_FORCE_CLOSE_JOIN_S: Final[float] = 5.0
+
+
+def close_producer(
+    producer: Any, timeout_s: float, *, before_force_close: Callable[[], None] | None = None
+) -> bool:
+    """Flush ``producer`` for at most ``timeout_s`` and close it; never blocks much longer.
+
+    True if every record was acknowledged or failed within the time. Otherwise
+    ``before_force_close`` is called and the producer is force-closed: its I/O thread fails
+    what is left (``IllegalStateError``: "Producer is closed forcefully") and ends.
+    kafka-python's own ``close(timeout)`` flushes first and raises ``KafkaTimeoutError`` when
+    that flush times out, without closing anything, so a producer that makes no progress
+    would otherwise keep its thread and its records.
+    """
+    try:
+        producer.flush(timeout=max(0.0, timeout_s))
+        flushed = True
+    except KafkaError as exc:
+        flushed = False
+        if not isinstance(exc, KafkaTimeoutError):
+            log.warning("event=kafka_flush_failed error=%r", exc)
+    if not flushed:
+        if before_force_close is not None:
+            before_force_close()
+        sender = getattr(producer, "_sender", None)  # kafka-python's I/O thread
+        if sender is not None:
+            sender.force_close()
+            sender.join(_FORCE_CLOSE_JOIN_S)
+    try:
+        producer.close(timeout=min(5.0, max(0.0, timeout_s)) if flushed else 0)
+    except KafkaError as exc:
+        # Only close()'s own flush can raise here (the I/O thread did not end in time); the
+        # thread was told to stop either way.
+        log.warning("event=kafka_producer_close_incomplete error=%r", exc)
+    return flushed
 
 
 class DeliveryCounter:

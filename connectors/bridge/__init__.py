@@ -15,15 +15,19 @@ Pieces, from the wire inwards:
   Retry-After) and produces the bars that are still missing.
 - :class:`KafkaSink` produces from a dedicated thread with a bounded number of
   unacknowledged records (the event loop awaits when Kafka is slow or down: memory is
-  bounded), counts delivery failures and hands lost closed bars back to the repairer.
+  bounded). When the producer gives up on records for a transient reason (an outage longer
+  than ``delivery_timeout_ms``) or stops answering, it replaces the producer and sends what
+  was not acknowledged again; records refused for good are counted, and closed bars among
+  them go back to the repairer.
 - :class:`Bridge` wires them for one market, prints counters periodically and on exit.
 - :class:`BridgeGroup` runs one :class:`Bridge` per market of one exchange (spot and
   perpetuals side by side) around one shared sink, with one stats line.
 
 Duplicates downstream: a REST-repaired bar can duplicate a WebSocket bar only across a bridge
-restart (start-up backfill) or a lost delivery acknowledgement; the Flink upsert keeps one bar
-per (series, open_time): exact duplicates are dropped and a closed bar is final, so replaying
-a closed bar changes nothing.
+restart (start-up backfill) or a lost delivery acknowledgement, and a record the sink sends
+again after replacing its producer is written twice if the old one had delivered it after all
+(identical bytes). The Flink upsert keeps one bar per (series, open_time): exact duplicates
+are dropped and a closed bar is final, so replaying a closed bar changes nothing.
 
 Where each piece lives: :mod:`.connection` (:class:`Connection`, :class:`ShardSupervisor`),
 :mod:`.tracker` (:class:`SeriesTracker`), :mod:`.repair` (:class:`GapRepairer`),

@@ -21,6 +21,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# On the way out, how long a connection's task may take to end after its socket closed
+# before it is cancelled.
+_STOP_GRACE_S = 1.0
+
 
 class Connection:
     """One WebSocket connection of a shard: subscribe, read, ping, watch, report."""
@@ -44,17 +48,37 @@ class Connection:
         """Run the connection in a task."""
         self.task = asyncio.create_task(self.run(), name=self.connection_id)
 
-    async def close(self, reason: str) -> None:
-        """Close the socket (if open) and wait for the task to end."""
+    async def close(self, reason: str, *, cancel_after_s: float | None = None) -> None:
+        """Close the socket (if open) and wait for the task to end.
+
+        With ``cancel_after_s`` the task is cancelled if it has not ended that long after the
+        socket closed: while the sink applies back-pressure (Kafka down) the task waits in
+        ``sink.send`` and a closed socket does not wake it. The bridge stopping uses this; a
+        planned rotation does not (it must not drop the bar the old link is producing).
+        """
         self._closing = True
         if not self.close_reason:
             self.close_reason = reason
         if self._ws is not None and not self._ws.closed:
             with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError):
                 await asyncio.wait_for(self._ws.close(), timeout=5.0)
-        if self.task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.task
+        if self.task is None:
+            return
+        if cancel_after_s is not None:
+            await asyncio.wait({self.task}, timeout=cancel_after_s)
+            if not self.task.done():
+                log.info(
+                    "event=connection_cancelled conn=%s reason=%r (blocked on back-pressure)",
+                    self.connection_id,
+                    reason,
+                )
+                self.task.cancel()
+        try:
+            await self.task
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # the caller is being cancelled (the bridge stops), not only the task
 
     async def run(self) -> str:
         """Connect and read until the link ends; returns why it ended."""
@@ -244,7 +268,7 @@ class ShardSupervisor:
                 await self._rotate(current)
         finally:
             if self.current is not None:
-                await self.current.close("bridge stopping")
+                await self.current.close("bridge stopping", cancel_after_s=_STOP_GRACE_S)
 
     async def _rotate(self, old: Connection) -> None:
         """Open a replacement, wait until it delivers data, then close ``old``."""

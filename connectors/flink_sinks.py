@@ -25,9 +25,20 @@ contains:
   again (an element or a timer), its restored rows join the batch, and they are written
   within ``flush_ms`` (the restored processing-time timers are already due).
 
-A failing write raises, the task fails, Flink restarts it from the last checkpoint and the
-rows come back from state; the ClickHouse sink first retries a server that is down (backoff
-up to ``SinkConfig.clickhouse_retry_s``), so a short outage only delays writes.
+A store that is down (ClickHouse or Redis) is waited for: the write that fails is retried
+with capped backoff for up to ``SinkConfig.clickhouse_retry_s`` (60 s by default; the one
+budget of both stores), and so is the connection when a (restarted) sink opens. While it
+waits the sink takes no more input, so the job is backpressured (the Kafka source stops
+reading; memory stays bounded by Flink's network buffers and the sink's batches) and a
+short outage only delays writes. The outage is logged in one line when it starts ("Redis at
+<url> is unreachable (<error>); calls wait and are retried for up to 60 s") and one when the
+store answers again, never once per retry (:class:`connectors.retry.Outage`). Beyond the
+budget the write raises one line ("... has been unreachable for 60 s (...); giving up"), the
+task fails, Flink restarts it from the last checkpoint and the rows come back from state;
+the restarted sink's ``open`` waits for the store again, so an outage of ``D`` seconds costs
+about ``D / (budget + restart time)`` restarts, not a crash loop. Keep the budget below
+``execution.checkpointing.timeout`` (2 min): a checkpoint barrier waits behind a blocked
+sink, and an expired checkpoint fails the job as well.
 
 Secrets never travel in the job graph: :class:`StoreSinkFunction` is pickled into it, so it
 holds its URLs with the passwords redacted and the path of a secrets file (:class:`SinkSecrets`,
@@ -429,14 +440,17 @@ class StoreSinkFunction(BatchingSinkFunction):
         urls = self.urls()
         if urls.clickhouse_url.startswith("chdb:"):
             skip_native_exit_handlers()
-        # Ride out a server that is down for a while; beyond that the task fails and Flink
+        # Ride out a store that is down for a while (at the start too: a restarted sink waits
+        # for it rather than failing again at once); beyond that the task fails and Flink
         # restarts it from the last checkpoint (the rows wait in state).
-        retry = RetryPolicy(attempts=10_000, base_delay_s=0.2, max_delay_s=5.0,
+        retry = RetryPolicy(attempts=1_000_000, base_delay_s=0.2, max_delay_s=5.0,
                             deadline_s=self.retry_s)  # fmt: skip
         self.clickhouse = _open_history_writer(urls.clickhouse_url, retry, self.retry_s)
         try:
             self.redis = RedisBarWriter(urls.redis_url, recent_bars=self.recent_bars,
-                                        ttl_s=self.ttl_s, publish=self.publish)  # fmt: skip
+                                        ttl_s=self.ttl_s, publish=self.publish,
+                                        retry_s=self.retry_s,
+                                        connect_wait_s=self.retry_s)  # fmt: skip
         except BaseException:
             self.clickhouse.close()
             raise

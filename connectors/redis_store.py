@@ -45,7 +45,7 @@ from redis.retry import Retry
 from connectors.redaction import redact_url
 from connectors.redis_client import SyncClient, is_transient, open_redis, parse_redis_url
 from connectors.redis_keys import redis_key, update_channel
-from connectors.retry import Backoff
+from connectors.retry import Backoff, Outage, describe_error
 from udfs.record import FIELDS, STRING_FIELDS, VersionedBar
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,13 @@ BAR_HASH_FIELDS: Final[tuple[str, ...]] = (*FIELDS, "version", "bars_present", "
 _BAR_STRING_FIELDS: Final = STRING_FIELDS
 # Commands per pipeline round trip: bounds the memory of one huge batch.
 _PIPELINE_CHUNK: Final = 1000
+
+
+class RedisUnavailable(redis.ConnectionError):
+    """Redis stayed unreachable for longer than the writer waits (``retry_s`` for a write,
+    ``connect_wait_s`` at the start); the message is one line naming the server (password
+    redacted), how long it was down and the last error. A ``ConnectionError``, like the
+    errors it ends."""
 
 
 class UnconfirmedWrite(redis.ConnectionError):
@@ -186,7 +193,9 @@ class RedisBarWriter:
         reconnect_retries: int = 10,
         reconnect_cap_s: float = 2.0,
         retry_s: float = 60.0,
+        connect_wait_s: float = 0.0,
         sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if recent_bars < 1:
             raise ValueError("recent_bars must be >= 1")
@@ -203,6 +212,8 @@ class RedisBarWriter:
         self.retry_s = retry_s
         self._backoff = Backoff(base_s=0.05, cap_s=reconnect_cap_s)
         self._sleep = sleep
+        self._clock = clock
+        self._outage = Outage("Redis", self.redacted_url, clock=clock)
         self._client: SyncClient | None = None
         backoff = ExponentialWithJitterBackoff(cap=reconnect_cap_s, base=0.05)
         options: dict[str, Any]
@@ -218,17 +229,35 @@ class RedisBarWriter:
                 "retry_on_error": [redis.ConnectionError, redis.TimeoutError],
                 "health_check_interval": 30,
             }
-        try:
-            self._client = open_redis(url, **options)
-            self._client.ping()
-            self._sha: str = self._load_script()
-        except (redis.RedisError, RedisClusterException) as exc:
-            self.close()
-            raise redis.ConnectionError(
-                f"Redis at {self.redacted_url} is not usable: {type(exc).__name__}: "
-                f"{redact_url(str(exc))}"
-            ) from None
+        self._sha: str = self._connect(url, options, connect_wait_s)
         log.debug("connected to Redis at %s", self.redacted_url)
+
+    def _connect(self, url: str, options: Mapping[str, Any], wait_s: float) -> str:
+        """Open the client, PING and load the script; a server that does not answer
+        (transiently) is tried again with backoff for up to ``wait_s`` seconds. Returns the
+        script's SHA1; raises ``redis.ConnectionError`` (one line, password redacted)."""
+        failures = 0
+        while True:
+            try:
+                self._client = open_redis(url, **options)
+                self._client.ping()
+                sha = self._load_script()
+            except (redis.RedisError, RedisClusterException) as exc:
+                self.close()
+                waited = self._outage.down_for()
+                if is_transient(exc) and waited < wait_s:
+                    self._outage.failed(exc, budget_s=wait_s)
+                    self._sleep(min(self._backoff.delay(failures), max(0.0, wait_s - waited)))
+                    failures += 1
+                    continue
+                if self._outage.down:  # waited: "Redis at <url> has been unreachable for ..."
+                    raise RedisUnavailable(self._outage.give_up(exc)) from None
+                raise redis.ConnectionError(
+                    f"Redis at {self.redacted_url} is not usable: {type(exc).__name__}: "
+                    f"{redact_url(str(exc))}"
+                ) from None
+            self._outage.recovered()
+            return sha
 
     def write_bars(self, bars: Sequence[VersionedBar]) -> int:
         """Write bars to ``kline:`` and ``klines:``; returns how many distinct keys changed.
@@ -414,7 +443,7 @@ class RedisBarWriter:
         answers: list[Any] = [None] * len(calls)
         pending = list(range(len(calls)))
         failures = 0
-        started = time.monotonic()
+        started = self._clock()
         while True:
             client = self._require_client()
             pipe = client.pipeline(transaction=False)
@@ -447,19 +476,20 @@ class RedisBarWriter:
                 else:
                     answers[index] = result
             if not retry:
+                self._outage.recovered()
                 return answers
-            elapsed = time.monotonic() - started
             if last_error is not None:
+                elapsed = self._outage.failed(last_error, budget_s=self.retry_s)
                 if elapsed >= self.retry_s:
-                    raise last_error
+                    raise RedisUnavailable(self._outage.give_up(last_error)) from last_error
                 delay = self._backoff.delay(failures)
                 failures += 1
-                log.info(
+                log.debug(
                     "Redis at %s: %d of %d calls unconfirmed (%s); again in %.2fs",
                     self.redacted_url,
                     len(retry),
                     len(calls),
-                    type(last_error).__name__,
+                    describe_error(last_error),
                     delay,
                 )
                 self._sleep(delay)
@@ -468,6 +498,6 @@ class RedisBarWriter:
                 try:
                     self._sha = self._load_script()
                 except (redis.RedisError, RedisClusterException) as exc:
-                    if not is_transient(exc) or time.monotonic() - started >= self.retry_s:
+                    if not is_transient(exc) or self._clock() - started >= self.retry_s:
                         raise
             pending = retry

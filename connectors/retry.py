@@ -6,6 +6,8 @@
   after a stable connection.
 - :class:`RetryPolicy` and :func:`call_with_retries`: bounded retries of a blocking call
   (attempts, an overall deadline, and the caller's say on which errors are transient).
+- :class:`Outage`: one store's outage told in one log line when it starts (the store, its
+  URL, the error and how long calls wait) and one when it ends, not one per retry.
 - :class:`TokenBucket`: a rate and a burst, with pauses for ``Retry-After`` answers, and
   :func:`parse_retry_after` for that header.
 
@@ -144,6 +146,7 @@ def call_with_retries(
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
     exhausted: Callable[[str], BaseException] = RetriesExhausted,
+    outage: Outage | None = None,
 ) -> T:
     """Run ``operation``; on a transient error wait and retry, up to ``policy.attempts``
     (and while the next try would start within ``policy.deadline_s``).
@@ -151,6 +154,10 @@ def call_with_retries(
     Errors of the ``retry_on`` types that ``is_transient`` accepts are retried; anything
     else propagates at once. After the last attempt a transient error becomes
     ``exhausted(message)`` (:class:`RetriesExhausted` unless given), chained to the last error.
+
+    Each retry is logged as a warning, unless ``outage`` is given: the outage of the store
+    it names is then logged once when it starts and once when a call succeeds again (see
+    :class:`Outage`), and the message of ``exhausted`` is the outage's one line.
     """
     if policy.attempts < 1:
         raise ValueError("RetryPolicy.attempts must be >= 1")
@@ -158,7 +165,7 @@ def call_with_retries(
     attempt = 1
     while True:
         try:
-            return operation()
+            result = operation()
         except retry_on as exc:
             if not is_transient(exc):
                 raise
@@ -167,10 +174,20 @@ def call_with_retries(
                 policy.deadline_s is not None and clock() - started + delay > policy.deadline_s
             )
             if attempt >= policy.attempts or out_of_time:
+                if outage is not None:
+                    outage.failed(exc, budget_s=policy.deadline_s)
+                    raise exhausted(outage.give_up(exc)) from exc
                 raise exhausted(
                     f"{describe} failed {attempt} times in {clock() - started:.1f} s; last "
                     f"error: {type(exc).__name__}: {first_line(exc)}"
                 ) from exc
+            if outage is not None:
+                outage.failed(exc, budget_s=policy.deadline_s)
+                log.debug("%s failed (attempt %d: %s); retrying in %.2fs", describe, attempt,
+                          type(exc).__name__, delay)  # fmt: skip
+                sleep(delay)
+                attempt += 1
+                continue
             log.warning(
                 "%s failed (attempt %d/%d: %s: %s); retrying in %.2fs",
                 describe,
@@ -182,12 +199,88 @@ def call_with_retries(
             )
             sleep(delay)
             attempt += 1
+        else:
+            if outage is not None:
+                outage.recovered()
+            return result
 
 
 def first_line(exc: BaseException) -> str:
     """The first line of an error message (server errors append a long stack trace)."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else ""
+
+
+# --- outages -------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Outage:
+    """The outage of one store (``store`` at the redacted ``url``), logged as one line.
+
+    A caller that retries calls to the store reports each failed call (:meth:`failed`) and
+    each call that succeeds (:meth:`recovered`). The first failure logs one warning naming
+    the store, its URL, the error and how long calls wait; later failures log nothing more;
+    the first success afterwards logs one line saying how long the store was down. When the
+    caller stops waiting, :meth:`give_up` is the one-line message of the error it raises
+    (and the next failure starts a new outage). ``clock`` is monotonic seconds.
+    """
+
+    store: str
+    url: str
+    clock: Callable[[], float] = field(default=time.monotonic)
+    since: float | None = None
+    failures: int = 0
+
+    @property
+    def down(self) -> bool:
+        """Whether an outage is under way (a call failed and none succeeded since)."""
+        return self.since is not None
+
+    def down_for(self) -> float:
+        """Seconds since the first failure of the outage under way (0 if none)."""
+        return 0.0 if self.since is None else max(0.0, self.clock() - self.since)
+
+    def failed(self, exc: BaseException, *, budget_s: float | None) -> float:
+        """Record a failed call (``budget_s``: how long calls wait, None = unbounded);
+        logs the outage line on its first failure. Returns the seconds it has lasted."""
+        self.failures += 1
+        if self.since is None:
+            self.since = self.clock()
+            wait = "without a time limit" if budget_s is None else f"for up to {budget_s:.0f} s"
+            log.warning(
+                "%s at %s is unreachable (%s); calls wait and are retried %s",
+                self.store, self.url, describe_error(exc), wait,
+            )  # fmt: skip
+        return self.down_for()
+
+    def recovered(self) -> None:
+        """Record a successful call; ends (and logs the end of) an outage under way."""
+        if self.since is None:
+            return
+        log.warning(
+            "%s at %s is reachable again after %.1f s (%d failed attempts)",
+            self.store, self.url, self.down_for(), self.failures,
+        )  # fmt: skip
+        self.since = None
+        self.failures = 0
+
+    def give_up(self, exc: BaseException) -> str:
+        """The one-line message of the error raised when the caller stops waiting; the
+        outage counts as reported (the next failure starts and logs a new one)."""
+        message = (
+            f"{self.store} at {self.url} has been unreachable for {self.down_for():.0f} s "
+            f"(failed {self.failures} times; last error: {describe_error(exc)}); giving up"
+        )
+        self.since = None
+        self.failures = 0
+        return message
+
+
+def describe_error(exc: BaseException) -> str:
+    """``Type: first line of the message`` of an error, for a one-line log message."""
+    text = first_line(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 # --- token bucket ---------------------------------------------------------------------------

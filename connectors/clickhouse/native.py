@@ -5,6 +5,7 @@ with bounded retries of dropped connections and transient server errors.
 from __future__ import annotations
 
 import functools
+import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from types import ModuleType
@@ -20,7 +21,7 @@ from connectors.clickhouse.errors import (
 from connectors.clickhouse.rows import _qualified, _quote_identifier
 from connectors.clickhouse.url import ClickHouseTarget
 from connectors.clickhouse.writer import ClickHouseWriter
-from connectors.retry import RetryPolicy, first_line
+from connectors.retry import Outage, RetryPolicy, first_line
 
 T = TypeVar("T")
 
@@ -51,6 +52,25 @@ TRANSIENT_SERVER_CODES: Final[frozenset[int]] = frozenset(
 
 # connectors.retry.call_with_retries whose exhausted retries raise ClickHouseUnavailable.
 call_with_retries = functools.partial(retry.call_with_retries, exhausted=ClickHouseUnavailable)
+
+
+class _DriverConnectionWarnings(logging.Filter):
+    """Drops clickhouse-driver's warnings about each failed connection attempt ("Failed to
+    connect to ...", with a full traceback each, every retry): the writer logs the outage
+    once instead (:class:`connectors.retry.Outage`). Errors still pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno > logging.WARNING
+
+
+_DRIVER_CONNECTION_LOGGER: Final = "clickhouse_driver.connection"
+
+
+def _quiet_driver_connection_warnings() -> None:
+    """Install :class:`_DriverConnectionWarnings` on the driver's connection logger, once."""
+    driver_log = logging.getLogger(_DRIVER_CONNECTION_LOGGER)
+    if not any(isinstance(f, _DriverConnectionWarnings) for f in driver_log.filters):
+        driver_log.addFilter(_DriverConnectionWarnings())
 
 
 def _import_clickhouse_driver() -> tuple[ModuleType, ModuleType]:
@@ -86,7 +106,10 @@ class NativeWriter(ClickHouseWriter):
 
     Inserts are columnar (``execute(..., columnar=True)``) with the data passed as
     parameters; queries use server-side parameters. Transient failures are retried per
-    ``retry`` (inserts are idempotent: ReplacingMergeTree keeps one row per version).
+    ``retry`` (inserts are idempotent: ReplacingMergeTree keeps one row per version). A
+    server that is down is logged once when calls start failing ("ClickHouse at <url> is
+    unreachable (<error>); calls wait ...") and once when it answers again, not per retry;
+    when ``retry`` gives up, the error (:class:`ClickHouseUnavailable`) is that one line.
     """
 
     def __init__(
@@ -100,8 +123,10 @@ class NativeWriter(ClickHouseWriter):
             raise ValueError("NativeWriter needs a clickhouse:// target")
         super().__init__(target)
         driver, self._errors = _import_clickhouse_driver()
+        _quiet_driver_connection_warnings()
         self._retry = retry or RetryPolicy()
         self._sleep = sleep
+        self._outage = Outage("ClickHouse", target.redacted_url)
         self._client: Any = driver.Client(
             host=target.host,
             port=target.port,
@@ -154,6 +179,7 @@ class NativeWriter(ClickHouseWriter):
                 policy=self._retry,
                 describe=f"{describe} on {self.target}",
                 sleep=self._sleep,
+                outage=self._outage,
             )
         except self._errors.Error as exc:
             raise ClickHouseQueryError(f"{type(exc).__name__}: {first_line(exc)}") from None

@@ -15,6 +15,7 @@ import signal
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -150,6 +151,8 @@ class ChaosFigures:
     wrong: int = 0
     extra: int = 0
     recovery_s: float = 0.0
+    # How long the injected outage lasted (0: a kill without an outage of its own).
+    outage_s: float = 0.0
     # TaskManagers the job runner's supervisor started (jobs.job.supervise).
     task_managers_started: int = 0
 
@@ -181,15 +184,17 @@ def assert_golden_outputs(
     dlq_topic: str,
     figures: ChaosFigures,
     letters: bool = True,
+    snapshot_clickhouse: Callable[[str], dict[str, Any]] = clickhouse_snapshot,
 ) -> None:
     """The run's ClickHouse tables (FINAL), Redis keys and (with ``letters``) dead letters
     equal the golden snapshot exactly; fills in the row figures (lost / wrong / extra) and
-    reports them."""
+    reports them. ``snapshot_clickhouse(url)`` reads the tables (a ClickHouse server with
+    another schema converts its values to the golden ones)."""
     from tests.integration.job_contract_support import redis_snapshot
 
     golden = json.loads(GOLDEN_PATH.read_text())
     snapshot = {
-        "clickhouse": clickhouse_snapshot(chdb_url),
+        "clickhouse": snapshot_clickhouse(chdb_url),
         "redis": redis_snapshot(redis_client),
         "dlq": (
             {"letters": distinct(dead_letters(kafka_bootstrap, dlq_topic))}

@@ -9,15 +9,21 @@ with absolute paths, under the cluster's home (``ClusterSettings.home``, by defa
 
 Losing a TaskManager: Flink restarts the job (its restart strategy) from the last checkpoint
 on the slots left, which ``ClusterSettings.slots_per_taskmanager`` makes enough. Flink
-standalone never starts a TaskManager again by itself: ``cluster up`` again (it tops the
-cluster up to ``--taskmanagers``) or ``cluster add-taskmanager`` does, with the package's
-``bin/taskmanager.sh start``.
+standalone never starts a TaskManager again by itself: ``cluster watch`` (:func:`watch_cluster`)
+does, a foreground supervisor that starts whatever daemon is missing with the package's
+``bin/jobmanager.sh start`` / ``bin/taskmanager.sh start``; by hand, ``cluster up`` again
+(it tops the cluster up to ``--taskmanagers``) or ``cluster add-taskmanager``. What to start
+given what runs is :class:`Supervisor`, free of processes and clocks, so it is unit-tested.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import math
 import os
+import random
 import re
 import shlex
 import signal
@@ -27,10 +33,14 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from types import FrameType
+from typing import Any, Final, TypeVar
 
-from jobs.cluster_settings import ClusterSettings
+from connectors.retry import Backoff, Uniform, first_line
+from jobs.cluster_settings import ClusterSettings, WatchSettings
 from jobs.config import PROJECT_ROOT, JobSettings, format_flink_options
 from jobs.job import DETACHED_ENV, JobSetupError, job_configuration
 
@@ -50,6 +60,12 @@ CLUSTER_FLINK_SETTINGS = {
 }
 STOP_TIMEOUT_S = 60.0
 RESOURCE_ID = re.compile(r"Starting TaskManager with ResourceID: (\S+)")
+# Written by `cluster down` before it stops anything: a `cluster watch` running since before
+# that time ends instead of starting the daemons again (jobs/cluster.py: watch_cluster).
+DOWN_MARKER: Final = "down-requested"
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def pyflink_home() -> Path:
@@ -273,13 +289,17 @@ def _port_in_use(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-def _script(name: str, cluster: ClusterSettings, *args: str) -> None:
+def _script(name: str, cluster: ClusterSettings, *args: str, detach: bool = False) -> None:
+    """Run ``bin/NAME ARGS`` of the package for ``cluster``; ``detach``: in a session of its
+    own, so that a Ctrl-C or hang-up of the caller's terminal reaches neither the script
+    (half-way through writing its pid file) nor the daemon it starts."""
     subprocess.run(
         [str(pyflink_home() / "bin" / name), *args],
         env=_cluster_env(cluster),
         check=True,
         cwd=PROJECT_ROOT,
         stdout=subprocess.DEVNULL,
+        start_new_session=detach,
     )
 
 
@@ -344,7 +364,10 @@ def cluster_up(
 
 def cluster_down(cluster: ClusterSettings, timeout_s: float = STOP_TIMEOUT_S) -> str:
     """Stop every TaskManager and the JobManager of this cluster and wait until they, and
-    the TaskManagers' Python workers, are gone."""
+    the TaskManagers' Python workers, are gone. A ``cluster watch`` of it ends (it does not
+    start them again): this writes ``home/down-requested`` first."""
+    if cluster.home.is_dir():  # first, so that a running `cluster watch` ends, not fights
+        cluster.home.joinpath(DOWN_MARKER).write_text(f"{time.time()}\n")
     daemons = daemon_pids(cluster)
     managers = len(daemon_pids(cluster, "taskexecutor"))
     processes = cluster_processes(cluster)
@@ -394,6 +417,411 @@ def cluster_status(cluster: ClusterSettings) -> str:
     shown = " ".join(map(str, running)) or "none"
     lines.append(f"  taskmanager processes: {len(running)} ({shown})")
     return "\n".join(lines)
+
+
+# --- supervision: `klineflow cluster watch` ------------------------------------------------
+
+# Between failed attempts to start a daemon: ceilings of 2 s, 4 s, 8 s, ... up to 2 minutes,
+# each wait at least half its ceiling (connectors/retry.py).
+WATCH_BACKOFF: Final = Backoff(base_s=2.0, cap_s=120.0, min_fraction=0.5)
+# How often a start in progress looks whether the daemon answers or registers yet.
+START_POLL_S: Final = 0.5
+
+
+class WatchStopped(Exception):
+    """SIGTERM or SIGINT arrived while the watch waited for a daemon it started."""
+
+
+class Stopper:
+    """The stop request of a foreground loop: SIGTERM/SIGINT set it (:meth:`handling`) and
+    :meth:`sleep` ends early once it is set.
+
+    The handler only assigns an attribute: a signal handler that took a lock (as
+    ``threading.Event.set`` does) could deadlock with the main thread inside ``wait``.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.signal: int | None = None
+        self._clock = clock
+
+    @property
+    def stopped(self) -> bool:
+        """Whether a stop was requested."""
+        return self.signal is not None
+
+    def request(self, signum: int, _frame: FrameType | None = None) -> None:
+        """Ask the loop to stop (the signal handler)."""
+        self.signal = signum
+
+    def sleep(self, seconds: float, step_s: float = 0.2) -> bool:
+        """Sleep ``seconds`` in steps of ``step_s``; False as soon as a stop is requested."""
+        deadline = self._clock() + seconds
+        while not self.stopped:
+            left = deadline - self._clock()
+            if left <= 0:
+                return True
+            time.sleep(min(step_s, left))
+        return False
+
+    @contextlib.contextmanager
+    def handling(self, *signums: signal.Signals) -> Iterator[Stopper]:
+        """Route ``signums`` (SIGTERM and SIGINT by default) to :meth:`request` meanwhile."""
+        wanted = signums or (signal.SIGTERM, signal.SIGINT)
+        previous = {signum: signal.signal(signum, self.request) for signum in wanted}
+        try:
+            yield self
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterView:
+    """What of a cluster runs at one moment (:func:`observe`).
+
+    ``taskmanagers``: PIDs of the live TaskManager processes, in start order;
+    ``resource_ids``: the resource id of those whose log names it yet; ``registered``: the
+    TaskManagers the REST API lists (None: it does not answer); ``down_requested_at``: when
+    ``cluster down`` last ran (epoch seconds; None: never).
+    """
+
+    jobmanager: int | None = None
+    taskmanagers: tuple[int, ...] = ()
+    resource_ids: Mapping[int, str] = field(default_factory=dict)
+    registered: int | None = None
+    down_requested_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Repair:
+    """What the watch starts now, and what died that it replaces (PID, resource id)."""
+
+    start_jobmanager: bool = False
+    start_taskmanagers: int = 0
+    lost_jobmanager: int | None = None
+    lost_taskmanagers: tuple[tuple[int, str | None], ...] = ()
+
+    def __bool__(self) -> bool:
+        return self.start_jobmanager or self.start_taskmanagers > 0
+
+    def describe(self, wanted: int, view: ClusterView, attempt: int = 1) -> str:
+        """One line: what runs, what died, what is about to be started."""
+        parts = []
+        if self.start_jobmanager:
+            died = f" (pid {self.lost_jobmanager} died)" if self.lost_jobmanager else ""
+            parts.append(f"the JobManager is not running{died}")
+        running = f"{len(view.taskmanagers)} of {wanted} TaskManager(s) running"
+        if self.lost_taskmanagers:
+            gone = [f"{describe_taskmanager(*lost)} died" for lost in self.lost_taskmanagers]
+            running += f" ({', '.join(gone)})"
+        parts.append(running)
+        starting = [
+            *(["the JobManager"] if self.start_jobmanager else []),
+            *([f"{self.start_taskmanagers} TaskManager(s)"] if self.start_taskmanagers else []),
+        ]
+        retry = f" (attempt {attempt})" if attempt > 1 else ""
+        return f"{'; '.join(parts)}: starting {' and '.join(starting)}{retry}"
+
+
+def describe_taskmanager(pid: int, resource_id: str | None) -> str:
+    """``taskmanager pid 123 (resource id ...)`` for a log line."""
+    return f"taskmanager pid {pid}" + (f" (resource id {resource_id})" if resource_id else "")
+
+
+def missing_daemons(wanted: int, view: ClusterView) -> tuple[bool, int]:
+    """What the cluster lacks to have its shape: (no JobManager runs, TaskManagers short of
+    ``wanted``). More TaskManagers than wanted (``add-taskmanager``) are left alone."""
+    return view.jobmanager is None, max(wanted - len(view.taskmanagers), 0)
+
+
+@dataclass(slots=True)
+class Supervisor:
+    """The decisions of ``cluster watch``, free of processes and clocks.
+
+    Each look at the cluster (:meth:`decide`) says what to start, or nothing: the cluster has
+    its shape, or a failed start's backoff (:meth:`failed`) is still running. It remembers
+    the daemons it saw running, so that a repair names the ones that died since.
+    ``started_at`` (epoch seconds) is when the watch began: a ``cluster down`` after it ends
+    the watch (:meth:`ended_by_down`).
+    """
+
+    wanted: int
+    started_at: float
+    backoff: Backoff = WATCH_BACKOFF
+    uniform: Uniform = random.uniform
+    failures: int = 0
+    retry_at: float = -math.inf
+    repairs: int = 0
+    jobmanager: int | None = None
+    taskmanagers: dict[int, str | None] = field(default_factory=dict)
+    lost_jobmanager: int | None = None
+    lost_taskmanagers: dict[int, str | None] = field(default_factory=dict)
+
+    def ended_by_down(self, view: ClusterView) -> bool:
+        """Whether ``cluster down`` ran since the watch began (the watch then ends)."""
+        return view.down_requested_at is not None and view.down_requested_at >= self.started_at
+
+    def decide(self, view: ClusterView, now: float) -> Repair | None:
+        """What to start now (``now``: monotonic seconds), or None."""
+        if self.jobmanager is not None and self.jobmanager != view.jobmanager:
+            self.lost_jobmanager = self.jobmanager
+        for pid, resource_id in self.taskmanagers.items():
+            if pid not in view.taskmanagers:
+                self.lost_taskmanagers[pid] = resource_id
+        self.jobmanager = view.jobmanager
+        self.taskmanagers = {
+            pid: view.resource_ids.get(pid) or self.taskmanagers.get(pid)
+            for pid in view.taskmanagers
+        }
+        start_jobmanager, start_taskmanagers = missing_daemons(self.wanted, view)
+        if not start_jobmanager and not start_taskmanagers:
+            # Whole (again): also when someone else brought a daemon back.
+            self.failures, self.retry_at = 0, -math.inf
+            self.lost_jobmanager = None
+            self.lost_taskmanagers.clear()
+            return None
+        if now < self.retry_at:
+            return None
+        return Repair(
+            start_jobmanager=start_jobmanager,
+            start_taskmanagers=start_taskmanagers,
+            lost_jobmanager=self.lost_jobmanager if start_jobmanager else None,
+            lost_taskmanagers=tuple(self.lost_taskmanagers.items())[:start_taskmanagers],
+        )
+
+    def jobmanager_started(self, pid: int) -> int | None:
+        """Record a JobManager started; returns the PID of the one it replaces (if known)."""
+        replaced, self.lost_jobmanager = self.lost_jobmanager, None
+        self.jobmanager = pid
+        self.repairs += 1
+        return replaced
+
+    def taskmanager_started(self, pid: int, resource_id: str) -> tuple[int, str | None] | None:
+        """Record a TaskManager started; returns the one it replaces, the first lost."""
+        self.taskmanagers[pid] = resource_id
+        self.repairs += 1
+        if not self.lost_taskmanagers:
+            return None
+        lost = next(iter(self.lost_taskmanagers))
+        return lost, self.lost_taskmanagers.pop(lost)
+
+    def succeeded(self) -> None:
+        """The repair is done: the next failure backs off from the start again."""
+        self.failures, self.retry_at = 0, -math.inf
+
+    def failed(self, now: float) -> float:
+        """A start failed at ``now``: returns the backoff before the next attempt."""
+        delay = self.backoff.delay(self.failures, self.uniform)
+        self.failures += 1
+        self.retry_at = now + delay
+        return delay
+
+    def next_look_in(self, now: float, interval_s: float) -> float:
+        """Seconds until the next look: the interval, or less when a retry falls due first."""
+        if self.retry_at > now:
+            return min(interval_s, self.retry_at - now)
+        return interval_s
+
+
+def observe(cluster: ClusterSettings) -> ClusterView:
+    """What of ``cluster`` runs now: its daemons' pid files, logs and REST API."""
+    jobmanagers = daemon_pids(cluster, "standalonesession")
+    registered = None
+    if jobmanagers:
+        data = rest_json(cluster, "/taskmanagers")
+        if isinstance(data, dict):
+            registered = len(data.get("taskmanagers", []))
+    marker = cluster.home / DOWN_MARKER
+    return ClusterView(
+        jobmanager=jobmanagers[-1] if jobmanagers else None,
+        taskmanagers=tuple(daemon_pids(cluster, "taskexecutor")),
+        resource_ids={pid: rid for rid, pid in taskmanager_processes(cluster).items()},
+        registered=registered,
+        down_requested_at=marker.stat().st_mtime if marker.exists() else None,
+    )
+
+
+def _await(
+    condition: Callable[[], T | None], *, timeout_s: float, stopper: Stopper, what: str
+) -> T:
+    """Poll ``condition`` until it returns something truthy; JobSetupError after
+    ``timeout_s``, WatchStopped as soon as a stop is requested."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() >= deadline:
+            raise JobSetupError(f"{what} within {timeout_s:.0f}s")
+        if not stopper.sleep(START_POLL_S):
+            raise WatchStopped
+
+
+def _daemon_log(cluster: ClusterSettings, daemon: str) -> str:
+    """The newest log file of ``daemon`` (for an error message)."""
+    logs = sorted((cluster.home / "log").glob(f"flink-*-{daemon}-*.log"),
+                  key=lambda path: path.stat().st_mtime)  # fmt: skip
+    return str(logs[-1]) if logs else str(cluster.home / "log")
+
+
+def start_jobmanager(cluster: ClusterSettings, *, timeout_s: float, stopper: Stopper) -> int:
+    """Start the JobManager (``bin/jobmanager.sh start``) and wait until its REST API
+    answers; returns its PID. Renders the conf first only if there is none (a running
+    cluster's TaskManagers were started with the one there)."""
+    if not (cluster.home / "conf" / "config.yaml").exists():
+        prepare_cluster_dirs(cluster)
+    for port in (cluster.rest_port, cluster.rpc_port):
+        if _port_in_use(port):
+            raise JobSetupError(f"port {port} is taken by another process: no JobManager can start")
+    before = set(daemon_pids(cluster, "standalonesession"))
+    _script("jobmanager.sh", cluster, "start", detach=True)
+    started = [pid for pid in daemon_pids(cluster, "standalonesession") if pid not in before]
+    if not started:
+        raise JobSetupError(f"bin/jobmanager.sh start left no JobManager running (see "
+                            f"{_daemon_log(cluster, 'standalonesession')})")  # fmt: skip
+    pid = started[-1]
+
+    def answers() -> bool:
+        if not alive(pid):
+            raise JobSetupError(f"the new JobManager (pid {pid}) exited (see "
+                                f"{_daemon_log(cluster, 'standalonesession')})")  # fmt: skip
+        return isinstance(rest_json(cluster, "/overview"), dict)
+
+    _await(answers, timeout_s=timeout_s, stopper=stopper,
+           what=f"the new JobManager (pid {pid}) did not answer at {cluster.rest_url}")  # fmt: skip
+    return pid
+
+
+def start_taskmanager(
+    cluster: ClusterSettings, *, timeout_s: float, stopper: Stopper
+) -> tuple[int, str, list[dict[str, Any]]]:
+    """Start one TaskManager (``bin/taskmanager.sh start``, as ``add_taskmanager``) and wait
+    until it has registered with its slots; returns its PID, resource id and the
+    TaskManagers registered then."""
+    before = set(daemon_pids(cluster, "taskexecutor"))
+    _script("taskmanager.sh", cluster, "start", detach=True)
+    started = [pid for pid in daemon_pids(cluster, "taskexecutor") if pid not in before]
+    if not started:
+        raise JobSetupError(f"bin/taskmanager.sh start left no TaskManager running (see "
+                            f"{_daemon_log(cluster, 'taskexecutor')})")  # fmt: skip
+    pid = started[-1]
+
+    def registered() -> tuple[str, list[dict[str, Any]]] | None:
+        if not alive(pid):
+            raise JobSetupError(f"the new TaskManager (pid {pid}) exited (see "
+                                f"{_daemon_log(cluster, 'taskexecutor')})")  # fmt: skip
+        resource_id = {p: rid for rid, p in taskmanager_processes(cluster).items()}.get(pid)
+        listed = taskmanagers(cluster)
+        mine = [tm for tm in listed if resource_id and tm.get("id") == resource_id]
+        if resource_id and mine and int(mine[0].get("slotsNumber", 0)) > 0:
+            return resource_id, listed
+        return None
+
+    resource_id, listed = _await(
+        registered, timeout_s=timeout_s, stopper=stopper,
+        what=f"the new TaskManager (pid {pid}) did not register with its slots",
+    )  # fmt: skip
+    return pid, resource_id, listed
+
+
+def repair_cluster(
+    cluster: ClusterSettings,
+    repair: Repair,
+    supervisor: Supervisor,
+    *,
+    timeout_s: float,
+    stopper: Stopper,
+) -> None:
+    """Start what ``repair`` says, logging one line per daemon started (what it replaces,
+    how long it took). Raises JobSetupError, CalledProcessError or OSError when a start
+    fails (the daemons started before it stay), WatchStopped on a stop request."""
+    if repair.start_jobmanager:
+        began = time.monotonic()
+        pid = start_jobmanager(cluster, timeout_s=timeout_s, stopper=stopper)
+        replaced = supervisor.jobmanager_started(pid)
+        log.info(
+            "started the JobManager: pid %d, REST %s answering after %.1f s%s",
+            pid, cluster.rest_url, time.monotonic() - began,
+            f"; it replaces pid {replaced}, which died" if replaced else "",
+        )  # fmt: skip
+    for _ in range(repair.start_taskmanagers):
+        began = time.monotonic()
+        pid, resource_id, listed = start_taskmanager(cluster, timeout_s=timeout_s, stopper=stopper)
+        lost = supervisor.taskmanager_started(pid, resource_id)
+        slots = sum(int(tm.get("slotsNumber", 0)) for tm in listed)
+        log.info(
+            "started %s, registered after %.1f s%s: %d of %d TaskManager(s) registered "
+            "(%d slots)",
+            describe_taskmanager(pid, resource_id), time.monotonic() - began,
+            f"; it replaces {describe_taskmanager(*lost)}, which died" if lost else "",
+            len(listed), cluster.taskmanagers, slots,
+        )  # fmt: skip
+
+
+def watch_cluster(
+    cluster: ClusterSettings,
+    watch: WatchSettings,
+    stopper: Stopper,
+    *,
+    backoff: Backoff = WATCH_BACKOFF,
+    clock: Callable[[], float] = time.monotonic,
+) -> str:
+    """Keep ``cluster`` at its shape until ``stopper`` is set: every ``watch.interval_s``,
+    start the JobManager if it is not running and TaskManagers up to
+    ``cluster.taskmanagers``, with ``backoff`` between failed attempts (``clock``: the
+    monotonic seconds the backoff is timed by). Returns the line to end with; the cluster
+    keeps running. A ``cluster down`` meanwhile ends the watch.
+    """
+    supervisor = Supervisor(cluster.taskmanagers, started_at=time.time(), backoff=backoff)
+    log.info(
+        "watching the cluster in %s (dashboard %s): keeping the JobManager and %d "
+        "TaskManager(s) running, a look every %.1f s",
+        cluster.home, cluster.rest_url, cluster.taskmanagers, watch.interval_s,
+    )  # fmt: skip
+    while not stopper.stopped:
+        try:
+            view = observe(cluster)
+        except OSError as exc:  # a pid or log file that went away while it was read
+            log.warning("could not read the cluster's state (%s); looking again", exc)
+            stopper.sleep(watch.interval_s)
+            continue
+        if supervisor.ended_by_down(view):
+            return (
+                f"`cluster down` ran for {cluster.home}: the watch ends, having started "
+                f"{supervisor.repairs} daemon(s)"
+            )
+        repair = supervisor.decide(view, clock())
+        if repair:
+            log.warning(repair.describe(cluster.taskmanagers, view, supervisor.failures + 1))
+            began = time.monotonic()
+            try:
+                repair_cluster(cluster, repair, supervisor, timeout_s=watch.start_timeout_s,
+                               stopper=stopper)  # fmt: skip
+            except WatchStopped:
+                break
+            except (JobSetupError, subprocess.CalledProcessError, OSError) as exc:
+                delay = supervisor.failed(clock())
+                log.error(
+                    "starting the missing daemon(s) failed after %.1f s (attempt %d): %s; "
+                    "next attempt in %.1f s",
+                    time.monotonic() - began, supervisor.failures, first_line(exc), delay,
+                )  # fmt: skip
+            else:
+                supervisor.succeeded()
+        stopper.sleep(supervisor.next_look_in(clock(), watch.interval_s))
+    why = signal.Signals(stopper.signal).name if stopper.signal else "stop requested"
+    try:
+        view = observe(cluster)
+    except OSError as exc:
+        left = f"left as it is ({exc})"
+    else:
+        jobmanager = f"JobManager pid {view.jobmanager}" if view.jobmanager else "no JobManager"
+        left = (
+            f"keeps running: {jobmanager}, {len(view.taskmanagers)} TaskManager(s) "
+            f"({' '.join(map(str, view.taskmanagers)) or 'none'})"
+        )
+    started = f"after starting {supervisor.repairs} daemon(s)"
+    return f"watch stopped ({why}) {started}; the cluster {left}"
 
 
 # Flags of ``jobs/job.py`` that ``job_arguments`` never passes: these URLs may hold secrets

@@ -1,9 +1,10 @@
 """Where the standalone Flink cluster lives and how big it is: one small frozen object.
 
-``klineflow cluster up|down|status|add-taskmanager`` and ``job submit`` read it from flags
-that fall back to environment variables (``add_cluster_arguments``), so a test can run its
-own cluster in a temporary directory on free loopback ports, beside a developer's cluster in
-``.klineflow/cluster`` on :8081.
+``klineflow cluster up|down|status|add-taskmanager|watch`` and ``job submit`` read it from
+flags that fall back to environment variables (``add_cluster_arguments``), so a test can run
+its own cluster in a temporary directory on free loopback ports, beside a developer's cluster
+in ``.klineflow/cluster`` on :8081. How ``cluster watch`` supervises it is
+:class:`WatchSettings` (``add_watch_arguments``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from jobs.cliutil import default_of, env_flag
+from jobs.cliutil import default_of, env_bool_flag, env_flag
 from jobs.config import STATE_DIR
 
 
@@ -116,3 +117,56 @@ def cluster_settings_from_args(args: argparse.Namespace) -> ClusterSettings:
         taskmanagers=args.taskmanagers,
         job_slots=args.job_slots,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class WatchSettings:
+    """How ``klineflow cluster watch`` supervises the cluster.
+
+    ``interval_s``: the time between two looks at the cluster's daemons (a TaskManager that
+    dies is noticed within it). ``start_timeout_s``: how long a daemon the watch starts may
+    take to answer (the JobManager's REST API) or register (a TaskManager) before the start
+    counts as failed and the next attempt waits for the backoff.
+    """
+
+    interval_s: float = 5.0
+    start_timeout_s: float = 180.0
+
+    def __post_init__(self) -> None:
+        if not self.interval_s > 0:
+            raise ValueError(f"interval_s must be > 0, got {self.interval_s}")
+        if not self.start_timeout_s > 0:
+            raise ValueError(f"start_timeout_s must be > 0, got {self.start_timeout_s}")
+
+
+def add_watch_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of ``cluster watch`` (and ``cluster up --watch``), each with its variable."""
+    group = parser.add_argument_group("cluster watch (and cluster up --watch)")
+    env_flag(
+        group,
+        "--interval-s",
+        env="KLINEFLOW_WATCH_INTERVAL_S",
+        type=float,
+        default=default_of(WatchSettings, "interval_s"),
+        help="seconds between two looks at the JobManager and the TaskManagers",
+    )
+    env_flag(
+        group,
+        "--start-timeout-s",
+        env="KLINEFLOW_WATCH_START_TIMEOUT_S",
+        type=float,
+        default=default_of(WatchSettings, "start_timeout_s"),
+        help="seconds a daemon the watch starts may take to answer or register before the "
+        "start counts as failed (and is retried after a backoff)",
+    )
+    env_bool_flag(
+        group,
+        "--watch",
+        env="KLINEFLOW_CLUSTER_WATCH",
+        help="cluster up only: then stay in the foreground as `cluster watch`",
+    )
+
+
+def watch_settings_from_args(args: argparse.Namespace) -> WatchSettings:
+    """Build the watch's frozen settings from parsed flags."""
+    return WatchSettings(interval_s=args.interval_s, start_timeout_s=args.start_timeout_s)

@@ -1,4 +1,4 @@
-"""``klineflow job run|submit`` and ``klineflow cluster up|down|status|add-taskmanager``."""
+"""``klineflow job run|submit`` and ``klineflow cluster up|down|status|add-taskmanager|watch``."""
 
 from __future__ import annotations
 
@@ -12,9 +12,12 @@ from typing import Any
 from jobs.cliutil import env_bool_flag, env_flag
 from jobs.cluster_settings import (
     ClusterSettings,
+    WatchSettings,
     add_cluster_arguments,
     add_home_argument,
+    add_watch_arguments,
     cluster_settings_from_args,
+    watch_settings_from_args,
 )
 from jobs.config import add_job_arguments, settings_from_args
 
@@ -27,6 +30,9 @@ CLUSTER_ACTIONS = {
     "status": "the cluster and each registered TaskManager",
     "add-taskmanager": "start one more TaskManager (bin/taskmanager.sh start): brings a lost "
     "one back",
+    "watch": "stay in the foreground and keep the cluster at its shape: start the JobManager "
+    "or TaskManagers that are not running, with a backoff between failed starts; "
+    "SIGTERM/SIGINT end it (exit 0) and leave the cluster running",
 }
 
 
@@ -65,6 +71,7 @@ def register(subparsers: Any) -> None:
     )
     cluster.add_argument("action", choices=tuple(CLUSTER_ACTIONS))
     add_cluster_arguments(cluster)
+    add_watch_arguments(cluster)
     cluster.set_defaults(func=_cluster)
 
 
@@ -102,12 +109,31 @@ def _cluster(args: argparse.Namespace) -> int:
     from jobs import cluster
 
     settings = cluster_settings_from_args(args)
+    watch = watch_settings_from_args(args)
+    if args.watch and args.action != "up":
+        print(f"klineflow cluster {args.action}: --watch goes with `up` only", file=sys.stderr)
+        return 2
     if args.action == "up":
-        print(cluster.cluster_up(settings))
+        print(cluster.cluster_up(settings), flush=True)
+        if args.watch:
+            return _watch(settings, watch)
     elif args.action == "down":
         print(cluster.cluster_down(settings))
     elif args.action == "add-taskmanager":
         print(cluster.add_taskmanager(settings))
+    elif args.action == "watch":
+        return _watch(settings, watch)
     else:
         print(cluster.cluster_status(settings))
+    return 0
+
+
+def _watch(settings: ClusterSettings, watch: WatchSettings) -> int:
+    """``cluster watch`` in the foreground until SIGTERM/SIGINT (exit 0, cluster left running)."""
+    import logging
+
+    from jobs.cluster import Stopper, watch_cluster
+
+    with Stopper().handling() as stopper:
+        logging.getLogger("jobs.cluster").info(watch_cluster(settings, watch, stopper))
     return 0

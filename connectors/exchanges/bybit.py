@@ -26,6 +26,9 @@ from connectors.symbols import SymbolInfo
 from udfs.record import InvalidKline, quote
 
 _RATE_LIMIT_CODES = frozenset({10006, 10018})
+# How far ahead of Bybit's clock ours may run at the turn of a minute and the newest row of a
+# REST answer still be taken for the minute in progress (see Bybit.parse_rest).
+OPEN_BAR_CLOCK_AHEAD_MS = 60_000
 
 
 class Bybit(ExchangeAdapter):
@@ -62,7 +65,10 @@ class Bybit(ExchangeAdapter):
     "1274220.8258747"], ...]}}`` newest first; 600 requests per 5 s per IP; over it: HTTP 403
     or 429, or ``retCode`` 10006. The answer has no confirm flag and includes the still-open
     bar: a row whose minute has not ended by the ingest clock is listed as unconfirmed, never
-    stored as closed.
+    stored as closed; so is the newest row of an answer whose range goes on past its minute
+    (Bybit lists a minute as soon as it begins, so nothing newer means it is the one in
+    progress) while our clock says it ended less than ``OPEN_BAR_CLOCK_AHEAD_MS`` ago: a
+    clock running ahead of Bybit's would otherwise store the open bar as closed.
     """
 
     name: ClassVar[str] = "bybit"
@@ -205,7 +211,9 @@ class Bybit(ExchangeAdapter):
     ) -> RestPage:
         """Closed bars of one answer, oldest first; pages backwards while the page is full.
 
-        The minute still open at ``ingest_time`` goes to ``unconfirmed``, never into ``klines``.
+        The minute still open at ``ingest_time`` goes to ``unconfirmed``, never into ``klines``;
+        so does the newest row when the range goes on past its minute and ``ingest_time``
+        (possibly ahead of Bybit's clock) puts its end less than ``OPEN_BAR_CLOCK_AHEAD_MS`` ago.
         """
         if not isinstance(payload, dict):
             raise RestError(f"bybit kline: unexpected body {quote(payload, 200)}")
@@ -227,6 +235,18 @@ class Bybit(ExchangeAdapter):
             raise RestError("bybit kline: 'result.list' is not a list")
         page = RestPage([], [])
         oldest: int | None = None
+        starts = [start for start in map(_start_of, rows) if start is not None]
+        newest = max(starts, default=None)
+        # The minute in progress is Bybit's newest row: nothing newer was listed although the
+        # range goes on past it. Our clock tells it from a last bar long closed (a delisted
+        # symbol), not from the open one when it runs a little ahead of Bybit's.
+        open_newest = (
+            newest
+            if newest is not None
+            and newest + MINUTE_MS < end_ms
+            and ingest_time - (newest + MINUTE_MS) < OPEN_BAR_CLOCK_AHEAD_MS
+            else None
+        )
         for row in rows:
             try:
                 if not isinstance(row, list) or len(row) < 7:
@@ -235,7 +255,7 @@ class Bybit(ExchangeAdapter):
                 oldest = open_time if oldest is None else min(oldest, open_time)
                 if not start_ms <= open_time < end_ms:
                     continue
-                if open_time + MINUTE_MS > ingest_time:
+                if open_time + MINUTE_MS > ingest_time or open_time == open_newest:
                     page.unconfirmed.append(open_time)
                     continue
                 page.klines.append(
@@ -267,3 +287,13 @@ class Bybit(ExchangeAdapter):
         if len(rows) >= self.rest_page_limit and oldest is not None and oldest > start_ms:
             page.next_end_ms = oldest
         return page
+
+
+def _start_of(row: Any) -> int | None:
+    """The start time of a kline row, or None when the row has none (it is rejected later)."""
+    if not isinstance(row, list) or len(row) < 7:
+        return None
+    try:
+        return to_int(row[0], "startTime")
+    except InvalidKline:
+        return None

@@ -1,15 +1,20 @@
 """The hand-over from ``klineflow backfill`` to ``klineflow bridge`` at the present minute.
 
 Issue 13 asks that a backfill reaching the present produce closed bars only and hand over to
-the live bridge "without dropping or duplicating the boundary minute". The test runs both
-commands on one Binance spot fake and one tape, into one fresh Kafka topic:
+the live bridge "without dropping or duplicating the boundary minute", on every venue (binance,
+okx, bybit), spot and perpetuals. The test runs both commands on one fake and one tape, into
+one fresh Kafka topic, for each venue and market of :data:`VENUES` (spot of all three, and the
+quote-margined perpetuals: Binance USDT-M, OKX USDT SWAP, Bybit linear):
 
 1. The fake is stopped inside bar ``B`` (two in-progress updates of it are behind it, so its
-   REST answer lists ``B`` with in-progress values). ``klineflow backfill --since B-90``
-   without ``--until`` (up to now) runs in-process; the exchange's clock is the fake's
-   virtual one (the middle of bar ``B``), because the Binance REST parser tells the open bar
-   by its close time against the clock, and the tape's 2024 minutes are all past by the
-   machine's clock.
+   REST answer lists ``B`` with in-progress values, as each venue lists the minute in
+   progress). ``klineflow backfill --since B-90`` without ``--until`` (up to now) runs
+   in-process. Each venue tells its open bar its own way, and the backfill's clock is chosen
+   so that only that way can tell it (the tape's 2024 minutes are all past by the machine's
+   clock): Binance's row has only a close time, so the clock is the fake's virtual one (the
+   middle of ``B``); OKX's row has ``confirm`` (``"0"`` for ``B``), so the clock is the
+   machine's; Bybit's row has neither, but ``B`` is the newest row of the answer, so the clock
+   runs 5 s past ``B``'s end (a machine clock a little ahead of the exchange's).
 2. ``klineflow bridge`` (a subprocess) connects while the tape is still stopped; then the tape
    goes on, so the live feed delivers the rest of ``B`` (the boundary minute: open while the
    backfill ran, closed later by the live feed) and the minutes after it.
@@ -24,6 +29,10 @@ twice are harmless, since the job's upsert keeps one bar per minute and version"
 must be identical (same values, same event time, both ``rest``), so there is exactly one
 distinct closed bar per (series, open_time). With the start-up backfill off, the topic holds
 exactly one closed record per minute.
+
+Values are the tape's final ones in the venue's units: OKX and Bybit give no trade count and
+no taker volumes (null in the record), a perpetual's volume is the base volume (OKX: ``volCcy``,
+Bybit linear: contracts of one base unit), so a bar of either side equals the tape's bar.
 """
 
 from __future__ import annotations
@@ -36,6 +45,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,9 +62,40 @@ from tests.fakes.exchange_servers import FAKES, MINUTE_MS, FakeExchange, Tape, T
 from udfs.record import Kline, decode_kline
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-EXCHANGE = "binance"
-MARKET = "spot"
-RAW_SYMBOLS = ["BTCUSDT", "ETHUSDT"]
+
+
+@dataclass(frozen=True)
+class Venue:
+    """One exchange and market of the seam test, and the raw symbols its fake serves."""
+
+    exchange: str
+    market: str
+    raw_symbols: tuple[str, ...]
+    # The backfill's clock against the exchange's (the middle of the boundary bar), in ms;
+    # None: the machine's own clock (two years after the tape's minutes).
+    clock_offset_ms: int | None = 0
+    # Binance gives a trade count and taker volumes; OKX and Bybit do not (null).
+    trades_and_taker: bool = False
+
+    @property
+    def id(self) -> str:
+        """The test id: ``exchange-market``."""
+        return f"{self.exchange}-{self.market}"
+
+
+# Binance's row tells the open bar only by its close time against the clock: the backfill
+# keeps the exchange's. OKX's ``confirm`` needs no clock: the machine's (far off) is used.
+# Bybit's newest row is the open one: a clock 5 s past the boundary minute's end (a machine
+# clock running ahead of Bybit's at the turn of the minute) must not make it closed.
+BYBIT_CLOCK_AHEAD_MS = MINUTE_MS // 2 + 5_000
+VENUES = [
+    Venue("binance", "spot", ("BTCUSDT", "ETHUSDT"), trades_and_taker=True),
+    Venue("binance", "linear", ("BTCUSDT", "ETHUSDT"), trades_and_taker=True),
+    Venue("okx", "spot", ("BTC-USDT", "ETH-USDT"), clock_offset_ms=None),
+    Venue("okx", "linear", ("BTC-USDT-SWAP", "ETH-USDT-SWAP"), clock_offset_ms=None),
+    Venue("bybit", "spot", ("BTCUSDT", "ETHUSDT"), clock_offset_ms=BYBIT_CLOCK_AHEAD_MS),
+    Venue("bybit", "linear", ("BTCUSDT", "ETHUSDT"), clock_offset_ms=BYBIT_CLOCK_AHEAD_MS),
+]
 FIRST_BAR = 500
 BACKFILL_MINUTES_BEFORE_BOUNDARY = 90
 # In-progress updates of the boundary bar sent before the backfill runs (to no one).
@@ -86,11 +127,12 @@ def _stats_lines(log_path: Path, event: str) -> list[dict[str, Any]]:
     return found
 
 
-def _virtual_clock_client(fake: FakeExchange) -> type[RestKlineClient]:
-    """A :class:`RestKlineClient` whose wall clock is the fake's: the middle of its open bar."""
+def _virtual_clock_client(fake: FakeExchange, offset_ms: int) -> type[RestKlineClient]:
+    """A :class:`RestKlineClient` whose wall clock is the fake's (the middle of its open bar)
+    plus ``offset_ms``."""
 
     def fake_now_ms() -> int:
-        return fake.tape.open_time(fake.current_bar()) + MINUTE_MS // 2
+        return fake.tape.open_time(fake.current_bar()) + MINUTE_MS // 2 + offset_ms
 
     class VirtualClockRestKlineClient(RestKlineClient):
         """The real client, asking the fake's virtual clock which bar is still open."""
@@ -115,12 +157,15 @@ def _market_values(bar: Kline) -> tuple[Any, ...]:
     return (*bar.values_fingerprint(), bar.is_closed, bar.event_time)
 
 
-def _assert_is_tape_final(bar: Kline, tape: Tape, symbol_index: int) -> None:
-    """``bar`` carries the tape's final values of its minute (never an in-progress update)."""
+def _assert_is_tape_final(bar: Kline, venue: Venue, tape: Tape, symbol_index: int) -> None:
+    """``bar`` carries the tape's final values of its minute (never an in-progress update),
+    null where ``venue`` does not give a value."""
     final = tape.final(symbol_index, tape.bar_of(bar.open_time))
+    given = venue.trades_and_taker
     expected = (final.open, final.high, final.low, final.close, final.volume,
-                final.quote_volume, final.trades, final.taker_buy_volume,
-                final.taker_buy_quote_volume)  # fmt: skip
+                final.quote_volume, final.trades if given else None,
+                final.taker_buy_volume if given else None,
+                final.taker_buy_quote_volume if given else None)  # fmt: skip
     assert bar.is_closed
     assert bar.values_fingerprint() == expected, (bar, final)
 
@@ -128,6 +173,7 @@ def _assert_is_tape_final(bar: Kline, tape: Tape, symbol_index: int) -> None:
 def _run_bridge_until_live_bars_closed(
     threaded: ThreadedFake,
     fake: FakeExchange,
+    venue: Venue,
     *,
     boundary_bar: int,
     startup_backfill_minutes: int,
@@ -139,15 +185,16 @@ def _run_bridge_until_live_bars_closed(
     closed and its repairs are done; returns its ``final_stats``."""
     command = [
         sys.executable, "-m", "jobs.cli", "bridge",
-        "--exchange", EXCHANGE, "--market", MARKET, "--symbols", ",".join(RAW_SYMBOLS),
+        "--exchange", venue.exchange, "--market", venue.market,
+        "--symbols", ",".join(venue.raw_symbols),
         "--ws-url", fake.ws_base, "--rest-url", fake.rest_base,
-        "--topic", topics.raw, "--linear-topic", topics.raw + ".linear",
+        "--topic", topics.raw, "--linear-topic", topics.raw,
         "--dlq-topic", topics.dlq, "--bootstrap-servers", bootstrap,
         "--stats-interval", "0.5", "--no-data-timeout", "10", "--repair-delay", "0.2",
         "--startup-backfill-minutes", str(startup_backfill_minutes),
     ]  # fmt: skip
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    all_symbols = set(range(len(RAW_SYMBOLS)))
+    all_symbols = set(range(len(venue.raw_symbols)))
     with log_path.open("w") as log_file:
         bridge = subprocess.Popen(
             command, cwd=REPO_ROOT, stdout=log_file, stderr=subprocess.STDOUT, env=env
@@ -204,7 +251,9 @@ def _last_closed_bar_sent(fake: FakeExchange, symbol_index: int) -> int:
 @pytest.mark.parametrize(
     "startup_backfill_minutes", [0, 60], ids=["no-startup-backfill", "default-startup-backfill"]
 )
+@pytest.mark.parametrize("venue", VENUES, ids=[venue.id for venue in VENUES])
 def test_backfill_then_bridge_closes_every_minute_once_across_the_boundary(
+    venue: Venue,
     startup_backfill_minutes: int,
     kafka_bootstrap: str,
     kafka_topics: Any,
@@ -218,36 +267,42 @@ def test_backfill_then_bridge_closes_every_minute_once_across_the_boundary(
     on, identical ``rest`` copies of its last minutes from the bridge); the boundary minute
     and every later one are ``ws``, closed exactly once, with the tape's final values.
     """
-    fake = FAKES[EXCHANGE](RAW_SYMBOLS, market=MARKET, first_bar=FIRST_BAR, tick_interval_s=0.02)
+    exchange, raw_symbols = venue.exchange, list(venue.raw_symbols)
+    fake = FAKES[exchange](raw_symbols, market=venue.market, first_bar=FIRST_BAR,
+                           tick_interval_s=0.02)  # fmt: skip
     tape = fake.tape
-    canonical = create_adapter(EXCHANGE, MARKET, RAW_SYMBOLS).symbols
+    adapter = create_adapter(exchange, venue.market, raw_symbols)
     index_of_series = {
-        f"{EXCHANGE}:{canonical[raw].symbol}:1m": index for index, raw in enumerate(RAW_SYMBOLS)
+        f"{exchange}:{adapter.symbols[raw].symbol}:1m": index
+        for index, raw in enumerate(raw_symbols)
     }
-    monkeypatch.setattr(connectors.rest_repair, "RestKlineClient", _virtual_clock_client(fake))
+    if venue.clock_offset_ms is not None:
+        monkeypatch.setattr(connectors.rest_repair, "RestKlineClient",
+                            _virtual_clock_client(fake, venue.clock_offset_ms))  # fmt: skip
     with ThreadedFake(fake) as threaded:
         boundary_bar = _stop_inside_boundary_bar(threaded, fake)
         first_bar = boundary_bar - BACKFILL_MINUTES_BEFORE_BOUNDARY
         backfill_exit = klineflow_main([
-            "backfill", "--exchange", EXCHANGE, "--market", MARKET,
-            "--symbols", ",".join(RAW_SYMBOLS), "--since", str(tape.open_time(first_bar)),
+            "backfill", "--exchange", exchange, "--market", venue.market,
+            "--symbols", ",".join(raw_symbols), "--since", str(tape.open_time(first_bar)),
             "--rest-url", fake.rest_base, "--topic", kafka_topics.raw,
+            "--linear-topic", kafka_topics.raw,
             "--dlq-topic", kafka_topics.dlq, "--bootstrap-servers", kafka_bootstrap,
             "--progress-file", str(tmp_path / "progress.json"),
         ])  # fmt: skip
         backfill_output = capsys.readouterr().out
         assert backfill_exit == 0, backfill_output
-        assert backfill_output.count("1 still open") == len(RAW_SYMBOLS), backfill_output
+        assert backfill_output.count("1 still open") == len(raw_symbols), backfill_output
         # The progress stops at the boundary minute: a later run fetches it again.
         progress = ProgressFile(tmp_path / "progress.json")
-        market = create_adapter(EXCHANGE, MARKET, RAW_SYMBOLS).market
-        assert {progress.next_start(progress_key(EXCHANGE, market, raw)) for raw in RAW_SYMBOLS
-                } == {tape.open_time(boundary_bar)}  # fmt: skip
+        assert {progress.next_start(progress_key(exchange, adapter.market, raw))
+                for raw in raw_symbols} == {tape.open_time(boundary_bar)}  # fmt: skip
         backfilled = [decode_kline(value) for _, value in read_topic(
             kafka_bootstrap, kafka_topics.raw, min_messages=1)]  # fmt: skip
         final_stats = _run_bridge_until_live_bars_closed(
             threaded,
             fake,
+            venue,
             boundary_bar=boundary_bar,
             startup_backfill_minutes=startup_backfill_minutes,
             bootstrap=kafka_bootstrap,
@@ -268,6 +323,8 @@ def test_backfill_then_bridge_closes_every_minute_once_across_the_boundary(
             from_bridge.append(bar)
     assert len(everything) == len(backfilled) + len(from_bridge)
     assert set(index_of_series) == {bar.series_key for bar in everything}
+    markets = {info.market for info in adapter.symbols.values()}  # spot, perp
+    assert {bar.market for bar in everything} == markets
 
     # The backfill: every minute before the boundary once, closed, rest, final values; not
     # the boundary minute, which was still open (its REST row had in-progress values).
@@ -278,7 +335,7 @@ def test_backfill_then_bridge_closes_every_minute_once_across_the_boundary(
     })  # fmt: skip
     for bar in backfilled:
         assert bar.provenance == "rest"
-        _assert_is_tape_final(bar, tape, index_of_series[bar.series_key])
+        _assert_is_tape_final(bar, venue, tape, index_of_series[bar.series_key])
 
     # The bridge: live minutes from the boundary on; REST only for its start-up window.
     bridge_closed = [bar for bar in from_bridge if bar.is_closed]
@@ -310,7 +367,7 @@ def test_backfill_then_bridge_closes_every_minute_once_across_the_boundary(
         assert {m for m in minutes if m >= tape.open_time(first_bar)} == expected_minutes
         for open_time in sorted(minutes):
             copies = closed_copies[(series, open_time)]
-            _assert_is_tape_final(copies[0], tape, index)
+            _assert_is_tape_final(copies[0], venue, tape, index)
             assert len({_market_values(copy) for copy in copies}) == 1, copies
             if open_time >= tape.open_time(boundary_bar):
                 assert [copy.provenance for copy in copies] == ["ws"], copies
@@ -320,4 +377,12 @@ def test_backfill_then_bridge_closes_every_minute_once_across_the_boundary(
                     assert len(copies) == 1, copies
         boundary_copies = closed_copies[(series, tape.open_time(boundary_bar))]
         assert len(boundary_copies) == 1 and boundary_copies[0].provenance == "ws"
+        live = sum(1 for minute in minutes if minute >= tape.open_time(boundary_bar))
+        rest_copies = sum(1 for bar in bridge_closed
+                          if bar.series_key == series and bar.provenance == "rest")  # fmt: skip
+        print(  # shown with -s: what each venue's seam delivered
+            f"seam {venue.id} {series}: backfilled {backfilled_per_series[series]} minutes, "
+            f"live {live} minutes, boundary minute from {boundary_copies[0].provenance}, "
+            f"start-up REST copies {rest_copies}, missing {len(expected_minutes - minutes)}"
+        )
     assert read_topic(kafka_bootstrap, kafka_topics.dlq) == []

@@ -120,8 +120,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             worst = max(worst, code)
             runs.append({"file": path, "exit_code": code, "seconds": round(seconds, 1),
                          **parse_output(output)})  # fmt: skip
-            if code not in (0, 5):  # 5: nothing collected
-                sys.stderr.write(output[-4000:])
+            if code not in (0, 5):  # 5: nothing collected: show why it failed
+                RESULTS.mkdir(parents=True, exist_ok=True)
+                saved = RESULTS / f"bench_chaos-{Path(path).stem}-{time.time():.0f}.log"
+                saved.write_text(output)
+                failures = [line for line in output.splitlines() if line.startswith("E ")]
+                sys.stderr.write("\n".join(failures[:40]) + f"\n(full output: {saved})\n")
     summary = summarise(runs)
     text = json.dumps(summary, indent=2, sort_keys=True)
     print(text)

@@ -173,15 +173,18 @@ def assert_cause_logged(lines: list[str], *, store: str, url: str, restarts: int
         assert "Error" in match["cause"] or "refused" in match["cause"], lines[index]
         # The warning is one record of one line: the next line is the next record.
         following = lines[index + 1] if index + 1 < len(lines) else "2000-01-01 end"
-        assert LOG_RECORD_START.match(following), following
+        assert LOG_RECORD_START.match(following), f"{lines[index]}\nfollowed by: {following}"
     # No line per retry: neither the writers' own (now at debug level) nor the driver's.
     noise = [line for line in lines if any(text in line for text in PER_RETRY_NOISE)]
     assert not noise, "\n".join(noise[:5])
-    # One line when the wait starts: at most one per attempt of the sink (first run + restarts).
-    assert len(outages) <= restarts + 1, "\n".join(outages)
+    # One line when a wait starts, not one per retry: one per attempt of the sink (first run
+    # and each restart), and once more where the store flapped as it came back.
+    assert len(outages) <= 2 * (restarts + 1), "\n".join(outages)
     recoveries = [line for line in lines if (m := RECOVERY_LINE.search(line)) and
                   m["store"] == store]  # fmt: skip
-    assert recoveries, f"no '{store} at ... is reachable again' line in the job's log"
+    assert recoveries, f"no '{store} at ... is reachable again' line in:\n" + "\n".join(
+        line for line in lines if store in line
+    )
     print("chaos log:", outages[0].split(" - ", 1)[-1])
     print("chaos log:", recoveries[-1].split(" - ", 1)[-1])
 
@@ -202,7 +205,7 @@ def clickhouse_server(tmp_path: Path) -> Iterator[LocalClickHouseServer]:
         with open_writer(server.url(), migrate_schema=False) as writer:
             for statement in REDUCED_SCHEMA.split(";"):
                 if statement.strip():
-                    writer._execute(statement)
+                    writer._execute(statement)  # DDL: the writers have no public call for it
             writer.insert_rows(
                 "schema_migrations",
                 [

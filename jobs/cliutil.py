@@ -17,19 +17,17 @@ def env_flag(
     type: Callable[[str], Any] = str,
     help: str,
     secret: bool = False,
-    default_text: str | None = None,
     **kwargs: Any,
 ) -> None:
     """Add an option whose default comes from ``env``, else ``default``.
 
-    The help text names the variable and the built-in default (``default_text`` when the
-    default depends on other flags, ``default`` then being None), or says that the
-    environment set it (showing the value unless the option is ``secret``).
+    The help text names the variable and the built-in default, or says that the environment
+    set it (showing the value unless the option is ``secret``).
     """
     from_env = os.environ.get(env)
     value = type(from_env) if from_env not in (None, "") else default
     if from_env in (None, ""):
-        shown = f"default: {default if default_text is None else default_text}"
+        shown = f"default: {default}"
     else:
         shown = "set from the environment" if secret else f"now: {from_env}"
     parser.add_argument(

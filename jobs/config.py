@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
 from connectors.clickhouse import DEFAULT_URL
 from connectors.redaction import redacted_repr
@@ -135,23 +135,6 @@ def parse_row_size(text: str) -> float | None:
     return size
 
 
-# Redis batching: a live job sends short batches, so an update reaches Redis within a few ms;
-# a bounded run (replay, backfill) is all backlog and sends batches ten times larger, so each
-# series' compare-and-set call carries more updates (only the newest one's fields reach the
-# hash): about a third less Redis CPU per bar, client and server (bench notes in README).
-LIVE_REDIS_BATCH_ROWS: Final = 500
-LIVE_REDIS_FLUSH_MS: Final = 10
-BOUNDED_REDIS_BATCH_ROWS: Final = 5_000
-BOUNDED_REDIS_FLUSH_MS: Final = 200
-
-
-def redis_batching(bounded: bool) -> tuple[int, int]:
-    """``(redis_batch_rows, redis_flush_ms)`` a job uses unless told otherwise."""
-    if bounded:
-        return BOUNDED_REDIS_BATCH_ROWS, BOUNDED_REDIS_FLUSH_MS
-    return LIVE_REDIS_BATCH_ROWS, LIVE_REDIS_FLUSH_MS
-
-
 @dataclass(frozen=True, slots=True)
 class SinkConfig:
     """How the sinks batch: ClickHouse by size and time, Redis per update in short batches."""
@@ -159,14 +142,13 @@ class SinkConfig:
     clickhouse_url: str = DEFAULT_CLICKHOUSE_URL
     clickhouse_batch_rows: int = 10_000
     clickhouse_flush_ms: int = 1_000
-    # How long a sink waits for a ClickHouse server or Redis that is down (a write retried, or
-    # the connection of a restarted sink) before the task fails and Flink restarts it from
-    # the last checkpoint, the unwritten rows kept in state. Keep it below the checkpoint
-    # timeout (2 min): a checkpoint waits behind a sink that waits.
+    # How long a ClickHouse write retries a server that is down before the task fails (and
+    # Flink restarts it from the last checkpoint, the unwritten rows kept in state).
     clickhouse_retry_s: float = 60.0
     redis_url: str = "redis://127.0.0.1:6379/0"
-    redis_batch_rows: int = LIVE_REDIS_BATCH_ROWS
-    redis_flush_ms: int = LIVE_REDIS_FLUSH_MS
+    redis_batch_rows: int = 500
+    # Live state: short batches, so an update reaches Redis within a few ms of the job.
+    redis_flush_ms: int = 10
     redis_recent_bars: int = 500
     redis_ttl_s: int | None = None
     # Announce each applied update on the series' pub/sub channel (kline-updates:...).
@@ -437,15 +419,14 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
         env="KLINEFLOW_CLICKHOUSE_RETRY_S",
         type=float,
         default=sinks.clickhouse_retry_s,
-        help="wait this long for a ClickHouse server or Redis that is down (writes retried, "
-        "input backpressured) before the task fails and Flink restarts it",
+        help="retry a ClickHouse server that is down this long before the task restarts",
     )
     env_flag(
         parser,
         "--redis-batch-rows",
         env="KLINEFLOW_REDIS_BATCH_ROWS",
         type=int,
-        default_text=f"{LIVE_REDIS_BATCH_ROWS}, {BOUNDED_REDIS_BATCH_ROWS} with --bounded",
+        default=sinks.redis_batch_rows,
         help="Redis pipeline batch size",
     )
     env_flag(
@@ -453,7 +434,7 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
         "--redis-flush-ms",
         env="KLINEFLOW_REDIS_FLUSH_MS",
         type=int,
-        default_text=f"{LIVE_REDIS_FLUSH_MS}, {BOUNDED_REDIS_FLUSH_MS} with --bounded",
+        default=sinks.redis_flush_ms,
         help="flush Redis at least this often",
     )
     env_flag(
@@ -516,7 +497,6 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
 
 def settings_from_args(args: argparse.Namespace) -> JobSettings:
     """Build the frozen settings from parsed flags."""
-    redis_batch_rows, redis_flush_ms = redis_batching(args.bounded)
     return JobSettings(
         kafka_bootstrap=args.bootstrap_servers,
         klines_topic=args.topic,
@@ -546,8 +526,8 @@ def settings_from_args(args: argparse.Namespace) -> JobSettings:
             clickhouse_flush_ms=args.clickhouse_flush_ms,
             clickhouse_retry_s=args.clickhouse_retry_s,
             redis_url=args.redis_url,
-            redis_batch_rows=_given(args.redis_batch_rows, redis_batch_rows),
-            redis_flush_ms=_given(args.redis_flush_ms, redis_flush_ms),
+            redis_batch_rows=args.redis_batch_rows,
+            redis_flush_ms=args.redis_flush_ms,
             redis_recent_bars=args.redis_recent_bars,
             redis_ttl_s=args.redis_ttl_s,
             redis_publish=not args.no_redis_publish,
@@ -561,8 +541,3 @@ def settings_from_args(args: argparse.Namespace) -> JobSettings:
             indicators=not args.no_indicators,
         ),
     )
-
-
-def _given(value: int | None, mode_default: int) -> int:
-    """A flag's value, or the run mode's default when neither the flag nor its env var is set."""
-    return mode_default if value is None else value

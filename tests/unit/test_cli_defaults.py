@@ -17,14 +17,7 @@ import pytest
 from connectors.bridge import BridgeConfig
 from connectors.exchanges import create_adapter
 from jobs import bridge_cmd, replay_cmd, stack_cmd
-from jobs.config import (
-    BOUNDED_REDIS_BATCH_ROWS,
-    BOUNDED_REDIS_FLUSH_MS,
-    JobSettings,
-    add_job_arguments,
-    resolve_clickhouse_url,
-    settings_from_args,
-)
+from jobs.config import JobSettings, add_job_arguments, resolve_clickhouse_url, settings_from_args
 from jobs.stack import StackConfig
 
 ENV_NAME = re.compile(r"\(env ([A-Z][A-Z0-9_]*)")
@@ -85,29 +78,6 @@ def _command(name: str, module: Any) -> Callable[[argparse.ArgumentParser], None
         module.register(parser.add_subparsers(dest="command"))
 
     return add
-
-
-@pytest.mark.parametrize(
-    ("argv", "env", "expected"),
-    [
-        (["--bounded"], {}, (BOUNDED_REDIS_BATCH_ROWS, BOUNDED_REDIS_FLUSH_MS)),
-        (["--bounded", "--redis-batch-rows", "7"], {}, (7, BOUNDED_REDIS_FLUSH_MS)),
-        (["--bounded"], {"KLINEFLOW_REDIS_FLUSH_MS": "3"}, (BOUNDED_REDIS_BATCH_ROWS, 3)),
-        (["--redis-flush-ms", "50"], {}, (JobSettings().sinks.redis_batch_rows, 50)),
-    ],
-    ids=["bounded", "bounded-flag", "bounded-env", "live-flag"],
-)
-def test_a_bounded_run_batches_redis_unless_told_otherwise(
-    monkeypatch: pytest.MonkeyPatch, argv: list[str], env: dict[str, str], expected: tuple
-) -> None:
-    """A bounded run's Redis batches are larger; a flag or its variable still wins."""
-    clean_parser(monkeypatch, add_job_arguments)  # clears the variables the flags name
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    parser = argparse.ArgumentParser()
-    add_job_arguments(parser)
-    sinks = settings_from_args(parser.parse_args(argv)).sinks
-    assert (sinks.redis_batch_rows, sinks.redis_flush_ms) == expected
 
 
 def test_no_bridge_flags_give_the_default_bridge_config(monkeypatch: pytest.MonkeyPatch) -> None:

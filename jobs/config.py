@@ -142,8 +142,10 @@ class SinkConfig:
     clickhouse_url: str = DEFAULT_CLICKHOUSE_URL
     clickhouse_batch_rows: int = 10_000
     clickhouse_flush_ms: int = 1_000
-    # How long a ClickHouse write retries a server that is down before the task fails (and
-    # Flink restarts it from the last checkpoint, the unwritten rows kept in state).
+    # How long a sink waits for a ClickHouse server or Redis that is down (a write retried, or
+    # the connection of a restarted sink) before the task fails and Flink restarts it from
+    # the last checkpoint, the unwritten rows kept in state. Keep it below the checkpoint
+    # timeout (2 min): a checkpoint waits behind a sink that waits.
     clickhouse_retry_s: float = 60.0
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_batch_rows: int = 500
@@ -419,7 +421,8 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
         env="KLINEFLOW_CLICKHOUSE_RETRY_S",
         type=float,
         default=sinks.clickhouse_retry_s,
-        help="retry a ClickHouse server that is down this long before the task restarts",
+        help="wait this long for a ClickHouse server or Redis that is down (writes retried, "
+        "input backpressured) before the task fails and Flink restarts it",
     )
     env_flag(
         parser,

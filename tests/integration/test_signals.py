@@ -274,8 +274,14 @@ def test_async_operator_one_signal_per_bar_under_faults(
     assert all(r.authorized for r in seen), "the key from the key file reached the server"
 
     # The timeout never fails the job: a degraded signal.
+    # Which limit ends it first is a race: three 2 s attempts (jittered backoffs between them,
+    # possibly ~0) against the engine's 6.3 s deadline; either way it ends degraded, in time.
     (slow_signal,) = by_symbol[SLOW_SYMBOL]
-    assert slow_signal.degraded and slow_signal.reason in {"timeout", "operator_timeout"}
+    assert slow_signal.degraded and slow_signal.reason in {
+        "timeout",
+        "operator_timeout",
+        "retries_exhausted:attempt_timeout",
+    }, slow_signal.reason
     # Bounded retries with varying delays, then degraded.
     flaky_reasons = [s.reason for s in by_symbol[FLAKY_SYMBOL]]
     assert flaky_reasons == ["retries_exhausted:http_500"] * 3, flaky_reasons

@@ -673,13 +673,7 @@ def start_jobmanager(cluster: ClusterSettings, *, timeout_s: float, stopper: Sto
     for port in (cluster.rest_port, cluster.rpc_port):
         if _port_in_use(port):
             raise JobSetupError(f"port {port} is taken by another process: no JobManager can start")
-    before = set(daemon_pids(cluster, "standalonesession"))
-    _script("jobmanager.sh", cluster, "start", detach=True)
-    started = [pid for pid in daemon_pids(cluster, "standalonesession") if pid not in before]
-    if not started:
-        raise JobSetupError(f"bin/jobmanager.sh start left no JobManager running (see "
-                            f"{_daemon_log(cluster, 'standalonesession')})")  # fmt: skip
-    pid = started[-1]
+    pid = _start_daemon(cluster, "jobmanager.sh", "standalonesession", "JobManager")
 
     def answers() -> bool:
         if not alive(pid):
@@ -692,19 +686,24 @@ def start_jobmanager(cluster: ClusterSettings, *, timeout_s: float, stopper: Sto
     return pid
 
 
+def _start_daemon(cluster: ClusterSettings, script: str, daemon: str, name: str) -> int:
+    """Run ``bin/{script} start`` (detached) and return the PID of the ``daemon`` it started."""
+    before = set(daemon_pids(cluster, daemon))
+    _script(script, cluster, "start", detach=True)
+    started = [pid for pid in daemon_pids(cluster, daemon) if pid not in before]
+    if not started:
+        raise JobSetupError(f"bin/{script} start left no {name} running (see "
+                            f"{_daemon_log(cluster, daemon)})")  # fmt: skip
+    return started[-1]
+
+
 def start_taskmanager(
     cluster: ClusterSettings, *, timeout_s: float, stopper: Stopper
 ) -> tuple[int, str, list[dict[str, Any]]]:
     """Start one TaskManager (``bin/taskmanager.sh start``, as ``add_taskmanager``) and wait
     until it has registered with its slots; returns its PID, resource id and the
     TaskManagers registered then."""
-    before = set(daemon_pids(cluster, "taskexecutor"))
-    _script("taskmanager.sh", cluster, "start", detach=True)
-    started = [pid for pid in daemon_pids(cluster, "taskexecutor") if pid not in before]
-    if not started:
-        raise JobSetupError(f"bin/taskmanager.sh start left no TaskManager running (see "
-                            f"{_daemon_log(cluster, 'taskexecutor')})")  # fmt: skip
-    pid = started[-1]
+    pid = _start_daemon(cluster, "taskmanager.sh", "taskexecutor", "TaskManager")
 
     def registered() -> tuple[str, list[dict[str, Any]]] | None:
         if not alive(pid):

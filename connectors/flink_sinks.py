@@ -74,7 +74,7 @@ from pyflink.datastream import DataStream, KeyedProcessFunction, RuntimeContext
 from pyflink.datastream.connectors.base import Sink
 from pyflink.datastream.state import ListStateDescriptor
 
-from connectors.flink_topology import name_key_step
+from connectors.flink_topology import name_key_step, pipeline_keyed_state_commits
 from connectors.private_file import write_private_file
 from connectors.redaction import redact_url
 from udfs.series import Tag, decode_outputs
@@ -189,6 +189,7 @@ class BatchingSinkFunction(KeyedProcessFunction):
         """Release the connection (called from ``close``)."""
 
     def open(self, runtime_context: RuntimeContext) -> None:
+        pipeline_keyed_state_commits()
         self._buffer = SinkBuffer(self.batch_rows, self.flush_ms)
         # The flush timer of each key with rows in state (timers of other kinds may fire too).
         self._flush_due: dict[Any, int] = {}

@@ -189,3 +189,88 @@ def batch_records(
     output_type = Types.PRIMITIVE_ARRAY(Types.BYTE())
     j_stream = stream._j_data_stream.transform(name, output_type.get_java_type_info(), operator)
     return DataStream(j_stream.uid(name))
+
+
+class _DeferredStateWrites:
+    """Stands in for a Python worker's gRPC state handler while keyed state is committed.
+
+    Appends and clears are sent at once (they keep their order: one request queue, one
+    stream, served in order by the JVM) and answered with a finished future, so the commit
+    goes on to the next key instead of waiting a round trip per key and state; reads pass
+    through. :meth:`wait` then waits for every answer.
+    """
+
+    def __init__(self, underlying: Any) -> None:
+        self._underlying = underlying
+        self._sent: list[Any] = []
+
+    def append_raw(self, state_key: Any, data: bytes) -> Any:
+        return self._defer(self._underlying.append_raw(state_key, data))
+
+    def clear(self, state_key: Any) -> Any:
+        return self._defer(self._underlying.clear(state_key))
+
+    def _defer(self, future: Any) -> Any:
+        from apache_beam.runners.worker.sdk_worker import _Future
+
+        self._sent.append(future)
+        return _Future.done()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._underlying, name)
+
+    def wait(self) -> int:
+        """Wait for the answers to every write sent; the number of writes.
+
+        Raises RuntimeError when the JVM refused a write or the state stream broke.
+        """
+        underlying = self._underlying
+        for future in self._sent:
+            while not future.wait(timeout=1.0):
+                if underlying._exception is not None:
+                    raise RuntimeError("the state stream to the JVM broke") from (
+                        underlying._exception
+                    )
+                if underlying._done:
+                    raise RuntimeError("the state stream to the JVM was closed")
+            response = future.get()
+            if response is not None and response.error:
+                raise RuntimeError(f"the JVM refused a keyed-state write: {response.error}")
+        return len(self._sent)
+
+
+_PIPELINED_MARK: Final = "_klineflow_pipelined"
+
+
+def pipeline_keyed_state_commits() -> None:
+    """Make this Python worker's keyed-state commits send all their writes, then wait once.
+
+    At the end of every bundle PyFlink commits the cached state of each key the bundle
+    touched, and each (key, state) commit waits for its own round trip to the JVM before the
+    next is sent (``RemoteKeyedStateBackend.commit``). A live bundle touches a few keys with
+    two or three states each, so that is several blocking round trips per update. With this,
+    the writes go out back to back and the commit waits once, for all of them; what reaches
+    the JVM, and in which order, is unchanged. Idempotent; call it in the worker (a
+    function's ``open``).
+    """
+    from pyflink.fn_execution.state_impl import RemoteKeyedStateBackend
+
+    if getattr(RemoteKeyedStateBackend.commit, _PIPELINED_MARK, False):
+        return
+    commit_one_by_one = RemoteKeyedStateBackend.commit
+
+    def commit(self: Any) -> None:
+        bags = self._state_handler  # Beam's caching handler (value and list state)
+        maps = self._map_state_handler  # PyFlink's map state handler
+        underlying = maps._underlying
+        deferred = _DeferredStateWrites(underlying)
+        bags._underlying = maps._underlying = deferred
+        try:
+            commit_one_by_one(self)
+        finally:
+            bags._underlying = maps._underlying = underlying
+        deferred.wait()
+
+    setattr(commit, _PIPELINED_MARK, True)
+    commit.__wrapped__ = commit_one_by_one  # type: ignore[attr-defined]
+    RemoteKeyedStateBackend.commit = commit

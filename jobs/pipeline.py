@@ -35,6 +35,7 @@ from connectors.flink_topology import (
     batch_records,
     key_by_first_field,
     name_back_to,
+    pipeline_keyed_state_commits,
     set_parallelism_back_to,
 )
 from jobs.config import AnalyticsConfig, PipelineConfig
@@ -89,6 +90,19 @@ def series_settings(
         live_horizon_ms=config.rollup_live_horizon_ms,
         profile_timeframes=profile_timeframes,
         **settings,
+    )
+
+
+def series_function(
+    config: PipelineConfig,
+    analytics: AnalyticsConfig | None = None,
+    signals: SignalConfig | None = None,
+) -> SeriesFunction:
+    """The series operator's function; its worker pipelines the keyed-state commits."""
+    return SeriesFunction(
+        series_settings(config, analytics, signals),
+        config.series_ttl_ms,
+        worker_setup=pipeline_keyed_state_commits,
     )
 
 
@@ -215,7 +229,7 @@ def build_pipeline(
     records = (
         key_by_first_field(timestamped, Types.PRIMITIVE_ARRAY(Types.BYTE()))
         .process(
-            SeriesFunction(series_settings(config, analytics, signals), config.series_ttl_ms),
+            series_function(config, analytics, signals),
             output_type=Types.PRIMITIVE_ARRAY(Types.BYTE()),
         )
         .name("series")

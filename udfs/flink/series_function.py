@@ -31,7 +31,7 @@ drop by one TTL but never cause one. ``ttl_ms=0`` keeps every instrument for eve
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from pyflink.common import Types
@@ -59,13 +59,23 @@ INSTRUMENT_META: Any = "instrument"
 class SeriesFunction(KeyedProcessFunction):
     """Keyed by instrument: everything the job computes per series (``udfs.series``)."""
 
-    def __init__(self, settings: SeriesSettings, ttl_ms: int = 0) -> None:
+    def __init__(
+        self,
+        settings: SeriesSettings,
+        ttl_ms: int = 0,
+        worker_setup: Callable[[], None] | None = None,
+    ) -> None:
+        """``worker_setup``: called first in ``open`` (in the Python worker), e.g. to tune
+        PyFlink there; a module-level function, so the job graph pickles it by name."""
         if ttl_ms < 0:
             raise ValueError(f"ttl_ms must be >= 0 (0: never drop), got {ttl_ms}")
         self.settings = settings
         self.ttl_ms = ttl_ms
+        self.worker_setup = worker_setup
 
     def open(self, runtime_context: RuntimeContext) -> None:
+        if self.worker_setup is not None:
+            self.worker_setup()
         pickled = Types.PICKLED_BYTE_ARRAY()
         self.meta_state = runtime_context.get_state(ValueStateDescriptor(INSTRUMENT_META, pickled))
         self.bar_states = runtime_context.get_map_state(

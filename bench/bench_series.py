@@ -12,6 +12,11 @@ bars each, interleaved minute by minute as a replay delivers them. Modes:
 - ``live``: every bar within the live horizon, so each bar also refreshes the developing
   roll-ups and profiles (what a live feed costs per closed bar).
 
+- ``updates``: what a live feed mostly is: in-progress updates of the current minute
+  (``is_closed`` false, event time growing) of one series with ``--minutes`` of history in
+  its windows, per update; with and without ``--rollup-emit-in-progress`` (which re-emits
+  every developing roll-up and profile on each update).
+
 Each mode runs with and without profiles. CPU time of this process (``time.process_time``),
 so a busy machine disturbs it less than wall time would. Prints one JSON object.
 
@@ -96,6 +101,44 @@ def run(elements: list[tuple[str, bytes]], *, live: bool, profiles: bool) -> dic
     }
 
 
+def run_updates(minutes: int, updates: int, *, emit_in_progress: bool) -> dict[str, Any]:
+    """In-progress updates of the current minute after ``minutes`` of closed history."""
+    analytics = AnalyticsConfig(profile_timeframes=PROFILE_TIMEFRAMES)
+    config = PipelineConfig(rollup_emit_in_progress=emit_in_progress)
+    settings = series_settings(config, analytics, SignalConfig(timeframes=SIGNAL_TIMEFRAMES))
+    processor = SeriesProcessor(settings)
+    now_ms = int(time.time() * 1000)
+    base = synthetic_bars(minutes + 1)
+    shift = now_ms - now_ms % 60_000 - base[-1].open_time  # the last bar: the current minute
+    bars = [replace(bar, open_time=bar.open_time + shift, close_time=bar.close_time + shift,
+                    ingest_time=now_ms) for bar in base]  # fmt: skip
+    state = processor.new_state()
+    journal = Journal()
+    for bar in bars[:-1]:
+        processor.on_kline(state, bar, bar.open_time - 1, now_ms, journal)
+        journal.clear()
+    current = bars[-1]
+    feed = [
+        replace(current, is_closed=False, close=current.close + (n % 7) * 0.01,
+                volume=current.volume * (1 + n / updates), event_time=current.open_time + 1 + n)
+        for n in range(updates)
+    ]  # fmt: skip
+    watermark = current.open_time - config.max_out_of_orderness_ms - 1
+    outputs = 0
+    started = time.process_time()
+    for update in feed:
+        emitted = processor.on_kline(state, update, watermark, now_ms, journal)
+        journal.clear()
+        outputs += len(emitted)
+        decode_outputs(encode_outputs(emitted))
+    seconds = time.process_time() - started
+    return {
+        "updates": updates,
+        "cpu_us_per_update": round(seconds / updates * 1e6, 1),
+        "outputs_per_update": round(outputs / updates, 2),
+    }
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run every mode and print the JSON report."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
@@ -113,6 +156,9 @@ def main(argv: list[str] | None = None) -> None:
         for profiles in (True, False):
             name = f"{mode}_{'full' if profiles else 'no_profiles'}"
             report[name] = run(elements, live=mode == "live", profiles=profiles)
+    for emit_in_progress in (False, True):
+        name = f"updates{'_emit_in_progress' if emit_in_progress else ''}"
+        report[name] = run_updates(args.minutes, 3000, emit_in_progress=emit_in_progress)
     print(json.dumps(report, indent=2))
 
 

@@ -171,10 +171,16 @@ class BatchingSinkFunction(KeyedProcessFunction):
     rows (a failure then loses them): only for measuring what durability costs.
     """
 
-    def __init__(self, batch_rows: int, flush_ms: int, *, durable: bool = True) -> None:
+    def __init__(
+        self, batch_rows: int, flush_ms: int, *, durable: bool = True,
+        pipelined_commits: bool = True,
+    ) -> None:  # fmt: skip
+        """``pipelined_commits``: the worker pipelines its keyed-state commits
+        (``connectors.flink_topology.pipeline_keyed_state_commits``)."""
         self.batch_rows = batch_rows
         self.flush_ms = flush_ms
         self.durable = durable
+        self.pipelined_commits = pipelined_commits
 
     @abstractmethod
     def connect(self) -> None:
@@ -189,7 +195,8 @@ class BatchingSinkFunction(KeyedProcessFunction):
         """Release the connection (called from ``close``)."""
 
     def open(self, runtime_context: RuntimeContext) -> None:
-        pipeline_keyed_state_commits()
+        if self.pipelined_commits:
+            pipeline_keyed_state_commits()
         self._buffer = SinkBuffer(self.batch_rows, self.flush_ms)
         # The flush timer of each key with rows in state (timers of other kinds may fire too).
         self._flush_due: dict[Any, int] = {}
@@ -408,8 +415,11 @@ class StoreSinkFunction(BatchingSinkFunction):
         redis_ttl_s: int | None,
         redis_publish: bool,
         secrets_file: str | None = None,
+        pipelined_commits: bool = True,
     ) -> None:
-        super().__init__(clickhouse_batch_rows, clickhouse_flush_ms)
+        super().__init__(
+            clickhouse_batch_rows, clickhouse_flush_ms, pipelined_commits=pipelined_commits
+        )
         self.clickhouse_url = clickhouse_url
         self.redis_url = redis_url
         self.secrets_file = secrets_file

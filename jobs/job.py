@@ -197,6 +197,16 @@ def inference_secrets_path(settings: JobSettings) -> Path:
     return sink_secrets_path(settings).with_name(f"{settings.job_name}-inference.json")
 
 
+def uses_pipelined_commits(settings: JobSettings) -> bool:
+    """Whether the job's Python workers pipeline their keyed-state commits: a live job only.
+
+    It pays where bundles are small (live, 300 updates/s over 1,000 series: p99 0.9-1.7 s
+    instead of 2.4-5 s); a bounded run's 10,000-record bundles gained nothing from it (-2 to
+    -15 % in three same-run pairs).
+    """
+    return not settings.bounded
+
+
 def sink_parallelism(settings: JobSettings) -> int | None:
     """chdb allows one process per directory: its sink runs alone (None: the job's)."""
     return 1 if settings.sinks.clickhouse_url.startswith("chdb:") else settings.parallelism
@@ -233,14 +243,17 @@ def attach_job(env: Any, settings: JobSettings) -> None:
     )
     analytics = settings.analytics if settings.analytics.enabled else None
     signals = settings.signals if settings.signals.enabled else None
-    streams = build_pipeline(raw, pipeline, analytics, signals)
+    pipelined_commits = uses_pipelined_commits(settings)
+    streams = build_pipeline(raw, pipeline, analytics, signals,
+                             pipelined_commits=pipelined_commits)  # fmt: skip
     records = streams.records
     if signals is not None and signals.inference.url:
         records = with_inference(records, signals, secrets_path=inference_secrets_path(settings))
     dead_letters = attach_sink(
         records,
         StoreSinkFunction(
-            **store_sink_arguments(settings.sinks, secrets_path=sink_secrets_path(settings))
+            **store_sink_arguments(settings.sinks, secrets_path=sink_secrets_path(settings)),
+            pipelined_commits=pipelined_commits,
         ),
         "store-sink",
         parallelism=sink_parallelism(settings),

@@ -97,12 +97,15 @@ def series_function(
     config: PipelineConfig,
     analytics: AnalyticsConfig | None = None,
     signals: SignalConfig | None = None,
+    *,
+    pipelined_commits: bool = True,
 ) -> SeriesFunction:
-    """The series operator's function; its worker pipelines the keyed-state commits."""
+    """The series operator's function; ``pipelined_commits``: its worker pipelines the
+    keyed-state commits (``connectors.flink_topology.pipeline_keyed_state_commits``)."""
     return SeriesFunction(
         series_settings(config, analytics, signals),
         config.series_ttl_ms,
-        worker_setup=pipeline_keyed_state_commits,
+        worker_setup=pipeline_keyed_state_commits if pipelined_commits else None,
     )
 
 
@@ -204,8 +207,13 @@ def build_pipeline(
     config: PipelineConfig,
     analytics: AnalyticsConfig | None = None,
     signals: SignalConfig | None = None,
+    *,
+    pipelined_commits: bool = True,
 ) -> PipelineStreams:
     """Parse and validate, assign event time, then everything per instrument.
+
+    ``pipelined_commits``: the series worker pipelines its keyed-state commits (what a live
+    job wants: small bundles; a bounded replay's large bundles gain nothing from it).
 
     Roll-ups follow ``config.rollup_timeframes``; profiles and indicators ``analytics`` and
     signals ``signals`` (None: off). Input of another timeframe than 1m (a replayed 1h
@@ -229,7 +237,7 @@ def build_pipeline(
     records = (
         key_by_first_field(timestamped, Types.PRIMITIVE_ARRAY(Types.BYTE()))
         .process(
-            series_function(config, analytics, signals),
+            series_function(config, analytics, signals, pipelined_commits=pipelined_commits),
             output_type=Types.PRIMITIVE_ARRAY(Types.BYTE()),
         )
         .name("series")

@@ -183,10 +183,11 @@ def test_the_series_worker_pipelines_its_commits() -> None:
     from jobs.pipeline import series_function
 
     assert series_function(PipelineConfig()).worker_setup is pipeline_keyed_state_commits
+    assert series_function(PipelineConfig(), pipelined_commits=False).worker_setup is None
 
 
 @pytest.mark.usefixtures("unpipelined")
-def test_a_sink_worker_pipelines_its_commits_when_it_opens() -> None:
+def test_a_sink_worker_pipelines_its_commits_when_it_opens_unless_told_not_to() -> None:
     from collections.abc import Sequence
 
     from connectors.flink_sinks import BatchingSinkFunction
@@ -213,5 +214,15 @@ def test_a_sink_worker_pipelines_its_commits_when_it_opens() -> None:
             return Group()
 
     assert not _pipelined()
+    NullSink(10, 100, pipelined_commits=False).open(RuntimeContext())  # type: ignore[arg-type]
+    assert not _pipelined()
     NullSink(10, 100).open(RuntimeContext())  # type: ignore[arg-type]
     assert _pipelined()
+
+
+def test_only_a_live_job_pipelines_its_commits() -> None:
+    from jobs.config import JobSettings
+    from jobs.job import uses_pipelined_commits
+
+    assert uses_pipelined_commits(JobSettings(bounded=False))
+    assert not uses_pipelined_commits(JobSettings(bounded=True))

@@ -201,8 +201,11 @@ class _DeferredStateWrites:
     """
 
     def __init__(self, underlying: Any) -> None:
+        from apache_beam.runners.worker.sdk_worker import _Future
+
         self._underlying = underlying
         self._sent: list[Any] = []
+        self._answered = _Future.done()  # what every deferred write returns at once
 
     def append_raw(self, state_key: Any, data: bytes) -> Any:
         return self._defer(self._underlying.append_raw(state_key, data))
@@ -211,16 +214,14 @@ class _DeferredStateWrites:
         return self._defer(self._underlying.clear(state_key))
 
     def _defer(self, future: Any) -> Any:
-        from apache_beam.runners.worker.sdk_worker import _Future
-
         self._sent.append(future)
-        return _Future.done()
+        return self._answered
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._underlying, name)
 
-    def wait(self) -> int:
-        """Wait for the answers to every write sent; the number of writes.
+    def wait(self) -> None:
+        """Wait for the answers to every write sent.
 
         Raises RuntimeError when the JVM refused a write or the state stream broke.
         """
@@ -236,7 +237,6 @@ class _DeferredStateWrites:
             response = future.get()
             if response is not None and response.error:
                 raise RuntimeError(f"the JVM refused a keyed-state write: {response.error}")
-        return len(self._sent)
 
 
 _PIPELINED_MARK: Final = "_klineflow_pipelined"

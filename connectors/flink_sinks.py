@@ -2,7 +2,9 @@
 
 PyFlink has no Python ``SinkFunction``, so each sink is a keyed process function that writes
 in batches and emits nothing; ``attach_sink`` ends it in a discarding Java sink and names both.
-A sink connects and health-checks in ``open()`` and flushes by size and by time.
+A sink connects and health-checks in ``open()`` and flushes by size and by time (when the
+oldest row of its batch has waited ``flush_ms``: after a quiet spell the first row waits for
+company instead of going out alone).
 
 Nothing is lost across a failure or restart (at-least-once). Python functions get no
 snapshot hook, so the rows not yet written live in Flink keyed state, which every checkpoint
@@ -23,7 +25,8 @@ contains:
   which ReplacingMergeTree collapses by ``version`` and Redis's compare-and-set ignores.
 - After recovery, Flink restores the state and the timers. The first time a key is seen
   again (an element or a timer), its restored rows join the batch, and they are written
-  within ``flush_ms`` (the restored processing-time timers are already due).
+  within ``flush_ms`` (the restored processing-time timers are already due), to every store
+  the sink writes (``on_restored``): the store that was down may never have had them.
 
 A store that is down (ClickHouse or Redis) is waited for: the write that fails is retried
 with capped backoff for up to ``SinkConfig.clickhouse_retry_s`` (60 s by default; the one
@@ -118,7 +121,7 @@ class SinkBuffer:
         self.batch_keys: set[Any] = set()
         self.dirty_keys: set[Any] = set()
         self.known_keys: set[Any] = set()
-        self.last_flush = clock()
+        self.first_row_at = clock()  # when the oldest row of ``rows`` arrived
 
     def needs_adoption(self, key: Any) -> bool:
         """Whether ``key``'s state must be read once (it may hold restored rows)."""
@@ -128,6 +131,8 @@ class SinkBuffer:
         """Take the rows found in ``key``'s state into the batch (after a recovery)."""
         self.known_keys.add(key)
         if restored:
+            if not self.rows:
+                self.first_row_at = self._clock()
             self.rows.extend(restored)
             self.batch_keys.add(key)
             self.dirty_keys.add(key)
@@ -136,22 +141,33 @@ class SinkBuffer:
         """Add a row of ``key``; True when ``key`` was clean (its timers must be registered)."""
         newly_dirty = key not in self.dirty_keys
         self.known_keys.add(key)
+        if not self.rows:
+            self.first_row_at = self._clock()
         self.rows.append(row)
         self.batch_keys.add(key)
         self.dirty_keys.add(key)
         return newly_dirty
 
     def should_flush(self) -> bool:
-        """The batch is full, or it holds rows and the last flush is ``flush_ms`` old."""
+        """The batch is full, or its oldest row has waited ``flush_ms``.
+
+        Timed from the oldest row, not the last flush: the first row after a quiet spell
+        waits for company instead of going out alone.
+        """
         if len(self.rows) >= self.batch_rows:
             return True
-        return bool(self.rows) and (self._clock() - self.last_flush) * 1000 >= self.flush_ms
+        return bool(self.rows) and (self._clock() - self.first_row_at) * 1000 >= self.flush_ms
+
+    def wait_left_ms(self) -> int:
+        """How long until :meth:`should_flush` holds by time (0: it does, or no rows)."""
+        if not self.rows:
+            return 0
+        return max(0, int(self.flush_ms - (self._clock() - self.first_row_at) * 1000))
 
     def take(self) -> list[Any]:
         """The batch to write now; the buffer starts a new one."""
         batch, self.rows = self.rows, []
         self.batch_keys.clear()
-        self.last_flush = self._clock()
         return batch
 
     def can_clear(self, key: Any) -> bool:
@@ -271,10 +287,15 @@ class BatchingSinkFunction(KeyedProcessFunction):
             ]
             self._buffer.adopt(key, restored)
             if restored:
+                self.on_restored(restored)
                 self.rows_restored.inc(len(restored))
                 self.restored_rows_total += len(restored)
                 log.info("%s: %d unwritten rows restored from state", type(self).__name__,
                          len(restored))  # fmt: skip
+
+    def on_restored(self, rows: list[Any]) -> None:
+        """Called with the unwritten rows of a key restored from state (after a failure),
+        before they join the batch; a sink that writes elsewhere too hooks in here."""
 
     def _clear_current(self, key: Any) -> None:
         if self._buffer.can_clear(key):
@@ -482,19 +503,32 @@ class StoreSinkFunction(BatchingSinkFunction):
             return
         for row in rows:
             self._live.add(None, row)
-        timers = ctx.timer_service()
-        now = timers.current_processing_time()
-        if self._live_timer_due <= now:
-            self._live_timer_due = now + self.redis_flush_ms
-            timers.register_processing_time_timer(self._live_timer_due)
         if self._live.should_flush():
             self._flush_live()
         self._accept(ctx, value, rows)
+        self._arm_live_timer(ctx.timer_service())
 
     def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterator[Any]:
         if self._live.should_flush():
             self._flush_live()
         yield from super().on_timer(timestamp, ctx)
+        self._arm_live_timer(ctx.timer_service())
+
+    def _arm_live_timer(self, timers: Any) -> None:
+        """Keep one processing-time timer pending while Redis rows wait (on any key: the
+        Redis batch mixes keys)."""
+        if not self._live.rows:
+            return
+        now = timers.current_processing_time()
+        if self._live_timer_due > now:
+            return
+        self._live_timer_due = now + max(1, self._live.wait_left_ms())
+        timers.register_processing_time_timer(self._live_timer_due)
+
+    def on_restored(self, rows: list[Any]) -> None:
+        # Redis may never have had them (it may have been the store that was down).
+        for row in rows:
+            self._live.add(None, row)
 
     def _flush(self) -> None:
         self._flush_live()

@@ -19,11 +19,13 @@ from typing import Any
 
 import cloudpickle
 import orjson
+import redis
 
 from connectors.clickhouse import ClickHouseUnavailable, ClickHouseWriter, open_writer
 from connectors.flink_kafka import klines_source
 from connectors.flink_sinks import StoreSinkFunction, attach_sink, discard
 from connectors.kafka_producer import create_producer
+from connectors.redis_keys import redis_key
 from jobs.config import JobSettings, SinkConfig
 from jobs.job import create_environment, store_sink_arguments
 from tests.integration.conftest import TopicNames
@@ -114,25 +116,27 @@ def make_kline(symbol: str, minute: int) -> Kline:
     )
 
 
-def test_a_failure_after_checkpoints_loses_nothing_and_doubles_nothing(
-    tmp_path: Path, kafka_bootstrap: str, kafka_topics: TopicNames, redis_url: str
-) -> None:
-    from pyflink.common import Types
-    from pyflink.common.watermark_strategy import WatermarkStrategy
-
+def produce_klines(kafka_bootstrap: str, topic: str) -> list[Kline]:
+    """Every test bar, produced to ``topic`` (keyed by series); returns them."""
     klines = [make_kline(symbol, minute) for minute in range(MINUTES) for symbol in SERIES]
     producer = create_producer(kafka_bootstrap)
     try:
         for kline in klines:
-            producer.send(
-                kafka_topics.raw, key=kline.series_key.encode(), value=encode_kline(kline)
-            )
+            producer.send(topic, key=kline.series_key.encode(), value=encode_kline(kline))
         producer.flush(timeout=30)
     finally:
         producer.close()
+    return klines
 
-    chdb_url = f"chdb://{tmp_path / 'chdb'}"
-    log_path = tmp_path / "writes.jsonl"
+
+def start_sink_job(
+    tmp_path: Path, kafka_bootstrap: str, kafka_topics: TopicNames, sink: StoreSinkFunction
+) -> Any:
+    """Kafka (unbounded) -> decode -> ``sink``, checkpoints every 300 ms, one restart;
+    returns the running job's client."""
+    from pyflink.common import Types
+    from pyflink.common.watermark_strategy import WatermarkStrategy
+
     settings = JobSettings(
         kafka_bootstrap=kafka_bootstrap,
         klines_topic=kafka_topics.raw,
@@ -150,12 +154,6 @@ def test_a_failure_after_checkpoints_loses_nothing_and_doubles_nothing(
             ("restart-strategy.fixed-delay.delay", "500ms"),
         ),
     )
-    sink_config = SinkConfig(
-        clickhouse_url=chdb_url,
-        clickhouse_batch_rows=1_000_000,
-        clickhouse_flush_ms=4_000,
-        redis_url=redis_url,
-    )
     env = create_environment(settings)
     raw = env.from_source(
         klines_source(kafka_bootstrap, kafka_topics.raw, settings.consumer_group, bounded=False),
@@ -165,9 +163,33 @@ def test_a_failure_after_checkpoints_loses_nothing_and_doubles_nothing(
     ).uid("kafka-klines-raw")
     bars = raw.map(to_bar, output_type=Types.PRIMITIVE_ARRAY(Types.BYTE()))
     bars = bars.name("decode").uid("decode")
-    written = attach_sink(bars, FailOnceSink(sink_config, log_path), "store-sink", parallelism=1)
+    written = attach_sink(bars, sink, "store-sink", parallelism=1)
     discard(written, "store-sink-end")
-    client = env.execute_async(settings.job_name)
+    return env.execute_async(settings.job_name)
+
+
+def held_sink_config(tmp_path: Path, redis_url: str) -> SinkConfig:
+    """Both stores written only every 4 s: every row is read, and covered by a checkpoint,
+    before the first write."""
+    return SinkConfig(
+        clickhouse_url=f"chdb://{tmp_path / 'chdb'}",
+        clickhouse_batch_rows=1_000_000,
+        clickhouse_flush_ms=4_000,
+        redis_url=redis_url,
+        redis_batch_rows=1_000_000,
+        redis_flush_ms=4_000,
+    )
+
+
+def test_a_failure_after_checkpoints_loses_nothing_and_doubles_nothing(
+    tmp_path: Path, kafka_bootstrap: str, kafka_topics: TopicNames, redis_url: str
+) -> None:
+    klines = produce_klines(kafka_bootstrap, kafka_topics.raw)
+    sink_config = held_sink_config(tmp_path, redis_url)
+    chdb_url = sink_config.clickhouse_url
+    log_path = tmp_path / "writes.jsonl"
+    client = start_sink_job(tmp_path, kafka_bootstrap, kafka_topics,
+                            FailOnceSink(sink_config, log_path))  # fmt: skip
     try:
         deadline = time.monotonic() + 120
         while written_after_failure(log_path) < len(klines):
@@ -199,3 +221,64 @@ def test_a_failure_after_checkpoints_loses_nothing_and_doubles_nothing(
                 START + m * 60_000 for m in range(MINUTES)
             ]
             assert [row["close"] for row in rows] == [101.0 + m for m in range(MINUTES)]
+
+
+class FailFirstRedisWriteSink(StoreSinkFunction):
+    """The job's real sink whose first Redis write of bars fails (once per test, across
+    restarts): Redis is the store that was down. ``marker_path`` records how many bars that
+    write held."""
+
+    def __init__(self, config: SinkConfig, marker_path: Path) -> None:
+        super().__init__(**store_sink_arguments(config))
+        self.marker_path = str(marker_path)
+
+    def connect(self) -> None:
+        super().connect()
+        write_bars = self.redis.write_bars
+        marker = Path(self.marker_path)
+
+        def fail_first(bars: Sequence[VersionedBar]) -> Any:
+            if not marker.exists():
+                marker.write_text(str(len(bars)))
+                raise InjectedFailure(f"injected Redis failure on {len(bars)} bars")
+            return write_bars(bars)
+
+        self.redis.write_bars = fail_first
+
+
+def test_rows_restored_after_a_failure_reach_redis_too(
+    tmp_path: Path, kafka_bootstrap: str, kafka_topics: TopicNames, redis_url: str
+) -> None:
+    """Redis fails first: after the restart the rows come back from the sink's state (every
+    offset was checkpointed, so none from Kafka), and Redis gets them, not only ClickHouse."""
+    klines = produce_klines(kafka_bootstrap, kafka_topics.raw)
+    marker = tmp_path / "redis-failed"
+    client = start_sink_job(
+        tmp_path, kafka_bootstrap, kafka_topics,
+        FailFirstRedisWriteSink(held_sink_config(tmp_path, redis_url), marker),
+    )  # fmt: skip
+    reader = redis.Redis.from_url(redis_url)
+    keys = [redis_key("klines", "binance", symbol, "1m") for symbol in SERIES]
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists() or any(reader.zcard(key) < MINUTES for key in keys):
+            assert time.monotonic() < deadline, (
+                f"Redis did not get every restored bar: {[reader.zcard(key) for key in keys]} "
+                f"of {MINUTES} per series"
+            )
+            time.sleep(0.2)
+    finally:
+        client.cancel().result()
+        reader.close()
+    assert int(marker.read_text()) == len(klines), "the failed write held every row"
+    for key in keys:
+        assert recent_open_times(redis_url, key) == [START + m * 60_000 for m in range(MINUTES)]
+
+
+def recent_open_times(redis_url: str, key: str) -> list[int]:
+    """The open times in a ``klines:`` sorted set (its scores), oldest first."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        return [int(score) for _, score in client.zrange(key, 0, -1, withscores=True)]
+    finally:
+        client.close()

@@ -33,13 +33,14 @@ build/.jars-fetched: pom.xml
 	mvn -B -q -f pom.xml package
 	@touch $@
 
-# The job's own Java operators (jvm/), compiled against the jars of the installed PyFlink and
-# shipped with the connector jars (every jar in build/flink-jars/ goes into pipeline.jars).
+# The job's own Java operators (jvm/), compiled against the jars of the installed PyFlink
+# (lib/, and opt/ for flink-python) and shipped with the connector jars (every jar in
+# build/flink-jars/ goes into pipeline.jars).
 $(OPERATORS_JAR): $(JAVA_SOURCES) $(VENV)/.installed
 	@command -v javac >/dev/null || { echo "a JDK (javac) is required: apt-get install openjdk-17-jdk-headless"; exit 1; }
 	rm -rf build/jvm-classes && mkdir -p build/jvm-classes $(dir $@)
 	javac --release 11 -nowarn -d build/jvm-classes \
-	  -cp "$$($(PY) -c 'import pathlib, pyflink; print(pathlib.Path(pyflink.__file__).parent / "lib")')/*" \
+	  -cp "$$($(PY) -c 'import pathlib, pyflink; home = pathlib.Path(pyflink.__file__).parent; print(f"{home}/lib/*:{home}/opt/*")')" \
 	  $(JAVA_SOURCES)
 	jar cf $@ -C build/jvm-classes .
 

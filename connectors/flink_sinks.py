@@ -77,7 +77,11 @@ from pyflink.datastream import DataStream, KeyedProcessFunction, RuntimeContext
 from pyflink.datastream.connectors.base import Sink
 from pyflink.datastream.state import ListStateDescriptor
 
-from connectors.flink_topology import name_key_step, pipeline_keyed_state_commits
+from connectors.flink_topology import (
+    name_key_step,
+    pipeline_keyed_state_commits,
+    timer_safe_checkpoints,
+)
 from connectors.private_file import write_private_file
 from connectors.redaction import redact_url
 from udfs.series import Tag, decode_outputs
@@ -651,7 +655,8 @@ def attach_sink(
                            key_type=Types.STRING())  # fmt: skip
     name_key_step(keyed, f"{name}-key", group=producer_group)
     writer = keyed.process(function, output_type=Types.PRIMITIVE_ARRAY(Types.BYTE()))
-    writer = writer.name(name).uid(name)
+    # Rows restored from a checkpoint rely on their keys' timers being in it too.
+    writer = timer_safe_checkpoints(writer).name(name).uid(name)
     if group is not None:
         writer = writer.slot_sharing_group(group)
     if parallelism is not None:

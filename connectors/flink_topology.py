@@ -191,6 +191,38 @@ def batch_records(
     return DataStream(j_stream.uid(name))
 
 
+# The timer-safe keyed process operator (jvm/io/klineflow/flink/TimerSafeKeyedProcessOperator
+# .java), in the same jar.
+TIMER_SAFE_OPERATOR_CLASS: Final = "io.klineflow.flink.TimerSafeKeyedProcessOperator"
+
+
+def timer_safe_checkpoints(stream: DataStream) -> DataStream:
+    """Make the checkpoints of the keyed Python operator that produced ``stream`` hold every
+    timer its function registered before the barrier; returns ``stream``.
+
+    PyFlink 2.2.1 (process mode) queues the timers a bundle registers as mailbox actions and
+    takes the snapshot before running them, so a restore can bring back a key's state
+    without its timers (a sink's rows never flushed, a window never fired). The operator is
+    swapped for a subclass that registers them first (the Java class says how). A no-op in
+    thread mode, whose operator registers timers at once.
+    """
+    from py4j.java_gateway import JavaClass
+    from pyflink.java_gateway import get_gateway
+
+    transformation = stream._j_data_stream.getTransformation()
+    operator_class = transformation.getOperatorFactory().getOperator().getClass().getName()
+    if operator_class.endswith(".EmbeddedPythonKeyedProcessOperator"):
+        return stream
+    safe = get_gateway().jvm.io.klineflow.flink.TimerSafeKeyedProcessOperator
+    if not isinstance(safe, JavaClass):
+        raise RuntimeError(
+            f"{TIMER_SAFE_OPERATOR_CLASS} is not on the classpath: build/flink-jars/"
+            "klineflow-operators.jar is missing or not in pipeline.jars (run `make setup`)"
+        )
+    safe.install(transformation)
+    return stream
+
+
 class _DeferredStateWrites:
     """Stands in for a Python worker's gRPC state handler while keyed state is committed.
 

@@ -19,6 +19,7 @@ import datetime as dt
 import json
 import random
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -641,6 +642,9 @@ def differences(expected: Any, actual: Any, path: str = "", limit: int = 12) -> 
         elif isinstance(want, list) and isinstance(got, list):
             if len(want) != len(got):
                 found.append(f"{where}: {len(got)} items, expected {len(want)}")
+                if all(isinstance(item, list) for item in (*want, *got)):
+                    found.extend(_row_set_differences(want, got, where))
+                    return  # positional differences after a missing row say nothing more
             for index, (w, g) in enumerate(zip(want, got, strict=False)):
                 walk(w, g, f"{where}[{index}]")
         elif want != got or type(want) is not type(got):
@@ -648,6 +652,34 @@ def differences(expected: Any, actual: Any, path: str = "", limit: int = 12) -> 
 
     walk(expected, actual, path)
     return found
+
+
+def _row_set_differences(want: list[Any], got: list[Any], where: str, shown: int = 3) -> list[str]:
+    """Which rows of a table are missing or unexpected, as runs of keys (the leading
+    non-numeric columns, then the first number: e.g. series, timeframe, open time)."""
+
+    def key(row: list[Any]) -> tuple[Any, ...]:
+        for index, value in enumerate(row):
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                return tuple(row[: index + 1])
+        return tuple(row)
+
+    wanted = Counter(json.dumps(row) for row in want)
+    found_rows = Counter(json.dumps(row) for row in got)
+    lines = []
+    for label, extra in (("missing", wanted - found_rows), ("unexpected", found_rows - wanted)):
+        if not extra:
+            continue
+        by_group: dict[tuple[Any, ...], list[Any]] = {}
+        for text in extra.elements():
+            row_key = key(json.loads(text))
+            by_group.setdefault(row_key[:-1], []).append(row_key[-1])
+        for group, values in sorted(by_group.items(), key=lambda item: str(item[0]))[:shown]:
+            lines.append(f"{where}: {len(values)} rows {label} for {list(group)}, "
+                         f"from {min(values)} to {max(values)}")  # fmt: skip
+        if len(by_group) > shown:
+            lines.append(f"{where}: ... and {len(by_group) - shown} more groups {label}")
+    return lines
 
 
 def iter_rows(snapshot: Mapping[str, Any], table: str) -> Iterator[dict[str, Any]]:

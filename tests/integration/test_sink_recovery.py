@@ -247,7 +247,11 @@ class FailFirstRedisWriteSink(StoreSinkFunction):
 
 
 def test_rows_restored_after_a_failure_reach_redis_too(
-    tmp_path: Path, kafka_bootstrap: str, kafka_topics: TopicNames, redis_url: str
+    tmp_path: Path,
+    kafka_bootstrap: str,
+    kafka_topics: TopicNames,
+    redis_url: str,
+    redis_client: redis.Redis,
 ) -> None:
     """Redis fails first: after the restart the rows come back from the sink's state (every
     offset was checkpointed, so none from Kafka), and Redis gets them, not only ClickHouse."""
@@ -257,28 +261,18 @@ def test_rows_restored_after_a_failure_reach_redis_too(
         tmp_path, kafka_bootstrap, kafka_topics,
         FailFirstRedisWriteSink(held_sink_config(tmp_path, redis_url), marker),
     )  # fmt: skip
-    reader = redis.Redis.from_url(redis_url)
     keys = [redis_key("klines", "binance", symbol, "1m") for symbol in SERIES]
     try:
         deadline = time.monotonic() + 120
-        while not marker.exists() or any(reader.zcard(key) < MINUTES for key in keys):
+        while not marker.exists() or any(redis_client.zcard(key) < MINUTES for key in keys):
             assert time.monotonic() < deadline, (
-                f"Redis did not get every restored bar: {[reader.zcard(key) for key in keys]} "
-                f"of {MINUTES} per series"
+                "Redis did not get every restored bar: "
+                f"{[redis_client.zcard(key) for key in keys]} of {MINUTES} per series"
             )
             time.sleep(0.2)
     finally:
         client.cancel().result()
-        reader.close()
     assert int(marker.read_text()) == len(klines), "the failed write held every row"
     for key in keys:
-        assert recent_open_times(redis_url, key) == [START + m * 60_000 for m in range(MINUTES)]
-
-
-def recent_open_times(redis_url: str, key: str) -> list[int]:
-    """The open times in a ``klines:`` sorted set (its scores), oldest first."""
-    client = redis.Redis.from_url(redis_url)
-    try:
-        return [int(score) for _, score in client.zrange(key, 0, -1, withscores=True)]
-    finally:
-        client.close()
+        scores = redis_client.zrange(key, 0, -1, withscores=True)  # the open times
+        assert [int(score) for _, score in scores] == [START + m * 60_000 for m in range(MINUTES)]

@@ -18,7 +18,11 @@ import pytest
 from pyflink.common import Configuration
 from pyflink.datastream import StreamExecutionEnvironment
 
-from connectors.flink_topology import PYTHON_WORKER_MODE_VARIABLE, transformation_uids
+from connectors.flink_topology import (
+    PYTHON_WORKER_MODE_VARIABLE,
+    TIMER_SAFE_OPERATOR_CLASS,
+    transformation_uids,
+)
 from jobs.config import JobSettings, PipelineConfig
 from jobs.job import attach_job, create_environment, local_configuration
 from jobs.signals import SignalConfig
@@ -132,6 +136,27 @@ def test_the_watermark_chain_runs_one_subtask_per_partition(
         assert graph[name].getParallelism() == partitions, name
     assert graph["series"].getParallelism() == 2
     assert graph["store-sink"].getParallelism() == 1  # chdb: one writer
+
+
+def test_keyed_python_operators_checkpoint_their_timers(built: tuple[Any, JobSettings]) -> None:
+    """The series operator and the sink run the timer-safe operator
+    (``timer_safe_checkpoints``), also once PyFlink has fused the sink's key step into the
+    series operator."""
+    env, _ = built
+    graph = _graph(env)
+    for name in ("series", "store-sink"):
+        operator = graph[name].getOperatorFactory().getOperator()
+        assert operator.getClass().getName() == TIMER_SAFE_OPERATOR_CLASS, name
+    stream_graph = env._generate_stream_graph(clear_transformations=False)
+    operators = {
+        node.getOperatorName(): node.getOperatorFactory().getOperator().getClass().getName()
+        for node in stream_graph.getStreamNodes().toArray()
+        if node.getOperatorName() in ("series, store-sink-key", "store-sink")
+    }
+    assert operators == {
+        "series, store-sink-key": TIMER_SAFE_OPERATOR_CLASS,
+        "store-sink": TIMER_SAFE_OPERATOR_CLASS,
+    }
 
 
 def test_local_runs_get_python_worker_processes(tmp_path: Path) -> None:

@@ -175,16 +175,9 @@ def batch_records(
     chains to ``stream``'s (same parallelism, no shuffle) and keeps no state; ``name`` is its
     name and uid.
     """
-    from py4j.java_gateway import JavaClass
     from pyflink.common import Types
-    from pyflink.java_gateway import get_gateway
 
-    batcher = get_gateway().jvm.io.klineflow.flink.RecordBatcher
-    if not isinstance(batcher, JavaClass):
-        raise RuntimeError(
-            f"{RECORD_BATCHER_CLASS} is not on the classpath: build/flink-jars/"
-            "klineflow-operators.jar is missing or not in pipeline.jars (run `make setup`)"
-        )
+    batcher = _operators_jar_class(RECORD_BATCHER_CLASS)
     operator = batcher(int(max_records), int(max_bytes), int(max_delay_ms))
     output_type = Types.PRIMITIVE_ARRAY(Types.BYTE())
     j_stream = stream._j_data_stream.transform(name, output_type.get_java_type_info(), operator)
@@ -203,24 +196,31 @@ def timer_safe_checkpoints(stream: DataStream) -> DataStream:
     PyFlink 2.2.1 (process mode) queues the timers a bundle registers as mailbox actions and
     takes the snapshot before running them, so a restore can bring back a key's state
     without its timers (a sink's rows never flushed, a window never fired). The operator is
-    swapped for a subclass that registers them first (the Java class says how). A no-op in
-    thread mode, whose operator registers timers at once.
+    swapped for a subclass that registers them first (the Java class says how). Thread
+    mode's operator is left as it is (not checked for the same fault).
     """
-    from py4j.java_gateway import JavaClass
-    from pyflink.java_gateway import get_gateway
-
     transformation = stream._j_data_stream.getTransformation()
     operator_class = transformation.getOperatorFactory().getOperator().getClass().getName()
     if operator_class.endswith(".EmbeddedPythonKeyedProcessOperator"):
         return stream
-    safe = get_gateway().jvm.io.klineflow.flink.TimerSafeKeyedProcessOperator
-    if not isinstance(safe, JavaClass):
-        raise RuntimeError(
-            f"{TIMER_SAFE_OPERATOR_CLASS} is not on the classpath: build/flink-jars/"
-            "klineflow-operators.jar is missing or not in pipeline.jars (run `make setup`)"
-        )
-    safe.install(transformation)
+    _operators_jar_class(TIMER_SAFE_OPERATOR_CLASS).install(transformation)
     return stream
+
+
+def _operators_jar_class(name: str) -> Any:
+    """A class of the job's own Java operators (``klineflow-operators.jar``), by full name."""
+    from py4j.java_gateway import JavaClass
+    from pyflink.java_gateway import get_gateway
+
+    found: Any = get_gateway().jvm
+    for part in name.split("."):
+        found = getattr(found, part)
+    if not isinstance(found, JavaClass):
+        raise RuntimeError(
+            f"{name} is not on the classpath: build/flink-jars/klineflow-operators.jar is "
+            "missing or not in pipeline.jars (run `make setup`)"
+        )
+    return found
 
 
 class _DeferredStateWrites:

@@ -66,13 +66,14 @@ public class TimerSafeKeyedProcessOperator<OUT> extends ExternalPythonKeyedProce
         }
         OneInputTransformation<?, ?> oneInput = (OneInputTransformation<?, ?>) transformation;
         StreamOperatorFactory<?> factory = oneInput.getOperatorFactory();
-        if (!(factory instanceof SimpleOperatorFactory)
-                || !(((SimpleOperatorFactory<?>) factory).getOperator()
-                        instanceof ExternalPythonKeyedProcessOperator)) {
+        Object operator =
+                factory instanceof SimpleOperatorFactory
+                        ? ((SimpleOperatorFactory<?>) factory).getOperator()
+                        : null;
+        if (!(operator instanceof ExternalPythonKeyedProcessOperator)) {
             throw new IllegalArgumentException(
                     transformation.getName() + " does not run PyFlink's keyed process operator");
         }
-        Object operator = ((SimpleOperatorFactory<?>) factory).getOperator();
         if (operator instanceof TimerSafeKeyedProcessOperator) {
             return (TimerSafeKeyedProcessOperator<?>) operator;
         }

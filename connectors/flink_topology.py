@@ -10,7 +10,6 @@ slowing the job down.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 from typing import Any, Final
 
 from pyflink.datastream import DataStream, KeyedStream
@@ -44,41 +43,6 @@ def key_by_first_field(stream: DataStream, value_type: Any) -> KeyedStream:
     key_type = Types.ROW([Types.STRING()]).get_java_type_info()
     j_keyed = stream._j_data_stream.keyBy(get_gateway().jvm.KeyByKeySelector(), key_type)
     return KeyedStream(j_keyed, value_type, stream)
-
-
-def _chain_back_to(stream: DataStream, first: DataStream) -> list[Any]:
-    """The transformations from ``stream`` back to (and without) ``first``, newest first."""
-    stop = first._j_data_stream.getTransformation().getId()
-    transformation = stream._j_data_stream.getTransformation()
-    chain = []
-    while transformation.getId() != stop:
-        chain.append(transformation)
-        transformation = transformation.getInputs().get(0)
-    return chain
-
-
-def set_parallelism_back_to(stream: DataStream, first: DataStream, parallelism: int) -> None:
-    """Set ``parallelism`` on every transformation from ``first`` down to ``stream``.
-
-    ``assign_timestamps_and_watermarks`` with a Python assigner builds three transformations
-    (Extract-Timestamp, the watermark assigner, Remove-Timestamp), and ``set_parallelism`` on
-    its result reaches only the last one.
-    """
-    first._j_data_stream.getTransformation().setParallelism(parallelism)
-    for transformation in _chain_back_to(stream, first):
-        transformation.setParallelism(parallelism)
-
-
-def name_back_to(stream: DataStream, first: DataStream, names: Sequence[str]) -> None:
-    """Give the transformations between ``first`` and ``stream`` (newest first) these names,
-    each also its uid, so that savepoints map their state (Flink's watermark operator keeps
-    some) and the dashboard shows what they are."""
-    chain = _chain_back_to(stream, first)
-    if len(chain) != len(names):
-        raise ValueError(f"expected {len(names)} transformations after {first}, found {len(chain)}")
-    for transformation, name in zip(chain, names, strict=True):
-        transformation.setName(name)
-        transformation.setUid(name)
 
 
 def name_key_step(keyed: KeyedStream, name: str, *, group: str | None = None) -> None:
@@ -182,6 +146,40 @@ def batch_records(
     output_type = Types.PRIMITIVE_ARRAY(Types.BYTE())
     j_stream = stream._j_data_stream.transform(name, output_type.get_java_type_info(), operator)
     return DataStream(j_stream.uid(name))
+
+
+# The per-source watermark operator (jvm/io/klineflow/flink/SourceWatermarks.java), same jar.
+SOURCE_WATERMARKS_CLASS: Final = "io.klineflow.flink.SourceWatermarks"
+
+
+def source_watermarks(
+    stream: DataStream,
+    name: str,
+    output_type: Any,
+    *,
+    out_of_orderness_ms: int,
+    idleness_ms: int,
+    hello_key: str,
+) -> DataStream:
+    """Event time and watermarks per source subtask, in Java, after the ingest step.
+
+    ``stream`` carries ``Row(key, payload, source, event_time)``; the result ``Row(key,
+    payload)`` (``output_type``) with ``event_time`` as each record's timestamp and the
+    watermarks of a bounded-out-of-orderness generator with idleness run per source subtask
+    (the Java class says how), so the ingest step may run at a lower parallelism than the
+    source as long as each source subtask feeds one of its subtasks (``rescale``). The
+    operator chains to ``stream``'s and keeps no state; ``name`` is its name and uid.
+    """
+    operator = _operators_jar_class(SOURCE_WATERMARKS_CLASS)(
+        int(out_of_orderness_ms), int(idleness_ms), hello_key
+    )
+    j_stream = stream._j_data_stream.transform(name, output_type.get_java_type_info(), operator)
+    return DataStream(j_stream.uid(name))
+
+
+def environment_parallelism(stream: DataStream) -> int:
+    """The default parallelism of the environment ``stream`` belongs to."""
+    return int(stream._j_data_stream.getExecutionEnvironment().getParallelism())
 
 
 # The timer-safe keyed process operator (jvm/io/klineflow/flink/TimerSafeKeyedProcessOperator

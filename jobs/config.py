@@ -42,9 +42,10 @@ class PipelineConfig:
     max_out_of_orderness_ms: int = 60_000
     idleness_ms: int = 60_000
     allowed_lateness_ms: int = 3_600_000
-    # Parallelism of the source -> parse-validate -> event-time-watermarks chain. The job
-    # sets it to the topic's partition count so that each subtask reads one partition and
-    # the watermarks are per partition (None: the job's parallelism).
+    # Parallelism of the Kafka source and its batcher. The job sets it to the topic's
+    # partition count so that each subtask reads one partition and the watermarks are per
+    # partition; ingest runs at the smaller of it and the job's parallelism (None: the job's
+    # parallelism for both).
     source_parallelism: int | None = None
     # Roll-ups of 1m bars (udfs/rollup.py); an empty tuple turns them off.
     rollup_timeframes: tuple[str, ...] = DEFAULT_ROLLUP_TIMEFRAMES

@@ -6,12 +6,14 @@
 The graph is two Python operators deep, because every Python hop costs more than the maths
 (``../shared/notes/pyflink-costs.md``, and ``bench/bench_peers.py`` for the figures):
 
-1. ``ingest`` (one subtask per Kafka partition): parse and validate each message
-   (``udfs.flink.ingest``), emitting ``Row(instrument, bars)`` or a dead letter, chained with
-   the event-time extraction; the watermarks are made right there, per partition, so a
-   partition read later than the others never makes their bars late. It is fed batches of
-   messages packed in Java (``batch_records``, chained to the source), and emits one row per
-   instrument and batch, so the Python hops after it carry groups of bars, not single bars;
+1. ``ingest`` (at most the job's parallelism, each fed by whole source subtasks): parse and
+   validate each message (``udfs.flink.ingest``), emitting ``Row(instrument, bars)`` or a
+   dead letter. It is fed batches of messages packed in Java (``batch_records``, chained to
+   the source, one subtask per Kafka partition), and emits one row per instrument and
+   batch, so the Python hops after it carry groups of bars, not single bars. A Java
+   operator chained to it (``source_watermarks``) makes the watermarks per source subtask,
+   so a partition read later than the others never makes their bars late, with fewer
+   Python workers than partitions;
 2. Flink keys the rows by their first field (no Python key step), and ``series``
    (``udfs.flink.series_function``) does everything per instrument: upsert, roll-ups,
    profiles, indicators and rules signals, emitting ``(Tag, payload)`` records on one
@@ -27,21 +29,20 @@ from collections.abc import Iterator
 from functools import cached_property
 from typing import Any, Final
 
-from pyflink.common import Duration, Types
-from pyflink.common.watermark_strategy import WatermarkStrategy
+from pyflink.common import Types
 from pyflink.datastream import DataStream, FlatMapFunction
 
 from connectors.flink_topology import (
     batch_records,
+    environment_parallelism,
     key_by_first_field,
-    name_back_to,
     pipeline_keyed_state_commits,
-    set_parallelism_back_to,
+    source_watermarks,
     timer_safe_checkpoints,
 )
 from jobs.config import AnalyticsConfig, PipelineConfig
 from jobs.signals import SignalConfig
-from udfs.flink.ingest import KEYED_ROW_TYPE, BarOpenTimeAssigner, IngestFunction
+from udfs.flink.ingest import HELLO_KEY, INGEST_ROW_TYPE, KEYED_ROW_TYPE, IngestFunction
 from udfs.flink.series_function import SeriesFunction
 from udfs.rollup import validate_rollup_timeframes
 from udfs.series import Output, SeriesSettings, Tag, decode_outputs, encode_outputs
@@ -107,18 +108,6 @@ def series_function(
         series_settings(config, analytics, signals),
         config.series_ttl_ms,
         worker_setup=pipeline_keyed_state_commits if pipelined_commits else None,
-    )
-
-
-def watermark_strategy(config: PipelineConfig) -> WatermarkStrategy:
-    """Bounded out-of-orderness on bar open times, with idleness so quiet partitions don't
-    stall the job."""
-    return (
-        WatermarkStrategy.for_bounded_out_of_orderness(
-            Duration.of_millis(config.max_out_of_orderness_ms)
-        )
-        .with_idleness(Duration.of_millis(config.idleness_ms))
-        .with_timestamp_assigner(BarOpenTimeAssigner())
     )
 
 
@@ -227,14 +216,30 @@ def build_pipeline(
         max_bytes=config.source_batch_bytes,
         max_delay_ms=config.source_batch_ms,
     )
-    ingested = (
-        batches.process(IngestFunction(), output_type=KEYED_ROW_TYPE).name("ingest").uid("ingest")
-    )
-    timestamped = ingested.assign_timestamps_and_watermarks(watermark_strategy(config))
-    name_back_to(timestamped, ingested,
-                 ("event-time-watermarks", "event-time-assign", "event-time-extract"))  # fmt: skip
+    ingest_input = batches
+    ingest_parallelism = None
     if config.source_parallelism:
-        set_parallelism_back_to(timestamped, batches, config.source_parallelism)
+        batches.set_parallelism(config.source_parallelism)
+        ingest_parallelism = min(config.source_parallelism, environment_parallelism(raw))
+        if ingest_parallelism < config.source_parallelism:
+            # Each source subtask to one ingest subtask: its batches keep their order.
+            ingest_input = batches.rescale()
+    ingested = (
+        ingest_input.process(IngestFunction(), output_type=INGEST_ROW_TYPE)
+        .name("ingest")
+        .uid("ingest")
+    )
+    timestamped = source_watermarks(
+        ingested,
+        "event-time-watermarks",
+        KEYED_ROW_TYPE,
+        out_of_orderness_ms=config.max_out_of_orderness_ms,
+        idleness_ms=config.idleness_ms,
+        hello_key=HELLO_KEY,
+    )
+    if ingest_parallelism:
+        ingested.set_parallelism(ingest_parallelism)
+        timestamped.set_parallelism(ingest_parallelism)
     series = key_by_first_field(timestamped, Types.PRIMITIVE_ARRAY(Types.BYTE())).process(
         series_function(config, analytics, signals, pipelined_commits=pipelined_commits),
         output_type=Types.PRIMITIVE_ARRAY(Types.BYTE()),

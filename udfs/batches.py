@@ -1,8 +1,9 @@
-"""The batches ``connectors.flink_topology.batch_records`` packs: records, length-prefixed.
+"""The batches ``connectors.flink_topology.batch_records`` packs: a source, then records.
 
-The Java operator (``jvm/io/klineflow/flink/RecordBatcher.java``) writes each record as its
-length (4 bytes, big-endian) then its bytes; :func:`pack_batch` is the same layout in Python
-(for tests and tools).
+The Java operator (``jvm/io/klineflow/flink/RecordBatcher.java``) writes the index of its
+source subtask (4 bytes, big-endian), then each record as its length (4 bytes, big-endian)
+and its bytes; a batch without records announces its source. :func:`pack_batch` is the same
+layout in Python (for tests and tools).
 """
 
 from __future__ import annotations
@@ -17,16 +18,27 @@ class MalformedBatch(ValueError):
     """A batch whose framing is cut short (never made by the job's own batcher)."""
 
 
-def pack_batch(records: Iterable[bytes]) -> bytes:
-    """Records -> one batch, as the Java batcher packs them."""
-    return b"".join(len(record).to_bytes(_LENGTH_BYTES, "big") + record for record in records)
+def pack_batch(records: Iterable[bytes], source: int = 0) -> bytes:
+    """Records of source subtask ``source`` -> one batch, as the Java batcher packs them."""
+    return source.to_bytes(_LENGTH_BYTES, "big") + b"".join(
+        len(record).to_bytes(_LENGTH_BYTES, "big") + record for record in records
+    )
+
+
+def batch_source(batch: bytes) -> int:
+    """The index of the source subtask whose records ``batch`` holds."""
+    if len(batch) < _LENGTH_BYTES:
+        raise MalformedBatch(f"a batch of {len(batch)} bytes has no source")
+    return int.from_bytes(batch[:_LENGTH_BYTES], "big")
 
 
 def unpack_batch(batch: bytes) -> list[bytes]:
     """The records of one batch, in order."""
     view = memoryview(batch)
     records: list[bytes] = []
-    position = 0
+    if len(view) < _LENGTH_BYTES:
+        raise MalformedBatch(f"a batch of {len(view)} bytes has no source")
+    position = _LENGTH_BYTES
     end = len(view)
     while position < end:
         start = position + _LENGTH_BYTES

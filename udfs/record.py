@@ -115,9 +115,10 @@ STRING_FIELDS: Final[frozenset[str]] = frozenset(
 _FIELD_SET: Final = frozenset(FIELDS)
 # A Kline's values in field order (FIELDS is also the dataclass's field order).
 _KLINE_VALUES: Final = attrgetter(*FIELDS)
-_PRICE_FIELDS: Final = ("open", "high", "low", "close")
-_OPTIONAL_FLOAT_FIELDS: Final = ("quote_volume", "taker_buy_volume", "taker_buy_quote_volume")
-_TIME_FIELDS: Final = ("open_time", "close_time", "event_time", "ingest_time")
+_REQUIRED_SET: Final = frozenset(REQUIRED_FIELDS)
+# isinstance() with a tuple: ``int | float`` would build a union object on every call.
+_NUMBER_TYPES: Final = (int, float)
+_WIRE_TYPES: Final = (bytes, bytearray, memoryview, str)
 # Relative slack for "taker buy volume <= volume": exchanges round each side separately.
 _SUM_TOLERANCE: Final = 1e-9
 
@@ -230,6 +231,8 @@ def parse_timestamp_ms(value: Any, field: str = "timestamp") -> int:
     booleans, other types, non-finite numbers, numbers of any size outside the range, Unicode
     digits (``int('٣')`` would accept them), strings longer than 64 characters.
     """
+    if type(value) is int and MIN_EPOCH_MS <= value < MAX_EPOCH_MS:
+        return value  # milliseconds, what every producer of the job sends (the fast path)
     if isinstance(value, bool):
         raise InvalidKline(f"{field}: expected a timestamp, got a boolean")
     if isinstance(value, str):
@@ -247,7 +250,7 @@ def parse_timestamp_ms(value: Any, field: str = "timestamp") -> int:
             number: float = float(text) if "." in text else int(text)
             return _number_to_ms(number, field, value)
         return _iso_to_ms(text, field)
-    if isinstance(value, int | float):
+    if isinstance(value, _NUMBER_TYPES):
         return _number_to_ms(value, field, value)
     raise InvalidKline(f"{field}: expected a timestamp, got {type(value).__name__}")
 
@@ -323,7 +326,10 @@ def _require_str(data: dict[str, Any], name: str) -> str:
 
 def _require_float(data: dict[str, Any], name: str, ceiling: float) -> float:
     value = data[name]
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    # The fast path: a float, finite (NaN fails both comparisons) and not above the ceiling.
+    if type(value) is float and -math.inf < value <= ceiling:
+        return value
+    if isinstance(value, bool) or not isinstance(value, _NUMBER_TYPES):
         raise InvalidKline(f"{name}: expected a number, got {_describe(value)}")
     try:
         number = float(value)
@@ -374,10 +380,10 @@ def kline_from_dict(data: Any, *, clock: Callable[[], int] | None = None) -> Kli
     """
     if not isinstance(data, dict):
         raise InvalidKline(f"expected a JSON object, got {type(data).__name__}")
-    missing = [name for name in REQUIRED_FIELDS if name not in data]
-    if missing:
+    if not data.keys() >= _REQUIRED_SET:
+        missing = [name for name in REQUIRED_FIELDS if name not in data]
         raise InvalidKline(f"missing field(s): {', '.join(missing)}")
-    if len(data) > len(REQUIRED_FIELDS):
+    if not _FIELD_SET.issuperset(data):
         extra = sorted(_field_name(name) for name in data if name not in _FIELD_SET)
         if extra:
             shown = ", ".join(extra[:5]) + (f" and {len(extra) - 5} more" if len(extra) > 5 else "")
@@ -415,9 +421,10 @@ def kline_from_dict(data: Any, *, clock: Callable[[], int] | None = None) -> Kli
     timeframe = _require_str(data, "timeframe")
     length = timeframe_ms(timeframe)
 
-    open_time, close_time, event_time, ingest_time = (
-        parse_timestamp_ms(data[name], name) for name in _TIME_FIELDS
-    )
+    open_time = parse_timestamp_ms(data["open_time"], "open_time")
+    close_time = parse_timestamp_ms(data["close_time"], "close_time")
+    event_time = parse_timestamp_ms(data["event_time"], "event_time")
+    ingest_time = parse_timestamp_ms(data["ingest_time"], "ingest_time")
     now = (clock or _wall_clock_ms)()
     if ingest_time > now + MAX_AHEAD_MS:
         raise InvalidKline(
@@ -440,7 +447,10 @@ def kline_from_dict(data: Any, *, clock: Callable[[], int] | None = None) -> Kli
             f"close_time: {close_time} != open_time + {timeframe} - 1 ({open_time + length - 1})"
         )
 
-    open_, high, low, close = (_require_float(data, name, MAX_PRICE) for name in _PRICE_FIELDS)
+    open_ = _require_float(data, "open", MAX_PRICE)
+    high = _require_float(data, "high", MAX_PRICE)
+    low = _require_float(data, "low", MAX_PRICE)
+    close = _require_float(data, "close", MAX_PRICE)
     volume = _require_float(data, "volume", MAX_VOLUME)
     if low < 0:
         raise InvalidKline(f"low: {low} is negative")
@@ -451,9 +461,9 @@ def kline_from_dict(data: Any, *, clock: Callable[[], int] | None = None) -> Kli
     if volume < 0:
         raise InvalidKline(f"volume: {volume} is negative")
 
-    quote_volume, taker_buy_volume, taker_buy_quote_volume = (
-        _optional_float(data, name, MAX_VOLUME) for name in _OPTIONAL_FLOAT_FIELDS
-    )
+    quote_volume = _optional_float(data, "quote_volume", MAX_VOLUME)
+    taker_buy_volume = _optional_float(data, "taker_buy_volume", MAX_VOLUME)
+    taker_buy_quote_volume = _optional_float(data, "taker_buy_quote_volume", MAX_VOLUME)
     if taker_buy_volume is not None and taker_buy_volume > volume * (1 + _SUM_TOLERANCE):
         raise InvalidKline(f"taker_buy_volume: {taker_buy_volume} exceeds volume {volume}")
     if (
@@ -544,7 +554,7 @@ def decode_kline(raw: bytes | str) -> Kline:
     on the same message for ever. Every known kind of bad input is rejected explicitly; a last
     guard turns anything unforeseen into ``InvalidKline("internal: <type>: <message>")``.
     """
-    if not isinstance(raw, bytes | bytearray | memoryview | str):
+    if not isinstance(raw, _WIRE_TYPES):
         raise InvalidKline(f"expected bytes or str, got {type(raw).__name__}")
     if len(raw) > MAX_MESSAGE_BYTES:
         raise InvalidKline(

@@ -20,6 +20,7 @@ from pyflink.datastream import StreamExecutionEnvironment
 
 from connectors.flink_topology import (
     PYTHON_WORKER_MODE_VARIABLE,
+    SOURCE_WATERMARKS_CLASS,
     TIMER_SAFE_OPERATOR_CLASS,
     transformation_uids,
 )
@@ -34,8 +35,6 @@ JOB_UIDS = {
     "kafka-klines-raw",
     "batch-records",
     "ingest",
-    "event-time-extract",
-    "event-time-assign",
     "event-time-watermarks",
     "series",
     "store-sink-key",
@@ -110,12 +109,16 @@ def test_inference_adds_its_operators_with_uids(tmp_path: Path) -> None:
 def test_the_plan_has_three_python_steps_and_no_python_key_step(
     built: tuple[Any, JobSettings],
 ) -> None:
-    """What PyFlink runs: the ingest chain, the series operator with the sink's key step
-    chained into it, and the sink; Flink itself keys the series operator's input."""
+    """What PyFlink runs: the ingest step, the series operator with the sink's key step
+    chained into it, and the sink; Flink itself keys the series operator's input, and the
+    ingest step takes each source subtask's batches whole (rescale)."""
     env, _ = built
     nodes = {node["contents"]: node for node in json.loads(env.get_execution_plan())["nodes"]}
     by_id = {node["id"]: name for name, node in nodes.items()}
-    assert "ingest, event-time-extract" in nodes
+    (edge,) = nodes["ingest"]["predecessors"]
+    assert (by_id[edge["id"]], edge["ship_strategy"]) == ("batch-records", "RESCALE")
+    (edge,) = nodes["event-time-watermarks"]["predecessors"]
+    assert (by_id[edge["id"]], edge["ship_strategy"]) == ("ingest", "FORWARD")
     series = nodes["series, store-sink-key"]
     (edge,) = series["predecessors"]
     assert (by_id[edge["id"]], edge["ship_strategy"]) == ("event-time-watermarks", "HASH")
@@ -125,16 +128,19 @@ def test_the_plan_has_three_python_steps_and_no_python_key_step(
     assert (series["parallelism"], nodes["store-sink"]["parallelism"]) == (2, 1)
 
 
-def test_the_watermark_chain_runs_one_subtask_per_partition(
+def test_the_source_runs_one_subtask_per_partition_and_ingest_the_jobs_parallelism(
     built: tuple[Any, JobSettings],
 ) -> None:
+    """Four partitions at parallelism 2: two Python ingest workers, not four; the watermarks
+    stay per source subtask (``source_watermarks``)."""
     env, settings = built
     graph = _graph(env)
     partitions = settings.pipeline.source_parallelism
-    for name in ("batch-records", "ingest", "event-time-extract", "event-time-assign",
-                 "event-time-watermarks"):  # fmt: skip
-        assert graph[name].getParallelism() == partitions, name
-    assert graph["series"].getParallelism() == 2
+    assert graph["batch-records"].getParallelism() == partitions
+    for name in ("ingest", "event-time-watermarks", "series"):
+        assert graph[name].getParallelism() == 2, name
+    operator = graph["event-time-watermarks"].getOperatorFactory().getOperator()
+    assert operator.getClass().getName() == SOURCE_WATERMARKS_CLASS
     assert graph["store-sink"].getParallelism() == 1  # chdb: one writer
 
 
@@ -180,7 +186,8 @@ def test_batch_records_packs_records_in_order_by_count_and_bytes(tmp_path: Path)
     records = [f"record-{index:02d}" for index in range(10)]  # 9 bytes each, 13 framed
     raw = env.from_collection(records, type_info=Types.STRING())
     by_count = batch_records(raw, "by-count", max_records=3, max_bytes=10_000, max_delay_ms=60_000)
-    by_bytes = batch_records(raw, "by-bytes", max_records=100, max_bytes=40, max_delay_ms=60_000)
+    # 44 bytes: the 4-byte source header and three framed records stay under it, four reach it.
+    by_bytes = batch_records(raw, "by-bytes", max_records=100, max_bytes=44, max_delay_ms=60_000)
     pickled = Types.PICKLED_BYTE_ARRAY()
     tagged = by_count.map(lambda batch: ("count", _unpacked(batch)), output_type=pickled).union(
         by_bytes.map(lambda batch: ("bytes", _unpacked(batch)), output_type=pickled)
@@ -188,11 +195,12 @@ def test_batch_records_packs_records_in_order_by_count_and_bytes(tmp_path: Path)
     assert transformation_uids(env)["by-count"] == "by-count"
     with tagged.execute_and_collect("test-batch-records") as results:
         batches = list(results)
-    count = [batch for tag, batch in batches if tag == "count"]
-    size = [batch for tag, batch in batches if tag == "bytes"]
+    # Without the batch that announces the source (no records), if it came first.
+    count = [batch for tag, batch in batches if tag == "count" and batch]
+    size = [batch for tag, batch in batches if tag == "bytes" and batch]
     # The last, partial batch is sent at the end of the input (not after the 60 s delay).
     assert [len(batch) for batch in count] == [3, 3, 3, 1]
-    assert [len(batch) for batch in size] == [4, 4, 2]  # sent once 40 bytes are reached
+    assert [len(batch) for batch in size] == [4, 4, 2]  # sent once 44 bytes are reached
     assert [record for batch in count for record in batch] == records
     assert [record for batch in size for record in batch] == records
 
@@ -238,6 +246,8 @@ def test_batch_records_sends_a_batch_once_its_first_record_waited_max_delay(
         producer = threading.Thread(target=produce, daemon=True)
         producer.start()
         for batch in results:
+            if not batch:
+                continue  # the batch that announces the source
             sent.append(batch)
             running.set()
             if sum(map(len, sent)) >= len(records):

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.unit.hostile_corpus import HOSTILE_SETTINGS, WIRE_RECORD, damaged_texts
-from udfs.batches import MalformedBatch, pack_batch, unpack_batch
+from udfs.batches import MalformedBatch, batch_source, pack_batch, unpack_batch
 from udfs.flink.ingest import decode_bars, encode_bars, encoded_open_time, group_by_instrument
 from udfs.record import InvalidKline, decode_kline
 from udfs.series import instrument_key
@@ -22,9 +22,20 @@ def test_unpack_returns_the_packed_records_in_order(records: list[bytes]) -> Non
 
 def test_the_layout_is_a_big_endian_length_before_each_record() -> None:
     # What jvm/io/klineflow/flink/RecordBatcher.java writes.
-    assert pack_batch([b"ab", b"", b"\x00" * 256]) == (
-        b"\x00\x00\x00\x02ab" + b"\x00\x00\x00\x00" + b"\x00\x00\x01\x00" + b"\x00" * 256
+    assert pack_batch([b"ab", b"", b"\x00" * 256], source=3) == (
+        b"\x00\x00\x00\x03"  # the source subtask
+        + b"\x00\x00\x00\x02ab"
+        + b"\x00\x00\x00\x00"
+        + b"\x00\x00\x01\x00"
+        + b"\x00" * 256
     )
+
+
+def test_a_batch_names_its_source_and_may_hold_no_records() -> None:
+    assert batch_source(pack_batch([b"x"], source=7)) == 7
+    assert unpack_batch(pack_batch([], source=2)) == []
+    with pytest.raises(MalformedBatch):
+        unpack_batch(b"\x00\x00")
 
 
 @pytest.mark.parametrize("cut", [1, 3, 5, 8])

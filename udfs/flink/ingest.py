@@ -1,4 +1,4 @@
-"""Batches of raw Kafka messages -> ``Row(key, encoded bars)``, or ``Row("", dead letter)``.
+"""Batches of raw Kafka messages -> ``Row(key, encoded bars, source, event time)``.
 
 The first Python step of the job. It receives the messages of one source subtask in batches
 (``connectors.flink_topology.batch_records`` packs them in Java, ``udfs.batches`` reads
@@ -9,11 +9,15 @@ made by Flink itself from the row's first field (``connectors.flink_topology
 .key_by_first_field``) with no Python key-extraction step, and every later Python operator
 pays PyFlink's per-element cost once per group of bars instead of once per bar. A rejected
 message becomes an encoded dead letter under the key ``""``: it travels the same stream,
-which keeps this function to one consumer, so PyFlink chains it with its timestamp
-extraction into one Python operator.
+which keeps this function to one consumer.
 
-A group's event time is the latest open time among its bars: the watermark that follows
-reaches the series operator after the whole group, as it would after its last bar.
+Each row also names the source subtask its batch came from and its event time, for the
+Java operator that follows (``connectors.flink_topology.source_watermarks``), which makes
+the watermarks per source subtask, as if this step ran at the source's parallelism. A
+group's event time is the latest open time among its bars (the watermark then reaches the
+series operator after the whole group, as it would after its last bar); a dead letter has
+none. A batch without records becomes one ``Row(HELLO_KEY, b"", source, NO_EVENT_TIME)``:
+it announces the source before its first bars.
 """
 
 from __future__ import annotations
@@ -23,20 +27,25 @@ from collections.abc import Iterator
 from typing import Final
 
 from pyflink.common import Row, Types
-from pyflink.common.watermark_strategy import TimestampAssigner
 from pyflink.datastream import ProcessFunction, RuntimeContext
 
-from udfs.batches import unpack_batch
+from udfs.batches import batch_source, unpack_batch
 from udfs.dead_letter import DeadLetter, encode_dead_letter
 from udfs.record import InvalidKline, Kline, decode_kline
 from udfs.series import instrument_key
 
 # The key of dead letters (rejected input has no trustworthy instrument).
 DEAD_LETTER_KEY: Final = ""
+# The key of a row that only announces its source (no instrument key can be it).
+HELLO_KEY: Final = "\x00hello"
 # The event time given to a dead letter: it never moves a watermark.
 NO_EVENT_TIME: Final = -(2**63)
-# Output type of ``IngestFunction``: the key and the payload (an encoded bar, or a dead letter
-# under DEAD_LETTER_KEY).
+# Output type of ``IngestFunction``: the key, the payload (encoded bars, or a dead letter
+# under DEAD_LETTER_KEY), the source subtask and the event time.
+INGEST_ROW_TYPE: Final = Types.ROW(
+    [Types.STRING(), Types.PRIMITIVE_ARRAY(Types.BYTE()), Types.INT(), Types.LONG()]
+)
+# What the watermark operator passes on to the series operator: the key and the payload.
 KEYED_ROW_TYPE: Final = Types.ROW([Types.STRING(), Types.PRIMITIVE_ARRAY(Types.BYTE())])
 _OPEN_TIME_BYTES: Final = 8
 
@@ -86,8 +95,10 @@ def group_by_instrument(
 
 
 class IngestFunction(ProcessFunction):
-    """A batch of Kafka messages -> one ``Row(instrument key, encoded bars)`` per instrument
-    in it; each invalid message -> ``Row("", dead letter)``."""
+    """A batch of Kafka messages -> one ``Row(instrument key, encoded bars, source, event
+    time)`` per instrument in it; each invalid message -> ``Row("", dead letter, source,
+    NO_EVENT_TIME)``; a batch without messages -> ``Row(HELLO_KEY, b"", source,
+    NO_EVENT_TIME)``."""
 
     def open(self, runtime_context: RuntimeContext) -> None:
         metrics = runtime_context.get_metrics_group()
@@ -96,21 +107,17 @@ class IngestFunction(ProcessFunction):
         self.batches_in = metrics.counter("batches_in")
 
     def process_element(self, value: bytes, ctx: ProcessFunction.Context) -> Iterator[Row]:
+        source = batch_source(value)
         messages = unpack_batch(value)
+        if not messages:
+            yield Row(HELLO_KEY, b"", source, NO_EVENT_TIME)
+            return
         self.batches_in.inc()
         self.records_in.inc(len(messages))
         groups, letters = group_by_instrument(messages)
         for letter in letters:
             self.records_rejected.inc()
-            yield Row(DEAD_LETTER_KEY, encode_dead_letter(letter))
+            yield Row(DEAD_LETTER_KEY, encode_dead_letter(letter), source, NO_EVENT_TIME)
         for key, klines in groups.items():
-            yield Row(key, encode_bars(klines))
-
-
-class BarOpenTimeAssigner(TimestampAssigner):
-    """Event time of a bar is its open time; a dead letter has none (it moves no watermark)."""
-
-    def extract_timestamp(self, value: Row, record_timestamp: int) -> int:
-        if value[0] == DEAD_LETTER_KEY:
-            return NO_EVENT_TIME
-        return encoded_open_time(value[1])
+            payload = encode_bars(klines)
+            yield Row(key, payload, source, encoded_open_time(payload))

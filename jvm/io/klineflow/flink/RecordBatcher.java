@@ -13,9 +13,12 @@ import org.apache.flink.streaming.runtime.streamrecord.StreamRecord;
  * Packs consecutive records of one subtask into one element, so the Python operator that
  * follows pays PyFlink's per-element cost once per batch instead of once per record.
  *
- * <p>A batch is the records' bytes, each preceded by its length (4 bytes, big-endian), in the
- * order they arrived (Python: {@code udfs.batches.unpack_batch}). A record is a {@code byte[]}
- * (the Kafka source) or a {@code String} (tests' {@code from_collection}), sent as UTF-8.
+ * <p>A batch is the index of this subtask (4 bytes, big-endian: which source the records came
+ * from, for {@link SourceWatermarks}), then the records' bytes, each preceded by its length (4
+ * bytes, big-endian), in the order they arrived (Python: {@code udfs.batches.unpack_batch}). A
+ * record is a {@code byte[]} (the Kafka source) or a {@code String} (tests' {@code
+ * from_collection}), sent as UTF-8. When it opens, the operator sends one batch without
+ * records: it announces the source before its first records.
  *
  * <p>A batch is sent when it holds {@code maxRecords} records or {@code maxBytes} bytes, when
  * its first record has waited {@code maxDelayMs} (processing time), before every checkpoint
@@ -32,6 +35,7 @@ public class RecordBatcher extends AbstractStreamOperator<byte[]>
     private final long maxDelayMs;
 
     private transient ByteArrayOutputStream buffer;
+    private transient int subtask;
     private transient int records;
     private transient long timerGeneration;
     private transient boolean timerPending;
@@ -50,6 +54,23 @@ public class RecordBatcher extends AbstractStreamOperator<byte[]>
     public void open() throws Exception {
         super.open();
         buffer = new ByteArrayOutputStream(Math.min(maxBytes, 1 << 16));
+        subtask = getRuntimeContext().getTaskInfo().getIndexOfThisSubtask();
+        writeInt(subtask);
+        long now = getProcessingTimeService().getCurrentProcessingTime();
+        getProcessingTimeService().registerTimer(now, timestamp -> announce());
+    }
+
+    private void announce() {
+        if (records == 0) {
+            output.collect(new StreamRecord<>(buffer.toByteArray()));
+        }
+    }
+
+    private void writeInt(int value) {
+        buffer.write(value >>> 24);
+        buffer.write(value >>> 16);
+        buffer.write(value >>> 8);
+        buffer.write(value);
     }
 
     @Override
@@ -59,10 +80,7 @@ public class RecordBatcher extends AbstractStreamOperator<byte[]>
                 value instanceof byte[]
                         ? (byte[]) value
                         : String.valueOf(value).getBytes(StandardCharsets.UTF_8);
-        buffer.write(bytes.length >>> 24);
-        buffer.write(bytes.length >>> 16);
-        buffer.write(bytes.length >>> 8);
-        buffer.write(bytes.length);
+        writeInt(bytes.length);
         buffer.write(bytes, 0, bytes.length);
         records++;
         if (records >= maxRecords || buffer.size() >= maxBytes || maxDelayMs == 0) {
@@ -114,6 +132,7 @@ public class RecordBatcher extends AbstractStreamOperator<byte[]>
         }
         output.collect(new StreamRecord<>(buffer.toByteArray()));
         buffer.reset();
+        writeInt(subtask);
         records = 0;
     }
 }

@@ -104,7 +104,8 @@ def parse_sides(text: str) -> list[str]:
 
 def export_revision(revision: str, into: Path) -> Path:
     """The source tree of git ``revision`` of this project, exported to ``into``; its
-    ``build/`` is this tree's (the connector and operator jars, the Kafka libs)."""
+    ``build/`` is this tree's (the connector jars, the Kafka libs) except the job's own
+    operators jar, compiled from the revision's ``jvm/`` (its batch format may differ)."""
     into.mkdir(parents=True)
     archive = subprocess.run(
         ["git", "-C", str(PROJECT_ROOT), "archive", "--format=tar", revision],
@@ -112,8 +113,36 @@ def export_revision(revision: str, into: Path) -> Path:
         capture_output=True,
     ).stdout
     subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
-    (into / "build").symlink_to(PROJECT_ROOT / "build")
+    build = into / "build"
+    build.mkdir()
+    for entry in (PROJECT_ROOT / "build").iterdir():
+        if entry.name not in ("flink-jars", "jvm-classes"):
+            (build / entry.name).symlink_to(entry)
+    jars = build / "flink-jars"
+    jars.mkdir()
+    for jar in JARS_DIR.iterdir():
+        if jar.name != OPERATORS_JAR:
+            (jars / jar.name).symlink_to(jar)
+    compile_operators(into / "jvm", jars / OPERATORS_JAR, build / "jvm-classes")
     return into
+
+
+OPERATORS_JAR: Final = "klineflow-operators.jar"
+
+
+def compile_operators(sources: Path, jar: Path, classes: Path) -> None:
+    """Compile the job's Java operators under ``sources`` into ``jar`` (as the Makefile does)."""
+    import pyflink
+
+    home = Path(pyflink.__file__).parent
+    java_files = sorted(str(path) for path in sources.rglob("*.java"))
+    classes.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        ["javac", "--release", "11", "-nowarn", "-d", str(classes),
+         "-cp", f"{home}/lib/*:{home}/opt/*", *java_files],
+        check=True,
+    )  # fmt: skip
+    subprocess.run(["jar", "cf", str(jar), "-C", str(classes), "."], check=True)
 
 
 def unavailable(side: str) -> str | None:

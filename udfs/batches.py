@@ -25,11 +25,17 @@ def pack_batch(records: Iterable[bytes], source: int = 0) -> bytes:
     )
 
 
-def batch_source(batch: bytes) -> int:
-    """The index of the source subtask whose records ``batch`` holds."""
+# Set in the source index of the batch that ends a bounded input (RecordBatcher.END_OF_SOURCE).
+_END_OF_SOURCE: Final = 0x80000000
+
+
+def batch_source(batch: bytes) -> tuple[int, bool]:
+    """The index of the source subtask whose records ``batch`` holds, and whether the batch
+    says that source has ended (no records then)."""
     if len(batch) < _LENGTH_BYTES:
         raise MalformedBatch(f"a batch of {len(batch)} bytes has no source")
-    return int.from_bytes(batch[:_LENGTH_BYTES], "big")
+    header = int.from_bytes(batch[:_LENGTH_BYTES], "big")
+    return header & ~_END_OF_SOURCE, bool(header & _END_OF_SOURCE)
 
 
 def unpack_batch(batch: bytes) -> list[bytes]:

@@ -32,7 +32,8 @@ def test_the_layout_is_a_big_endian_length_before_each_record() -> None:
 
 
 def test_a_batch_names_its_source_and_may_hold_no_records() -> None:
-    assert batch_source(pack_batch([b"x"], source=7)) == 7
+    assert batch_source(pack_batch([b"x"], source=7)) == (7, False)
+    assert batch_source(b"\x80\x00\x00\x02") == (2, True)  # source 2 has ended
     assert unpack_batch(pack_batch([], source=2)) == []
     with pytest.raises(MalformedBatch):
         unpack_batch(b"\x00\x00")

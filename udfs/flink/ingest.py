@@ -17,7 +17,8 @@ the watermarks per source subtask, as if this step ran at the source's paralleli
 group's event time is the latest open time among its bars (the watermark then reaches the
 series operator after the whole group, as it would after its last bar); a dead letter has
 none. A batch without records becomes one ``Row(HELLO_KEY, b"", source, NO_EVENT_TIME)``:
-it announces the source before its first bars.
+it announces the source before its first bars; or, at the end of a bounded input,
+``Row(HELLO_KEY, b"", source, END_OF_SOURCE_TIME)``: the source has ended.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ DEAD_LETTER_KEY: Final = ""
 HELLO_KEY: Final = "\x00hello"
 # The event time given to a dead letter: it never moves a watermark.
 NO_EVENT_TIME: Final = -(2**63)
+# The event time of the row that says a source has ended (a bounded input).
+END_OF_SOURCE_TIME: Final = 2**63 - 1
 # Output type of ``IngestFunction``: the key, the payload (encoded bars, or a dead letter
 # under DEAD_LETTER_KEY), the source subtask and the event time.
 INGEST_ROW_TYPE: Final = Types.ROW(
@@ -107,10 +110,10 @@ class IngestFunction(ProcessFunction):
         self.batches_in = metrics.counter("batches_in")
 
     def process_element(self, value: bytes, ctx: ProcessFunction.Context) -> Iterator[Row]:
-        source = batch_source(value)
+        source, ended = batch_source(value)
         messages = unpack_batch(value)
         if not messages:
-            yield Row(HELLO_KEY, b"", source, NO_EVENT_TIME)
+            yield Row(HELLO_KEY, b"", source, END_OF_SOURCE_TIME if ended else NO_EVENT_TIME)
             return
         self.batches_in.inc()
         self.records_in.inc(len(messages))

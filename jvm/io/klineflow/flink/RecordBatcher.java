@@ -18,7 +18,9 @@ import org.apache.flink.streaming.runtime.streamrecord.StreamRecord;
  * bytes, big-endian), in the order they arrived (Python: {@code udfs.batches.unpack_batch}). A
  * record is a {@code byte[]} (the Kafka source) or a {@code String} (tests' {@code
  * from_collection}), sent as UTF-8. When it opens, the operator sends one batch without
- * records: it announces the source before its first records.
+ * records: it announces the source before its first records. At the end of a bounded input
+ * it sends one more without records whose source index has its top bit set: the source has
+ * ended, and no longer holds the watermark back.
  *
  * <p>A batch is sent when it holds {@code maxRecords} records or {@code maxBytes} bytes, when
  * its first record has waited {@code maxDelayMs} (processing time), before every checkpoint
@@ -29,6 +31,8 @@ public class RecordBatcher extends AbstractStreamOperator<byte[]>
         implements OneInputStreamOperator<Object, byte[]>, BoundedOneInput {
 
     private static final long serialVersionUID = 1L;
+    /** Set in the source index of the batch that ends a bounded input. */
+    public static final int END_OF_SOURCE = 0x80000000;
 
     private final int maxRecords;
     private final int maxBytes;
@@ -115,6 +119,11 @@ public class RecordBatcher extends AbstractStreamOperator<byte[]>
     @Override
     public void endInput() throws Exception {
         flush();
+        buffer.reset();
+        writeInt(subtask | END_OF_SOURCE);
+        output.collect(new StreamRecord<>(buffer.toByteArray()));
+        buffer.reset();
+        writeInt(subtask);
     }
 
     @Override

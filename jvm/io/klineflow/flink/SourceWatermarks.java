@@ -20,7 +20,8 @@ import org.apache.flink.types.Row;
  * RecordBatcher} writes it in each batch) and {@code eventTime} the latest open time of the
  * row's bars ({@code Long.MIN_VALUE} for a dead letter, which moves no watermark). A row under
  * {@code helloKey} only announces its source (each batcher sends one when it opens) and is
- * dropped. Output: {@code Row(key, payload)} with {@code eventTime} as the record's timestamp.
+ * dropped; one whose event time is {@code Long.MAX_VALUE} says its source has ended (a bounded
+ * input): that source no longer holds the watermark back. Output: {@code Row(key, payload)} with {@code eventTime} as the record's timestamp.
  *
  * <p>What Flink does with a bounded-out-of-orderness generator with idleness per source
  * subtask and a downstream operator combining their watermarks, in one operator: at every
@@ -95,6 +96,9 @@ public class SourceWatermarks extends AbstractStreamOperator<Row>
             output.emitWatermarkStatus(WatermarkStatus.ACTIVE);
         }
         if (helloKey.equals(key)) {
+            if (eventTime == Long.MAX_VALUE) {
+                sources.remove(source);
+            }
             return;
         }
         Row out = Row.of(key, row.getField(1));

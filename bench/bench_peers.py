@@ -106,6 +106,8 @@ def export_revision(revision: str, into: Path) -> Path:
     """The source tree of git ``revision`` of this project, exported to ``into``; its
     ``build/`` is this tree's (the connector jars, the Kafka libs) except the job's own
     operators jar, compiled from the revision's ``jvm/`` (its batch format may differ)."""
+    from jobs.job import OPERATORS_JAR
+
     into.mkdir(parents=True)
     archive = subprocess.run(
         ["git", "-C", str(PROJECT_ROOT), "archive", "--format=tar", revision],
@@ -125,9 +127,6 @@ def export_revision(revision: str, into: Path) -> Path:
             (jars / jar.name).symlink_to(jar)
     compile_operators(into / "jvm", jars / OPERATORS_JAR, build / "jvm-classes")
     return into
-
-
-OPERATORS_JAR: Final = "klineflow-operators.jar"
 
 
 def compile_operators(sources: Path, jar: Path, classes: Path) -> None:

@@ -59,7 +59,7 @@ public class RecordBatcher extends AbstractStreamOperator<byte[]>
         super.open();
         buffer = new ByteArrayOutputStream(Math.min(maxBytes, 1 << 16));
         subtask = getRuntimeContext().getTaskInfo().getIndexOfThisSubtask();
-        writeInt(subtask);
+        startBatch(subtask);
         long now = getProcessingTimeService().getCurrentProcessingTime();
         getProcessingTimeService().registerTimer(now, timestamp -> announce());
     }
@@ -68,6 +68,12 @@ public class RecordBatcher extends AbstractStreamOperator<byte[]>
         if (records == 0) {
             output.collect(new StreamRecord<>(buffer.toByteArray()));
         }
+    }
+
+    /** Empty the buffer and write the header of the next batch. */
+    private void startBatch(int header) {
+        buffer.reset();
+        writeInt(header);
     }
 
     private void writeInt(int value) {
@@ -119,11 +125,9 @@ public class RecordBatcher extends AbstractStreamOperator<byte[]>
     @Override
     public void endInput() throws Exception {
         flush();
-        buffer.reset();
-        writeInt(subtask | END_OF_SOURCE);
+        startBatch(subtask | END_OF_SOURCE);
         output.collect(new StreamRecord<>(buffer.toByteArray()));
-        buffer.reset();
-        writeInt(subtask);
+        startBatch(subtask);
     }
 
     @Override
@@ -140,8 +144,7 @@ public class RecordBatcher extends AbstractStreamOperator<byte[]>
             return;
         }
         output.collect(new StreamRecord<>(buffer.toByteArray()));
-        buffer.reset();
-        writeInt(subtask);
+        startBatch(subtask);
         records = 0;
     }
 }

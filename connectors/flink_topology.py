@@ -159,7 +159,7 @@ def source_watermarks(
     *,
     out_of_orderness_ms: int,
     idleness_ms: int,
-    hello_key: str,
+    batch_end_key: str,
 ) -> DataStream:
     """Event time and watermarks per source subtask, in Java, after the ingest step.
 
@@ -171,7 +171,7 @@ def source_watermarks(
     operator chains to ``stream``'s and keeps no state; ``name`` is its name and uid.
     """
     operator = _operators_jar_class(SOURCE_WATERMARKS_CLASS)(
-        int(out_of_orderness_ms), int(idleness_ms), hello_key
+        int(out_of_orderness_ms), int(idleness_ms), batch_end_key
     )
     j_stream = stream._j_data_stream.transform(name, output_type.get_java_type_info(), operator)
     return DataStream(j_stream.uid(name))

@@ -42,7 +42,7 @@ from connectors.flink_topology import (
 )
 from jobs.config import AnalyticsConfig, PipelineConfig
 from jobs.signals import SignalConfig
-from udfs.flink.ingest import HELLO_KEY, INGEST_ROW_TYPE, KEYED_ROW_TYPE, IngestFunction
+from udfs.flink.ingest import BATCH_END_KEY, INGEST_ROW_TYPE, KEYED_ROW_TYPE, IngestFunction
 from udfs.flink.series_function import SeriesFunction
 from udfs.rollup import validate_rollup_timeframes
 from udfs.series import Output, SeriesSettings, Tag, decode_outputs, encode_outputs
@@ -235,7 +235,7 @@ def build_pipeline(
         KEYED_ROW_TYPE,
         out_of_orderness_ms=config.max_out_of_orderness_ms,
         idleness_ms=config.idleness_ms,
-        hello_key=HELLO_KEY,
+        batch_end_key=BATCH_END_KEY,
     )
     if ingest_parallelism:
         ingested.set_parallelism(ingest_parallelism)

@@ -13,8 +13,6 @@ import json
 import os
 import signal
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +25,7 @@ from tests.integration.job_contract_support import (
     dead_letters,
     differences,
     dump_golden,
+    rest_json,
 )
 from tests.integration.test_job_contract import GOLDEN_PATH, distinct
 
@@ -109,15 +108,6 @@ def python_workers() -> list[Worker]:
 def kill(worker: Worker) -> None:
     """SIGKILL one worker, as the OOM killer or a native crash would end it."""
     os.kill(worker.pid, signal.SIGKILL)
-
-
-def rest_json(rest_port: int, path: str) -> Any:
-    """One Flink REST API answer (None if the cluster does not answer)."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{rest_port}{path}", timeout=5) as answer:
-            return json.loads(answer.read())
-    except (urllib.error.URLError, OSError, ValueError):
-        return None
 
 
 def completed_checkpoints(rest_port: int, job_id: str) -> int:

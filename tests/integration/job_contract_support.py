@@ -19,6 +19,8 @@ import datetime as dt
 import json
 import random
 import time
+import urllib.error
+import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -760,17 +762,36 @@ def live_kline(series: Series, open_time: int, *, closed: bool, rng: random.Rand
                       event_offset_ms=now_ms() - open_time)  # fmt: skip
 
 
+def rest_json(rest_port: int, path: str) -> Any:
+    """One Flink REST API answer (None if the cluster does not answer)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{rest_port}{path}", timeout=5) as answer:
+            return json.loads(answer.read())
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
+
+
+def operator_metric(rest_port: int, job_id: str, name: str, *, vertex: str = "") -> list[int]:
+    """One metric of the job's operators from the Flink REST API, a value per subtask that
+    shows it, over the vertices whose name starts with ``vertex`` (every vertex if empty);
+    an empty list while the REST API or the metric is not there yet."""
+    job = rest_json(rest_port, f"/jobs/{job_id}") or {}
+    values: list[int] = []
+    for found in job.get("vertices", []):
+        if not str(found.get("name", "")).startswith(vertex):
+            continue
+        base = f"/jobs/{job_id}/vertices/{found['id']}/metrics"
+        ids = [item["id"] for item in rest_json(rest_port, base) or [] if
+               str(item.get("id", "")).endswith(f".{name}")]  # fmt: skip
+        if ids:
+            answer = rest_json(rest_port, f"{base}?get={','.join(sorted(ids))}") or []
+            values += [int(float(item["value"])) for item in answer]
+    return values
+
+
 def job_exceptions(rest_port: int, job_id: str) -> list[dict[str, Any]]:
     """The job's exception history from the Flink REST API (``/jobs/:id/exceptions``)."""
-    import urllib.error
-    import urllib.request
-
-    url = f"http://127.0.0.1:{rest_port}/jobs/{job_id}/exceptions"
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            body = json.loads(response.read())
-    except (urllib.error.URLError, OSError):
-        return []
+    body = rest_json(rest_port, f"/jobs/{job_id}/exceptions") or {}
     return list(body.get("exceptionHistory", {}).get("entries", []))
 
 

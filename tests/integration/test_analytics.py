@@ -223,7 +223,10 @@ def test_streaming_profiles_and_indicators_equal_batch(env: StreamExecutionEnvir
     stream += lagging  # a day behind the watermark: too late for every window
 
     # Historical data: fire early whatever the wall clock says, to check live emissions.
-    pipeline = PipelineConfig(rollup_live_horizon_ms=-1)
+    # Batches of 20 messages: the watermark moves at each batch's end, so the correction and
+    # the lagging bars (the last messages) arrive a batch after bars within minutes of the
+    # end have moved it, however fast the collection is read.
+    pipeline = PipelineConfig(rollup_live_horizon_ms=-1, source_batch_records=20)
     raw = env.from_collection([encode_kline(k).decode() for k in stream], type_info=Types.STRING())
     streams = build_pipeline(raw, pipeline, AnalyticsConfig())
     pickled = Types.PICKLED_BYTE_ARRAY()

@@ -70,6 +70,7 @@ from tests.integration.job_contract_support import (
     live_kline,
     make_kline,
     now_ms,
+    operator_metric,
     produce,
     random_bar,
     redis_snapshot,
@@ -250,11 +251,17 @@ def test_watermarks_are_per_partition(
     the lagging partitions' watermarks pass them (the 5m windows up to 00:50 and the 15m
     windows up to 00:30). One watermark over all partitions would already stand two days
     ahead and drop every lagging bar from the roll-ups as late.
+
+    At parallelism 2 the ingest step runs two subtasks for the four source subtasks, and
+    each watermark subtask knows from its input channels that two sources feed it (its
+    ``watermarkSources`` gauge), so one source heard from late (a restore with a backlog)
+    holds the watermark back instead of finding it moved on.
     """
     day = GOLDEN_START - GOLDEN_START % DAY
     ahead = closed_bars(BTC, day + 2 * DAY, 60, seed=1)
     lagging = {1: ETH, 2: SOL, 3: HOURLY}
     behind = {part: closed_bars(series, day, 60, seed=part) for part, series in lagging.items()}
+    (rest_port,) = free_ports(1)
     settings = contract_settings(
         tmp_path=tmp_path,
         kafka_bootstrap=kafka_bootstrap,
@@ -263,9 +270,21 @@ def test_watermarks_are_per_partition(
         redis_url=redis_url,
         name="contract-partition-watermarks",
         bounded=False,
+        parallelism=2,
+        flink_overrides=(
+            ("rest.bind-port", str(rest_port)),
+            ("metrics.fetcher.update-interval", "500"),
+        ),
     )
     client = start_job(settings)
     try:
+        job_id = str(client.get_job_id())
+        wait_for(
+            lambda: operator_metric(rest_port, job_id, "watermarkSources") == [2, 2],
+            timeout_s=STARTUP_S,
+            what="two sources counted by each watermark subtask",
+            client=client,
+        )
         produce(kafka_bootstrap, topics.raw, [kline_message(k, partition=0) for k in ahead])
         wait_for(
             lambda: (

@@ -17,7 +17,7 @@ from pathlib import Path
 import redis
 
 from jobs.config import AnalyticsConfig, PipelineConfig
-from tests.chaos.chaos_support import ChaosFigures, assert_golden_outputs, rest_json
+from tests.chaos.chaos_support import ChaosFigures, assert_golden_outputs
 from tests.integration.conftest import TopicNames, free_ports
 from tests.integration.job_contract_support import (
     GOLDEN_START,
@@ -27,6 +27,7 @@ from tests.integration.job_contract_support import (
     contract_settings,
     golden_input,
     kline_message,
+    operator_metric,
     produce,
     start_job,
     wait_for,
@@ -39,18 +40,7 @@ from tests.integration.test_job_contract import (
 
 def series_metric(rest_port: int, job_id: str, name: str) -> int:
     """The sum over subtasks of one metric of the ``series`` operator (0 if not shown yet)."""
-    job = rest_json(rest_port, f"/jobs/{job_id}") or {}
-    total = 0
-    for vertex in job.get("vertices", []):
-        if not str(vertex.get("name", "")).startswith("series"):
-            continue
-        base = f"/jobs/{job_id}/vertices/{vertex['id']}/metrics"
-        ids = [item["id"] for item in rest_json(rest_port, base) or [] if
-               str(item.get("id", "")).endswith(f".{name}")]  # fmt: skip
-        if ids:
-            values = rest_json(rest_port, f"{base}?get={','.join(ids)}") or []
-            total += sum(int(float(item["value"])) for item in values)
-    return total
+    return sum(operator_metric(rest_port, job_id, name, vertex="series"))
 
 
 def test_a_silent_series_is_dropped_and_active_series_keep_their_results(

@@ -10,7 +10,17 @@ from hypothesis import strategies as st
 
 from tests.unit.hostile_corpus import HOSTILE_SETTINGS, WIRE_RECORD, damaged_texts
 from udfs.batches import MalformedBatch, batch_source, pack_batch, unpack_batch
-from udfs.flink.ingest import decode_bars, encode_bars, encoded_open_time, group_by_instrument
+from udfs.flink.ingest import (
+    BATCH_END_KEY,
+    DEAD_LETTER_KEY,
+    END_OF_SOURCE_TIME,
+    NO_EVENT_TIME,
+    IngestFunction,
+    decode_bars,
+    encode_bars,
+    encoded_open_time,
+    group_by_instrument,
+)
 from udfs.record import InvalidKline, decode_kline
 from udfs.series import instrument_key
 
@@ -70,6 +80,39 @@ def test_bars_are_grouped_by_instrument_in_arrival_order() -> None:
     encoded = encode_bars(groups["binance:BTC-USDT"])
     assert decode_bars(encoded) == groups["binance:BTC-USDT"]
     assert encoded_open_time(encoded) == max(k.open_time for k in groups["binance:BTC-USDT"])
+
+
+class _Count:
+    """What IngestFunction counts with (a Flink counter outside a job)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def inc(self, n: int = 1) -> None:
+        self.count += n
+
+
+def _ingest_rows(batch: bytes) -> list[tuple[str, bytes, int, int]]:
+    ingest = IngestFunction()
+    ingest.records_in = ingest.records_rejected = ingest.batches_in = _Count()
+    return [tuple(row) for row in ingest.process_element(batch, None)]  # type: ignore[arg-type, misc]
+
+
+def test_ingest_ends_the_rows_of_each_batch_with_a_batch_end_row() -> None:
+    messages = [_message("BTC-USDT", 0), b"not json", _message("ETH-USDT", 1)]
+    rows = _ingest_rows(pack_batch(messages, source=2))
+    keys = [row[0] for row in rows]
+    assert keys == [DEAD_LETTER_KEY, "binance:BTC-USDT", "binance:ETH-USDT", BATCH_END_KEY]
+    assert all(row[2] == 2 for row in rows)
+    assert [row[3] for row in rows] == [
+        NO_EVENT_TIME,
+        encoded_open_time(rows[1][1]),
+        encoded_open_time(rows[2][1]),
+        NO_EVENT_TIME,
+    ]
+    # A batch without records only announces its source; the end-of-source batch ends it.
+    assert _ingest_rows(pack_batch([], source=1)) == [(BATCH_END_KEY, b"", 1, NO_EVENT_TIME)]
+    assert _ingest_rows(b"\x80\x00\x00\x01") == [(BATCH_END_KEY, b"", 1, END_OF_SOURCE_TIME)]
 
 
 @HOSTILE_SETTINGS

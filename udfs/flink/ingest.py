@@ -16,9 +16,11 @@ Java operator that follows (``connectors.flink_topology.source_watermarks``), wh
 the watermarks per source subtask, as if this step ran at the source's parallelism. A
 group's event time is the latest open time among its bars (the watermark then reaches the
 series operator after the whole group, as it would after its last bar); a dead letter has
-none. A batch without records becomes one ``Row(HELLO_KEY, b"", source, NO_EVENT_TIME)``:
-it announces the source before its first bars; or, at the end of a bounded input,
-``Row(HELLO_KEY, b"", source, END_OF_SOURCE_TIME)``: the source has ended.
+none. The rows of each batch end with ``Row(BATCH_END_KEY, b"", source, NO_EVENT_TIME)``,
+where the Java operator emits the watermark the batch has moved (so it does not depend on
+read speed alone); a batch without records is that row alone, which announces the source
+before its first bars; at the end of a bounded input, ``Row(BATCH_END_KEY, b"", source,
+END_OF_SOURCE_TIME)`` says the source has ended.
 """
 
 from __future__ import annotations
@@ -37,8 +39,8 @@ from udfs.series import instrument_key
 
 # The key of dead letters (rejected input has no trustworthy instrument).
 DEAD_LETTER_KEY: Final = ""
-# The key of a row that only announces its source (no instrument key can be it).
-HELLO_KEY: Final = "\x00hello"
+# The key of the row that ends each batch's rows (no instrument key can be it).
+BATCH_END_KEY: Final = "\x00batch-end"
 # The event time given to a dead letter: it never moves a watermark.
 NO_EVENT_TIME: Final = -(2**63)
 # The event time of the row that says a source has ended (a bounded input).
@@ -100,8 +102,8 @@ def group_by_instrument(
 class IngestFunction(ProcessFunction):
     """A batch of Kafka messages -> one ``Row(instrument key, encoded bars, source, event
     time)`` per instrument in it; each invalid message -> ``Row("", dead letter, source,
-    NO_EVENT_TIME)``; a batch without messages -> ``Row(HELLO_KEY, b"", source,
-    NO_EVENT_TIME)``."""
+    NO_EVENT_TIME)``; after them ``Row(BATCH_END_KEY, b"", source, NO_EVENT_TIME)`` (alone
+    for a batch without messages; with ``END_OF_SOURCE_TIME`` at a source's end)."""
 
     def open(self, runtime_context: RuntimeContext) -> None:
         metrics = runtime_context.get_metrics_group()
@@ -113,7 +115,7 @@ class IngestFunction(ProcessFunction):
         source, ended = batch_source(value)
         messages = unpack_batch(value)
         if not messages:
-            yield Row(HELLO_KEY, b"", source, END_OF_SOURCE_TIME if ended else NO_EVENT_TIME)
+            yield Row(BATCH_END_KEY, b"", source, END_OF_SOURCE_TIME if ended else NO_EVENT_TIME)
             return
         self.batches_in.inc()
         self.records_in.inc(len(messages))
@@ -124,3 +126,4 @@ class IngestFunction(ProcessFunction):
         for key, klines in groups.items():
             payload = encode_bars(klines)
             yield Row(key, payload, source, encoded_open_time(payload))
+        yield Row(BATCH_END_KEY, b"", source, NO_EVENT_TIME)

@@ -28,6 +28,24 @@ def use_python_worker_processes() -> None:
     os.environ[PYTHON_WORKER_MODE_VARIABLE] = "process"
 
 
+# Read by PyFlink's gateway launcher (pyflink_gateway_server.py): options put first on the
+# command line of the JVM a job started from Python runs in (its mini-cluster).
+JVM_ARGS_VARIABLE: Final = "JVM_ARGS"
+
+
+def limit_local_jvm_heap(heap: str) -> None:
+    """Start the JVM of a local run (when PyFlink starts it) with ``-Xmx{heap}``.
+
+    Only the JVM PyFlink launches itself is affected: one already running (a test session,
+    ``flink run``) keeps its heap. ``JVM_ARGS`` that already set ``-Xmx`` win; ``heap`` ''
+    leaves the JVM's default.
+    """
+    options = os.environ.get(JVM_ARGS_VARIABLE, "").split()
+    if not heap or any(option.startswith("-Xmx") for option in options):
+        return
+    os.environ[JVM_ARGS_VARIABLE] = " ".join([*options, f"-Xmx{heap}"])
+
+
 def key_by_first_field(stream: DataStream, value_type: Any) -> KeyedStream:
     """Key a stream of ``Row(key, value)`` by its first field, with no Python step.
 

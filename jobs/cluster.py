@@ -874,6 +874,7 @@ def job_arguments(settings: JobSettings) -> list[str]:
         "--inference-capacity": signals.capacity,
         "--flink-conf-dir": settings.flink_conf_dir,
         "--checkpoint-dir": settings.checkpoint_dir,
+        "--local-heap": settings.local_heap or "0",
     }  # fmt: skip
     optional = {
         "--parallelism": settings.parallelism,

@@ -18,7 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from connectors.flink_topology import use_python_worker_processes
+from connectors.flink_topology import limit_local_jvm_heap, use_python_worker_processes
 from jobs.config import JobSettings, SinkConfig, add_job_arguments, settings_from_args
 
 log = logging.getLogger(__name__)
@@ -355,6 +355,7 @@ def run_job(settings: JobSettings) -> None:
     removed = remove_secret_variables(settings)
     if removed:
         log.info("kept out of the workers' environment: %s", ", ".join(removed))
+    limit_local_jvm_heap(settings.local_heap)
     env = create_environment(settings)
     attach_job(env, settings)
     log.info("starting job %s (bounded=%s)", settings.job_name, settings.bounded)

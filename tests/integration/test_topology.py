@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ from pyflink.common import Configuration
 from pyflink.datastream import StreamExecutionEnvironment
 
 from connectors.flink_topology import (
+    JVM_ARGS_VARIABLE,
     PYTHON_WORKER_MODE_VARIABLE,
     SOURCE_WATERMARKS_CLASS,
     TIMER_SAFE_OPERATOR_CLASS,
@@ -28,6 +31,7 @@ from jobs.config import JobSettings, PipelineConfig
 from jobs.job import attach_job, create_environment, local_configuration
 from jobs.signals import SignalConfig
 
+REPO_ROOT = Path(__file__).resolve().parents[2]
 KEY_BY_MAP = "_stream_key_by_map_operator"
 # Every stateful or named operator of the job, by name = uid. Changing this set (or a uid)
 # makes old savepoints unusable for that operator: do it on purpose, say so in the notes.
@@ -169,6 +173,37 @@ def test_local_runs_get_python_worker_processes(tmp_path: Path) -> None:
     os.environ.pop(PYTHON_WORKER_MODE_VARIABLE, None)
     create_environment(job_settings(tmp_path))
     assert os.environ[PYTHON_WORKER_MODE_VARIABLE] == "process"
+
+
+# Starts PyFlink's JVM the way a local run does and prints the heap it got.
+_MAX_HEAP_SCRIPT = """
+import sys
+from connectors.flink_topology import limit_local_jvm_heap
+limit_local_jvm_heap(sys.argv[1])
+from pyflink.java_gateway import get_gateway
+print(get_gateway().jvm.java.lang.Runtime.getRuntime().maxMemory())
+"""
+
+
+def _local_jvm_max_heap(heap: str, jvm_args: str | None) -> int:
+    env = {name: value for name, value in os.environ.items() if name != JVM_ARGS_VARIABLE}
+    if jvm_args is not None:
+        env[JVM_ARGS_VARIABLE] = jvm_args
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")])
+    done = subprocess.run(
+        [sys.executable, "-c", _MAX_HEAP_SCRIPT, heap],
+        env=env, capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    return int(done.stdout.split()[-1])
+
+
+def test_local_runs_start_their_jvm_with_the_heap_limit() -> None:
+    mib = 1 << 20
+    assert _local_jvm_max_heap("256m", None) <= 256 * mib
+    # JVM_ARGS that set a heap win; other options in them are kept.
+    assert _local_jvm_max_heap("256m", "-Xmx384m -Dklineflow.test=1") > 256 * mib
+    # '' leaves the JVM's own default: a quarter of the RAM, far above 256 MiB here.
+    assert _local_jvm_max_heap("", None) > 1024 * mib
 
 
 def _unpacked(batch: bytes) -> list[str]:

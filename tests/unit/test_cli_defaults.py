@@ -140,6 +140,28 @@ def test_flink_options_parse_and_refuse_what_is_not_key_value(
     assert given.flink_overrides == (("rest.port", "0"),)
 
 
+def test_local_heap_parses_jvm_sizes_and_falls_back_to_its_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from jobs.config import parse_heap_size
+
+    assert [parse_heap_size(text) for text in ("1g", " 1536M ", "800000k", "0", "")] == [
+        "1g",
+        "1536m",
+        "800000k",
+        "",
+        "",
+    ]
+    for bad in ("1.5g", "lots", "-1g", "1gb", "01g"):
+        with pytest.raises(argparse.ArgumentTypeError, match="is not a JVM heap size"):
+            parse_heap_size(bad)
+    monkeypatch.setenv("KLINEFLOW_LOCAL_HEAP", "2g")
+    parser = argparse.ArgumentParser()
+    add_job_arguments(parser)
+    assert settings_from_args(parser.parse_args([])).local_heap == "2g"
+    assert settings_from_args(parser.parse_args(["--local-heap", "0"])).local_heap == ""
+
+
 def test_flink_options_win_over_the_bounded_run_settings(tmp_path: Path) -> None:
     from jobs.config import JobSettings
     from jobs.job import BOUNDED_RUN_SETTINGS, OPERATORS_JAR, job_configuration

@@ -79,6 +79,7 @@ def test_a_submitted_job_gets_every_setting_it_was_given(monkeypatch: pytest.Mon
         consumer_group="g", bounded=True, parallelism=3,
         flink_conf_dir=Path("/tmp/conf").resolve(), checkpoint_dir=Path("/tmp/ck").resolve(),
         flink_overrides=(("python.fn-execution.bundle.size", "5"), ("a.b", "x=y")),
+        local_heap="768m",
         pipeline=PipelineConfig(
             max_out_of_orderness_ms=1, idleness_ms=2, allowed_lateness_ms=3,
             rollup_timeframes=("15m",), rollup_emit_in_progress=True, rollup_idle_close_ms=4,

@@ -87,6 +87,8 @@ METHOD: Final[dict[str, str]] = {
     "last_bar": "floor, quix: the last bar counted; flink-sql: the job finished; bytewax: the "
     "dataflow ended; klineflow: the job's process exited",
     "peak_rss_mb": "the side's whole process tree, sampled every 0.2 s",
+    "peak_pss_mb": "the same tree's proportional set size (pages shared between its "
+    "processes counted once), sampled every 1 s",
 }
 JARS_DIR: Final[Path] = PROJECT_ROOT / "build" / "flink-jars"
 
@@ -217,6 +219,7 @@ def summarize(
     result: dict[str, Any] = {
         "total_s": round(finished.exited_at - finished.spawned_at, 2),
         "peak_rss_mb": round(finished.peak_rss_bytes / 2**20),
+        "peak_pss_mb": round(finished.peak_pss_bytes / 2**20),
         "expected": {"bars": bars, "rollup_rows": expected},
     }
     if tables is not None:

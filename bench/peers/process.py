@@ -1,7 +1,8 @@
 """Run one side as a process tree: its own session, logs to files, peak RSS, a time limit.
 
-The peak resident memory of the tree (the process, its JVM, its Python workers) is sampled
-with ``bench_pipeline.sampling``. A side that outlives its time limit is killed with its
+The peak resident memory (RSS, and PSS: shared pages split between the processes that map
+them) of the tree (the process, its JVM, its Python workers) is sampled with
+``bench_pipeline.sampling``. A side that outlives its time limit is killed with its
 whole process group (the group of the process started here, nothing else).
 """
 
@@ -41,6 +42,7 @@ class Finished:
     spawned_at: float
     exited_at: float
     peak_rss_bytes: int
+    peak_pss_bytes: int
     timed_out: bool
 
     @property
@@ -98,5 +100,6 @@ def run_tree(
         spawned_at=spawned_at,
         exited_at=exited_at,
         peak_rss_bytes=sampler.peak,
+        peak_pss_bytes=sampler.peak_pss,
         timed_out=timed_out,
     )

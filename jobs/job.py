@@ -19,7 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from connectors.flink_topology import limit_local_jvm_heap, use_python_worker_processes
-from jobs.config import JobSettings, SinkConfig, add_job_arguments, settings_from_args
+from jobs.config import (
+    PROJECT_ROOT,
+    JobSettings,
+    SinkConfig,
+    add_job_arguments,
+    settings_from_args,
+)
 
 log = logging.getLogger(__name__)
 
@@ -291,12 +297,70 @@ def prepare_services(settings: JobSettings) -> None:
         raise JobSetupError(f"Kafka at {bootstrap}: {_one_line(exc)}") from exc
     url = settings.sinks.clickhouse_url
     try:
-        with _quiet("clickhouse_driver", "connectors"), _native_stderr() as native:
-            migrate(url)
+        if url.startswith(CHDB_SCHEME):
+            native = _migrate_chdb_in_child(url)
+        else:
+            with _quiet("clickhouse_driver", "connectors"), _native_stderr() as captured:
+                migrate(url)
+            native = "".join(captured)
     except (ClickHouseError, ValueError) as exc:
         message = redact_url(_one_line(exc)).replace(url, redact_url(url))
         raise JobSetupError(f"ClickHouse at {redact_url(url)} is not usable: {message}") from exc
-    sys.stderr.write("".join(native))  # on success, what chdb printed is shown as it was
+    sys.stderr.write(native)  # on success, what chdb printed is shown as it was
+
+
+CHDB_SCHEME = "chdb:"
+# Exit status of _MIGRATE_CHDB when migrate raised what prepare_services reports.
+_MIGRATE_REFUSED = 3
+# The child of _migrate_chdb_in_child: the URL on stdin; a refusal as one JSON line on stdout.
+_MIGRATE_CHDB = f"""
+import json, sys
+from connectors.clickhouse import ClickHouseError, migrate
+try:
+    migrate(sys.stdin.read())
+except (ClickHouseError, ValueError) as exc:
+    print(json.dumps({{"error": type(exc).__name__, "message": str(exc)}}))
+    sys.exit({_MIGRATE_REFUSED})
+"""
+
+
+def _migrate_chdb_in_child(url: str) -> str:
+    """Apply the schema of an embedded chdb directory in a child process; returns what
+    chdb printed to stderr.
+
+    chdb maps ~200 MB into the process that loads it and never unloads: applied here, the
+    schema would keep it in ``job run``'s process for as long as the job runs (the sink's
+    Python worker loads its own). Raises ``ClickHouseError`` with the child's message when
+    migrate refused (a directory held by another process, a newer schema), and when the
+    child failed otherwise.
+    """
+    import json
+    import subprocess
+
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        part for part in (str(PROJECT_ROOT), env.get("PYTHONPATH", "")) if part
+    )
+    from connectors.clickhouse import ClickHouseError
+
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", _MIGRATE_CHDB],
+            input=url, capture_output=True, text=True, env=env, timeout=SERVICE_TIMEOUT_S,
+            check=False,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired as exc:
+        raise ClickHouseError(
+            f"the schema migration did not finish within {SERVICE_TIMEOUT_S:g} s"
+        ) from exc
+    if done.returncode == 0:
+        return done.stderr
+
+    if done.returncode == _MIGRATE_REFUSED:
+        refusal = json.loads(done.stdout.strip().splitlines()[-1])
+        raise ClickHouseError(refusal["message"])
+    last = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
+    raise ClickHouseError(f"the schema migration failed in its child process: {last}")
 
 
 @contextmanager

@@ -99,3 +99,37 @@ def test_a_chdb_directory_held_by_another_process_is_one_line(
         f"directory {chdb_dir} is in use by another process (chdb allows one process per "
         "directory)"
     )
+
+
+# prepare_services as `job run` calls it, then what the process has loaded, then the schema.
+_PREPARE_SCRIPT = """
+import sys
+from pathlib import Path
+from jobs.config import JobSettings, SinkConfig
+from jobs.job import prepare_services
+bootstrap, raw, dlq, url, checkpoints = sys.argv[1:]
+prepare_services(JobSettings(kafka_bootstrap=bootstrap, klines_topic=raw, dlq_topic=dlq,
+                             sinks=SinkConfig(clickhouse_url=url),
+                             checkpoint_dir=Path(checkpoints)))
+print("chdb loaded:", "chdb" in sys.modules)
+from connectors.clickhouse import open_writer
+with open_writer(url, migrate_schema=False) as writer:
+    print("tables:", ",".join(sorted(writer.table_counts())))
+"""
+
+
+def test_the_chdb_schema_is_applied_without_loading_chdb_into_the_jobs_process(
+    tmp_path: Path, kafka_bootstrap: str, kafka_topics: TopicNames
+) -> None:
+    url = f"chdb://{tmp_path / 'chdb'}"
+    result = subprocess.run(
+        [sys.executable, "-c", _PREPARE_SCRIPT, kafka_bootstrap, kafka_topics.raw,
+         kafka_topics.dlq, url, str(tmp_path / "checkpoints")],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    lines = result.stdout.splitlines()
+    assert "chdb loaded: False" in lines, result.stdout + result.stderr
+    tables = next(line for line in lines if line.startswith("tables:"))
+    assert {"klines", "indicators", "volume_profile", "signals"} <= set(
+        tables.removeprefix("tables: ").split(",")
+    )

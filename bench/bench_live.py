@@ -75,6 +75,8 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_ROOT))
 sys.path.insert(0, str(PROJECT_ROOT / "bench"))
 
+from proctree import tree_memory  # noqa: E402
+
 from connectors.kafka_admin import end_offsets_total, ensure_topics  # noqa: E402
 from connectors.kafka_producer import DeliveryCounter, create_producer  # noqa: E402
 from connectors.redis_keys import redis_key, update_channel  # noqa: E402
@@ -536,55 +538,6 @@ def subscribing(redis_url: str, capacity: int, timeout_s: float = 30.0) -> Itera
 
 
 # -- memory of a process tree ----------------------------------------------------------------
-
-
-def tree_pids(root: int) -> list[int]:
-    """``root`` and all its descendants, the children of every thread included.
-
-    ``/proc/PID/task/TID/children`` lists the children a thread forked; the Flink JVM forks
-    its Python workers from threads other than its main one, so reading only the main
-    thread's list (as ``bench_pipeline.tree_rss_bytes`` does) misses the workers.
-    """
-    pids, stack = [], [root]
-    while stack:
-        pid = stack.pop()
-        pids.append(pid)
-        try:
-            tasks = list(Path(f"/proc/{pid}/task").iterdir())
-        except OSError:
-            continue
-        for task in tasks:
-            try:
-                stack.extend(int(child) for child in (task / "children").read_text().split())
-            except OSError:
-                continue
-    return pids
-
-
-def _status_kb(pid: int, names: tuple[str, ...], file: str) -> int:
-    """The sum of the ``names`` lines (in kB) of ``/proc/PID/<file>``; 0 if it is gone."""
-    try:
-        text = Path(f"/proc/{pid}/{file}").read_text()
-    except OSError:
-        return 0
-    total = 0
-    for line in text.splitlines():
-        label, _, rest = line.partition(":")
-        if label in names:
-            total += int(rest.split()[0])
-    return total
-
-
-def tree_memory(root: int) -> tuple[int, int, int]:
-    """Resident and proportional set size (bytes) of ``root``'s tree, and its process count.
-
-    RSS counts pages shared between processes (the Python workers' libraries) once per
-    process; PSS splits them, so it is what the tree really takes.
-    """
-    pids = tree_pids(root)
-    rss = sum(_status_kb(pid, ("VmRSS",), "status") for pid in pids)
-    pss = sum(_status_kb(pid, ("Pss",), "smaps_rollup") for pid in pids)
-    return rss * 1024, pss * 1024, len(pids)
 
 
 @dataclass

@@ -47,6 +47,8 @@ import redis
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_ROOT))
 
+from proctree import tree_pss_bytes, tree_rss_bytes  # noqa: E402
+
 from connectors.clickhouse import open_writer  # noqa: E402
 from connectors.replay import replay_files  # noqa: E402
 from jobs.config import AnalyticsConfig, JobSettings, PipelineConfig, SinkConfig  # noqa: E402
@@ -54,61 +56,6 @@ from jobs.job import run_job  # noqa: E402
 from jobs.sample_data import iter_bench_klines  # noqa: E402
 from jobs.stack import KafkaBroker, RedisServer, StackConfig  # noqa: E402
 from udfs.record import encode_kline  # noqa: E402
-
-PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
-
-
-def _children(pid: int) -> list[int]:
-    """Children of every thread of ``pid``: the JVM starts Python workers from other threads
-    than its main one, so reading only the main thread's list misses them."""
-    children: list[int] = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            children += [int(child) for child in (task / "children").read_text().split()]
-        except OSError:
-            continue
-    return children
-
-
-def _tree(root: int, exclude: frozenset[int]) -> list[int]:
-    """``root`` and its descendants, minus ``exclude`` (and their descendants)."""
-    pids, stack = [], [root]
-    while stack:
-        pid = stack.pop()
-        if pid in exclude:
-            continue
-        pids.append(pid)
-        stack.extend(_children(pid))
-    return pids
-
-
-def tree_rss_bytes(root: int, exclude: frozenset[int] = frozenset()) -> int:
-    """Resident memory of ``root`` and all its descendants (Linux /proc)."""
-    total = 0
-    for pid in _tree(root, exclude):
-        try:
-            total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE_SIZE
-        except (OSError, IndexError, ValueError):
-            continue
-    return total
-
-
-def tree_pss_bytes(root: int, exclude: frozenset[int] = frozenset()) -> int:
-    """Proportional set size of ``root``'s tree: what it really takes. RSS counts a page
-    shared between processes (the libraries every Python worker maps: libpython, numpy,
-    pyarrow, chdb in the driver and the sink worker) once per process; PSS splits it."""
-    total = 0
-    for pid in _tree(root, exclude):
-        try:
-            text = Path(f"/proc/{pid}/smaps_rollup").read_text()
-        except OSError:
-            continue
-        for line in text.splitlines():
-            if line.startswith("Pss:"):
-                total += int(line.split()[1]) * 1024
-                break
-    return total
-
 
 # smaps_rollup walks every mapping of a process: read it every fifth RSS sample only.
 PSS_EVERY = 5

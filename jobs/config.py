@@ -185,8 +185,7 @@ class JobSettings:
     flink_overrides: tuple[tuple[str, str], ...] = ()
     # -Xmx of the JVM a local run starts (its mini-cluster: the hashmap state backend keeps
     # every series' state on this heap); "" = the JVM's own default, a quarter of the RAM,
-    # which it fills with garbage before it collects (1.9 GB on a 1M-bar replay, 1.3 GB
-    # with 1g at the same speed).
+    # which G1 fills with garbage before it collects (README: "A local run caps its JVM heap").
     local_heap: str = "1g"
 
     def __repr__(self) -> str:

@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 KAFKA_CONNECTOR_JAR_GLOB = "flink-sql-connector-kafka-*.jar"
 # The job's own Java operators (jvm/), built by `make setup`.
 OPERATORS_JAR = "klineflow-operators.jar"
+# The scheme of an embedded ClickHouse (chdb) URL: one process per data directory.
+CHDB_SCHEME = "chdb:"
 BOUNDED_RUN_SETTINGS = {
     # A bounded run (replay, backfill, demo) should end: retry a couple of times, then fail
     # loudly instead of restarting forever like the streaming job.
@@ -215,7 +217,7 @@ def uses_pipelined_commits(settings: JobSettings) -> bool:
 
 def sink_parallelism(settings: JobSettings) -> int | None:
     """chdb allows one process per directory: its sink runs alone (None: the job's)."""
-    return 1 if settings.sinks.clickhouse_url.startswith("chdb:") else settings.parallelism
+    return 1 if settings.sinks.clickhouse_url.startswith(CHDB_SCHEME) else settings.parallelism
 
 
 def attach_job(env: Any, settings: JobSettings) -> None:
@@ -309,17 +311,17 @@ def prepare_services(settings: JobSettings) -> None:
     sys.stderr.write(native)  # on success, what chdb printed is shown as it was
 
 
-CHDB_SCHEME = "chdb:"
 # Exit status of _MIGRATE_CHDB when migrate raised what prepare_services reports.
 _MIGRATE_REFUSED = 3
-# The child of _migrate_chdb_in_child: the URL on stdin; a refusal as one JSON line on stdout.
+# The child of _migrate_chdb_in_child: the URL on stdin; a refusal's message as one JSON
+# string on stdout.
 _MIGRATE_CHDB = f"""
 import json, sys
 from connectors.clickhouse import ClickHouseError, migrate
 try:
     migrate(sys.stdin.read())
 except (ClickHouseError, ValueError) as exc:
-    print(json.dumps({{"error": type(exc).__name__, "message": str(exc)}}))
+    print(json.dumps(str(exc)))
     sys.exit({_MIGRATE_REFUSED})
 """
 
@@ -337,12 +339,12 @@ def _migrate_chdb_in_child(url: str) -> str:
     import json
     import subprocess
 
+    from connectors.clickhouse import ClickHouseError
+
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
         part for part in (str(PROJECT_ROOT), env.get("PYTHONPATH", "")) if part
     )
-    from connectors.clickhouse import ClickHouseError
-
     try:
         done = subprocess.run(
             [sys.executable, "-c", _MIGRATE_CHDB],
@@ -355,10 +357,8 @@ def _migrate_chdb_in_child(url: str) -> str:
         ) from exc
     if done.returncode == 0:
         return done.stderr
-
     if done.returncode == _MIGRATE_REFUSED:
-        refusal = json.loads(done.stdout.strip().splitlines()[-1])
-        raise ClickHouseError(refusal["message"])
+        raise ClickHouseError(json.loads(done.stdout.strip().splitlines()[-1]))
     last = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
     raise ClickHouseError(f"the schema migration failed in its child process: {last}")
 

@@ -293,10 +293,12 @@ _PIPELINED_MARK: Final = "_klineflow_pipelined"
 def pipeline_keyed_state_commits() -> None:
     """Make this Python worker's keyed-state commits send all their writes, then wait once.
 
-    At the end of every bundle PyFlink commits the cached state of each key the bundle
-    touched, and each (key, state) commit waits for its own round trip to the JVM before the
-    next is sent (``RemoteKeyedStateBackend.commit``). A live bundle touches a few keys with
-    two or three states each, so that is several blocking round trips per update. With this,
+    At the end of every bundle PyFlink commits every (key, state) in its state cache (up to
+    ``python.state.cache-size`` entries, touched in that bundle or not: a clean one is a few
+    checks, so a bundle costs O(cached keys) in Python), and each commit with writes waits
+    for its own round trip to the JVM before the next is sent
+    (``RemoteKeyedStateBackend.commit``). A live bundle writes a few keys with two or three
+    states each, so that is several blocking round trips per update. With this,
     the writes go out back to back and the commit waits once, for all of them; what reaches
     the JVM, and in which order, is unchanged. Idempotent; call it in the worker (a
     function's ``open``).

@@ -78,6 +78,7 @@ from pyflink.datastream.connectors.base import Sink
 from pyflink.datastream.state import ListStateDescriptor
 
 from connectors.flink_topology import (
+    call_at_bundle_end,
     name_key_step,
     pipeline_keyed_state_commits,
     timer_safe_checkpoints,
@@ -116,8 +117,8 @@ class SinkBuffer:
     ) -> None:
         if batch_rows < 1:
             raise ValueError("batch_rows must be >= 1")
-        if flush_ms < 1:
-            raise ValueError("flush_ms must be >= 1")
+        if flush_ms < 0:
+            raise ValueError("flush_ms must be >= 0")
         self.batch_rows = batch_rows
         self.flush_ms = flush_ms
         self._clock = clock
@@ -158,7 +159,7 @@ class SinkBuffer:
         Timed from the oldest row, not the last flush: the first row after a quiet spell
         waits for company instead of going out alone.
         """
-        if len(self.rows) >= self.batch_rows:
+        if self.full():
             return True
         return bool(self.rows) and (self._clock() - self.first_row_at) * 1000 >= self.flush_ms
 
@@ -167,6 +168,23 @@ class SinkBuffer:
         if not self.rows:
             return 0
         return max(0, int(self.flush_ms - (self._clock() - self.first_row_at) * 1000))
+
+    def full(self) -> bool:
+        """The batch has ``batch_rows`` rows."""
+        return len(self.rows) >= self.batch_rows
+
+    def timer_wait_ms(self, key: Any) -> int:
+        """How much longer a flush timer of ``key`` that fires now should wait (0: act now).
+
+        A key whose rows are all written is cleared at once, and so is one whose batch is
+        due; a key with rows in a batch that is not due yet waits for that batch, so the
+        batch goes out ``flush_ms`` after its oldest row and not whenever one of the
+        subtask's bucket keys' timers happens to fire (with 8 keys, that flushed about 5
+        times per ``flush_ms``).
+        """
+        if self.can_clear(key) or self.should_flush():
+            return 0
+        return max(1, self.wait_left_ms())
 
     def take(self) -> list[Any]:
         """The batch to write now; the buffer starts a new one."""
@@ -267,6 +285,14 @@ class BatchingSinkFunction(KeyedProcessFunction):
             return iter(())  # a subclass's timer on this key, not this key's flush timer
         if self.durable:
             self._adopt(key)
+        if timestamp != END_OF_TIME_MS:
+            wait_ms = self._buffer.timer_wait_ms(key)
+            if wait_ms:
+                timers = ctx.timer_service()
+                due = timers.current_processing_time() + wait_ms
+                timers.register_processing_time_timer(due)
+                self._flush_due[key] = due
+                return iter(())
         if not self._buffer.can_clear(key) or self._buffer.should_flush():
             self._flush()
         self._clear_current(key)
@@ -414,7 +440,8 @@ class StoreSinkFunction(BatchingSinkFunction):
     ``indicators`` and ``ind:``, signals into ``signals`` and ``signal:``. Encoded dead
     letters are yielded unchanged, for the Kafka dead-letter sink that follows.
 
-    Two cadences: Redis (live state) is written every ``redis_flush_ms`` or
+    Two cadences: Redis (live state) is written at the end of every bundle (or, with
+    ``redis_flush_ms`` > 0, once its oldest row has waited that long) or every
     ``redis_batch_rows`` rows, ClickHouse (history) every ``clickhouse_flush_ms`` or
     ``clickhouse_batch_rows`` rows, so live readers are not held back by large history
     batches. Durability follows the ClickHouse batch (see the module docstring): a row stays
@@ -493,6 +520,16 @@ class StoreSinkFunction(BatchingSinkFunction):
         self._live = SinkBuffer(self.redis_batch_rows, self.redis_flush_ms)
         self._live_timer_due = 0
 
+    def open(self, runtime_context: RuntimeContext) -> None:
+        super().open(runtime_context)
+        call_at_bundle_end(runtime_context, self._end_bundle)
+
+    def _end_bundle(self) -> None:
+        # With redis_flush_ms 0 (the default) the Redis batch is due as soon as it has a
+        # row: each bundle's rows go out together at its end, with no timer.
+        if self._live.should_flush():
+            self._flush_live()
+
     def rows_of(self, element: bytes) -> list[Any]:
         return [record for record in decode_outputs(element) if record[0] != Tag.DEAD_LETTER]
 
@@ -507,7 +544,7 @@ class StoreSinkFunction(BatchingSinkFunction):
             return
         for row in rows:
             self._live.add(None, row)
-        if self._live.should_flush():
+        if self._live.full() or (self.redis_flush_ms and self._live.should_flush()):
             self._flush_live()
         self._accept(ctx, value, rows)
         self._arm_live_timer(ctx.timer_service())
@@ -520,8 +557,8 @@ class StoreSinkFunction(BatchingSinkFunction):
 
     def _arm_live_timer(self, timers: Any) -> None:
         """Keep one processing-time timer pending while Redis rows wait (on any key: the
-        Redis batch mixes keys)."""
-        if not self._live.rows:
+        Redis batch mixes keys); none with ``redis_flush_ms`` 0 (bundle ends write it)."""
+        if not self._live.rows or not self.redis_flush_ms:
             return
         now = timers.current_processing_time()
         if self._live_timer_due > now:

@@ -10,6 +10,7 @@ slowing the job down.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any, Final
 
 from pyflink.datastream import DataStream, KeyedStream
@@ -324,3 +325,41 @@ def pipeline_keyed_state_commits() -> None:
     setattr(commit, _PIPELINED_MARK, True)
     commit.__wrapped__ = commit_one_by_one  # type: ignore[attr-defined]
     RemoteKeyedStateBackend.commit = commit
+
+
+_BUNDLE_END_MARK: Final = "_klineflow_bundle_end"
+
+
+def call_at_bundle_end(runtime_context: Any, callback: Callable[[], None]) -> None:
+    """Call ``callback`` at the end of every bundle of the keyed Python operator whose
+    ``open`` received ``runtime_context``, just before PyFlink commits its keyed state.
+
+    PyFlink gives Python functions no bundle hook, but it ends every bundle of a keyed
+    operator with ``StatefulOperation.finish``, which commits that operator's own keyed
+    state backend (``runtime_context._keyed_state_backend``), in the thread that ran the
+    bundle; so the commit of that one backend instance is wrapped. A bundle ends within
+    ``python.fn-execution.bundle.time`` of its first element and always before a
+    checkpoint barrier, so a sink can batch a bundle's rows and write them here without a
+    timer (a timer round trip through the JVM costs a bundle or two). An exception from
+    ``callback`` fails the bundle, as one from ``process_element`` does. Call it in
+    ``open``, in the worker, once per function.
+    """
+    backend = getattr(runtime_context, "_keyed_state_backend", None)
+    if backend is None:
+        raise TypeError(
+            "call_at_bundle_end needs the runtime context of a keyed Python operator "
+            f"in PyFlink's process mode (got {type(runtime_context).__name__} without a "
+            "keyed state backend)"
+        )
+    callbacks: list[Callable[[], None]] | None = getattr(backend, _BUNDLE_END_MARK, None)
+    if callbacks is None:
+        callbacks = []
+        setattr(backend, _BUNDLE_END_MARK, callbacks)
+
+        def commit() -> None:
+            for call in callbacks:
+                call()
+            type(backend).commit(backend)  # the class's commit, pipelined or not
+
+        backend.commit = commit
+    callbacks.append(callback)

@@ -151,8 +151,10 @@ class SinkConfig:
     clickhouse_retry_s: float = 60.0
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_batch_rows: int = 500
-    # Live state: short batches, so an update reaches Redis within a few ms of the job.
-    redis_flush_ms: int = 10
+    # Live state: 0 writes each Python bundle's rows at its end (python.fn-execution.bundle.time
+    # after its first row at most), so an update reaches Redis within a few ms of the job; > 0
+    # holds a row until the batch's oldest has waited that long (a processing-time timer).
+    redis_flush_ms: int = 0
     redis_recent_bars: int = 500
     redis_ttl_s: int | None = None
     # Announce each applied update on the series' pub/sub channel (kline-updates:...).
@@ -457,7 +459,8 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
         env="KLINEFLOW_REDIS_FLUSH_MS",
         type=int,
         default=sinks.redis_flush_ms,
-        help="flush Redis at least this often",
+        help="hold Redis rows until the oldest has waited this long (0: write them at the "
+        "end of each Python bundle)",
     )
     env_flag(
         parser,

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 from pyflink.common import Configuration
-from pyflink.datastream import StreamExecutionEnvironment
+from pyflink.datastream import KeyedProcessFunction, StreamExecutionEnvironment
 
 from connectors.flink_topology import (
     JVM_ARGS_VARIABLE,
@@ -292,3 +292,36 @@ def test_batch_records_sends_a_batch_once_its_first_record_waited_max_delay(
     # Checkpoints come every 10 s: without the delay the five paced records (1.5 s) would
     # travel together.
     assert len(sent) >= 4
+
+
+class _BundleEndCounter(KeyedProcessFunction):  # type: ignore[misc]
+    """Emits each value with the number of this operator's bundles that had ended before."""
+
+    def open(self, runtime_context: Any) -> None:
+        from connectors.flink_topology import call_at_bundle_end
+
+        self.ended = 0
+        call_at_bundle_end(runtime_context, self._bundle_ended)
+
+    def _bundle_ended(self) -> None:
+        self.ended += 1
+
+    def process_element(self, value: int, ctx: Any) -> Iterator[tuple[int, int]]:
+        yield value, self.ended
+
+
+def test_call_at_bundle_end_runs_at_the_end_of_each_bundle_of_a_worker(tmp_path: Path) -> None:
+    from pyflink.common import Types
+
+    # Bundles of 3 elements (and a bundle time no run of 9 elements reaches).
+    settings = job_settings(tmp_path, flink_overrides=(
+        ("python.fn-execution.bundle.size", "3"), ("python.fn-execution.bundle.time", "60000"),
+    ))  # fmt: skip
+    env = local_environment(settings, parallelism=1)
+    values = env.from_collection(list(range(9)), type_info=Types.INT())
+    counted = values.key_by(lambda value: 0, key_type=Types.INT()).process(
+        _BundleEndCounter(), output_type=Types.TUPLE([Types.INT(), Types.INT()])
+    )
+    with counted.execute_and_collect("test-bundle-end") as results:
+        seen = sorted((value, ended) for value, ended in results)
+    assert seen == [(value, value // 3) for value in range(9)]

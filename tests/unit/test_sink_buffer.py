@@ -72,7 +72,34 @@ def test_a_key_is_newly_dirty_once_until_cleared() -> None:
     assert buffer.add("k", 3) is True
 
 
-@pytest.mark.parametrize(("rows", "ms"), [(0, 10), (1, 0)])
+@pytest.mark.parametrize(("rows", "ms"), [(0, 10), (1, -1)])
 def test_sizes_are_checked(rows: int, ms: int) -> None:
     with pytest.raises(ValueError):
         SinkBuffer(batch_rows=rows, flush_ms=ms)
+
+
+def test_flush_ms_0_makes_any_row_due_and_only_size_fills_it() -> None:
+    buffer = SinkBuffer(batch_rows=2, flush_ms=0, clock=Clock())
+    assert not buffer.should_flush()
+    buffer.add("a", 1)
+    assert buffer.should_flush() and not buffer.full()
+    buffer.add("a", 2)
+    assert buffer.full()
+
+
+def test_a_key_timer_waits_for_its_batch_instead_of_flushing_it_early() -> None:
+    clock = Clock()
+    buffer = SinkBuffer(batch_rows=100, flush_ms=1_000, clock=clock)
+    buffer.add("a", 1)
+    clock.now += 1.0
+    assert buffer.timer_wait_ms("a") == 0  # its batch is due: flush
+    buffer.take()
+    assert buffer.timer_wait_ms("a") == 0  # all its rows written: clear
+    buffer.add("b", 2)
+    clock.now += 0.25
+    buffer.add("a", 3)  # "a" is in the new batch, 250 ms old
+    assert buffer.timer_wait_ms("a") == 750
+    assert buffer.timer_wait_ms("b") == 750
+    clock.now += 0.75
+    assert buffer.timer_wait_ms("a") == 0
+    assert buffer.timer_wait_ms("c") == 0  # a key with nothing in the batch clears

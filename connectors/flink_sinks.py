@@ -77,6 +77,7 @@ from pyflink.datastream import DataStream, KeyedProcessFunction, RuntimeContext
 from pyflink.datastream.connectors.base import Sink
 from pyflink.datastream.state import ListStateDescriptor
 
+from connectors.background_writer import BackgroundWriter
 from connectors.flink_topology import (
     call_at_bundle_end,
     name_key_step,
@@ -107,6 +108,8 @@ class SinkBuffer:
     rows of three kinds, tracked here so the Flink wrapper knows what to do:
 
     - ``batch_keys``: keys with rows in ``rows`` (state must not be cleared yet);
+    - ``in_flight_keys``: keys with rows in the batch being written in the background
+      (``take(in_flight=True)`` until ``landed``; state must not be cleared yet either);
     - ``dirty_keys``: keys whose state holds rows, written or not (a timer is pending);
     - ``known_keys``: keys whose state this instance created or read since it started;
       any other key may hold rows restored from a checkpoint and must be adopted first.
@@ -124,6 +127,7 @@ class SinkBuffer:
         self._clock = clock
         self.rows: list[Any] = []
         self.batch_keys: set[Any] = set()
+        self.in_flight_keys: set[Any] = set()
         self.dirty_keys: set[Any] = set()
         self.known_keys: set[Any] = set()
         self.first_row_at = clock()  # when the oldest row of ``rows`` arrived
@@ -174,27 +178,33 @@ class SinkBuffer:
         return len(self.rows) >= self.batch_rows
 
     def timer_wait_ms(self, key: Any) -> int:
-        """How much longer a flush timer of ``key`` that fires now should wait (0: act now).
+        """When the flush timer of ``key``, which cannot be cleared yet, should fire again.
 
-        A key whose rows are all written is cleared at once, and so is one whose batch is
-        due; a key with rows in a batch that is not due yet waits for that batch, so the
-        batch goes out ``flush_ms`` after its oldest row and not whenever one of the
-        subtask's bucket keys' timers happens to fire (with 8 keys, that flushed about 5
-        times per ``flush_ms``).
+        A key with rows in the batch waits for that batch to be due, so the batch goes out
+        ``flush_ms`` after its oldest row and not whenever one of the subtask's bucket keys'
+        timers happens to fire (with 8 keys, that flushed about 5 times per ``flush_ms``);
+        one with rows only in the batch being written looks again ``flush_ms`` later.
         """
-        if self.can_clear(key) or self.should_flush():
-            return 0
-        return max(1, self.wait_left_ms())
+        if key in self.batch_keys:
+            return max(1, self.wait_left_ms())
+        return max(1, self.flush_ms)
 
-    def take(self) -> list[Any]:
-        """The batch to write now; the buffer starts a new one."""
+    def take(self, *, in_flight: bool = False) -> list[Any]:
+        """The batch to write now; the buffer starts a new one. ``in_flight``: it is written
+        in the background, so its keys stay uncleared until :meth:`landed`."""
         batch, self.rows = self.rows, []
+        if in_flight:
+            self.in_flight_keys.update(self.batch_keys)
         self.batch_keys.clear()
         return batch
 
+    def landed(self) -> None:
+        """The batch written in the background has been written."""
+        self.in_flight_keys.clear()
+
     def can_clear(self, key: Any) -> bool:
         """Whether ``key``'s state holds only written rows (so it may be cleared)."""
-        return key not in self.batch_keys
+        return key not in self.batch_keys and key not in self.in_flight_keys
 
     def cleared(self, key: Any) -> None:
         """Record that ``key``'s state was cleared."""
@@ -207,11 +217,17 @@ class BatchingSinkFunction(KeyedProcessFunction):
     Subclasses implement ``connect``, ``write_batch`` and ``disconnect``; ``attach_sink``
     puts the function in a job. ``durable=False`` drops the Flink-state copy of unwritten
     rows (a failure then loses them): only for measuring what durability costs.
+
+    ``background_writes``: ``write_batch`` runs in a thread of its own
+    (:class:`connectors.background_writer.BackgroundWriter`), one batch at a time, while the
+    function goes on taking input; a batch's keys keep their state until the write has
+    landed, so a checkpoint taken meanwhile still holds its rows, and the next batch waits
+    for it (a store that is down still backpressures the job, one batch later).
     """
 
     def __init__(
         self, batch_rows: int, flush_ms: int, *, durable: bool = True,
-        pipelined_commits: bool = True,
+        pipelined_commits: bool = True, background_writes: bool = False,
     ) -> None:  # fmt: skip
         """``pipelined_commits``: the worker pipelines its keyed-state commits
         (``connectors.flink_topology.pipeline_keyed_state_commits``)."""
@@ -219,6 +235,7 @@ class BatchingSinkFunction(KeyedProcessFunction):
         self.flush_ms = flush_ms
         self.durable = durable
         self.pipelined_commits = pipelined_commits
+        self.background_writes = background_writes
 
     @abstractmethod
     def connect(self) -> None:
@@ -247,6 +264,11 @@ class BatchingSinkFunction(KeyedProcessFunction):
         self.rows_restored = metrics.counter("sink_rows_restored")
         self.restored_rows_total = 0
         self.connect()
+        self._writer = (
+            BackgroundWriter(self.write_batch, f"{type(self).__name__}-writer")
+            if self.background_writes
+            else None
+        )
 
     def rows_of(self, element: Any) -> list[Any]:
         """The rows one stream element carries (the element itself unless overridden)."""
@@ -260,6 +282,7 @@ class BatchingSinkFunction(KeyedProcessFunction):
         """Buffer ``rows`` of ``element`` (kept whole in state until written); flush if due."""
         if not rows:
             return
+        self._take_landed(wait=False)
         key = ctx.get_current_key()
         if self.durable:
             self._adopt(key)
@@ -285,28 +308,51 @@ class BatchingSinkFunction(KeyedProcessFunction):
             return iter(())  # a subclass's timer on this key, not this key's flush timer
         if self.durable:
             self._adopt(key)
-        if timestamp != END_OF_TIME_MS:
-            wait_ms = self._buffer.timer_wait_ms(key)
-            if wait_ms:
-                timers = ctx.timer_service()
-                due = timers.current_processing_time() + wait_ms
-                timers.register_processing_time_timer(due)
-                self._flush_due[key] = due
-                return iter(())
-        if not self._buffer.can_clear(key) or self._buffer.should_flush():
-            self._flush()
+        if timestamp == END_OF_TIME_MS:  # the end of a bounded input: write everything
+            self.flush()
+        else:
+            self._take_landed(wait=False)
+            if self._buffer.should_flush():
+                self._flush()
         self._clear_current(key)
+        if key in self._buffer.dirty_keys:
+            # Its rows are in the batch (not due yet) or being written: every dirty key
+            # keeps a pending timer, so its state is cleared once they are written.
+            timers = ctx.timer_service()
+            due = timers.current_processing_time() + self._buffer.timer_wait_ms(key)
+            timers.register_processing_time_timer(due)
+            self._flush_due[key] = due
         return iter(())
 
     def flush(self) -> None:
-        """Write everything buffered (the keys' state is cleared as their timers fire)."""
+        """Write everything buffered and wait until it is written (the keys' state is
+        cleared as their timers fire)."""
         self._flush()
+        self._take_landed(wait=True)
 
     def _flush(self) -> None:
+        if self._writer is not None:
+            self._take_landed(wait=True)  # one batch in flight at a time
+            batch = self._buffer.take(in_flight=True)
+            if batch:
+                self._writer.submit(batch)
+            return
         batch = self._buffer.take()
         if not batch:
             return
-        written = self.write_batch(batch)
+        self._count_written(self.write_batch(batch))
+
+    def _take_landed(self, *, wait: bool) -> None:
+        """Take the outcome of the background write, if it has ended (``wait``: wait for
+        it); raises what the write raised."""
+        if self._writer is None or not self._writer.busy:
+            return
+        written = self._writer.landed(wait=wait)
+        if written is not None:
+            self._buffer.landed()
+            self._count_written(written)
+
+    def _count_written(self, written: int) -> None:
         self.rows_written.inc(written)
         self.batches_written.inc()
 
@@ -337,7 +383,14 @@ class BatchingSinkFunction(KeyedProcessFunction):
     def close(self) -> None:
         # Durable sinks leave unwritten rows to state (this may be a failure, and the
         # end of a bounded input already flushed through the end-of-time timers).
-        if hasattr(self, "_buffer") and not self.durable:
+        writer = getattr(self, "_writer", None)
+        if writer is not None:
+            # A write in flight ends before the connection closes; a durable sink's rows
+            # are in state whether it succeeded or not, so its outcome is not needed.
+            if not self.durable:
+                self.flush()
+            writer.close()
+        elif hasattr(self, "_buffer") and not self.durable:
             self._flush()
         self.disconnect()
 
@@ -470,8 +523,9 @@ class StoreSinkFunction(BatchingSinkFunction):
         pipelined_commits: bool = True,
     ) -> None:
         super().__init__(
-            clickhouse_batch_rows, clickhouse_flush_ms, pipelined_commits=pipelined_commits
-        )
+            clickhouse_batch_rows, clickhouse_flush_ms, pipelined_commits=pipelined_commits,
+            background_writes=True,
+        )  # fmt: skip
         self.clickhouse_url = clickhouse_url
         self.redis_url = redis_url
         self.secrets_file = secrets_file

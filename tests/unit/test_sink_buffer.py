@@ -90,16 +90,28 @@ def test_flush_ms_0_makes_any_row_due_and_only_size_fills_it() -> None:
 def test_a_key_timer_waits_for_its_batch_instead_of_flushing_it_early() -> None:
     clock = Clock()
     buffer = SinkBuffer(batch_rows=100, flush_ms=1_000, clock=clock)
-    buffer.add("a", 1)
-    clock.now += 1.0
-    assert buffer.timer_wait_ms("a") == 0  # its batch is due: flush
-    buffer.take()
-    assert buffer.timer_wait_ms("a") == 0  # all its rows written: clear
     buffer.add("b", 2)
     clock.now += 0.25
-    buffer.add("a", 3)  # "a" is in the new batch, 250 ms old
+    buffer.add("a", 3)  # "a" and "b" are in a batch 250 ms old
     assert buffer.timer_wait_ms("a") == 750
     assert buffer.timer_wait_ms("b") == 750
     clock.now += 0.75
-    assert buffer.timer_wait_ms("a") == 0
-    assert buffer.timer_wait_ms("c") == 0  # a key with nothing in the batch clears
+    assert buffer.should_flush()
+
+
+def test_keys_of_a_batch_written_in_the_background_stay_uncleared_until_it_lands() -> None:
+    clock = Clock()
+    buffer = SinkBuffer(batch_rows=100, flush_ms=1_000, clock=clock)
+    buffer.add("a", 1)
+    buffer.add("b", 2)
+    assert buffer.take(in_flight=True) == [1, 2]
+    assert not buffer.can_clear("a") and not buffer.can_clear("b")
+    assert buffer.timer_wait_ms("a") == 1_000  # being written: look again a flush later
+    buffer.add("b", 3)  # "b" is in the next batch too
+    buffer.landed()
+    assert buffer.can_clear("a")
+    assert not buffer.can_clear("b")
+    clock.now += 0.5
+    assert buffer.timer_wait_ms("b") == 500
+    assert buffer.take() == [3]  # written in the foreground: nothing stays in flight
+    assert buffer.can_clear("b")

@@ -20,9 +20,13 @@ contains:
 - A key's state can only be cleared while that key is current, so after a batch is written
   the current key's state is cleared at once and each other key's when its own timer fires
   (every key with rows in state has a processing-time timer, due ``flush_ms`` after its
-  first row, and an event-time timer at the end of time that fires at the end of a bounded
+  first row and set again for as long as its rows wait in a batch or in a write still
+  under way, and an event-time timer at the end of time that fires at the end of a bounded
   input). Until then a written row may sit in state: after a failure it is written again,
   which ReplacingMergeTree collapses by ``version`` and Redis's compare-and-set ignores.
+  The store sink writes ClickHouse in a background thread
+  (``BatchingSinkFunction(background_writes=True)``): a key whose rows are in that write
+  keeps its state until the write has landed, so a checkpoint taken meanwhile holds them.
 - After recovery, Flink restores the state and the timers. The first time a key is seen
   again (an element or a timer), its restored rows join the batch, and they are written
   within ``flush_ms`` (the restored processing-time timers are already due), to every store
@@ -31,7 +35,8 @@ contains:
 A store that is down (ClickHouse or Redis) is waited for: the write that fails is retried
 with capped backoff for up to ``SinkConfig.clickhouse_retry_s`` (60 s by default; the one
 budget of both stores), and so is the connection when a (restarted) sink opens. While it
-waits the sink takes no more input, so the job is backpressured (the Kafka source stops
+waits the sink takes no more input (with background writes: once its next batch is due,
+since one batch at a time is in flight), so the job is backpressured (the Kafka source stops
 reading; memory stays bounded by Flink's network buffers and the sink's batches) and a
 short outage only delays writes. The outage is logged in one line when it starts ("Redis at
 <url> is unreachable (<error>); calls wait and are retried for up to 60 s") and one when the

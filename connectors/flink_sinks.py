@@ -268,12 +268,12 @@ class BatchingSinkFunction(KeyedProcessFunction):
         self.batches_written = metrics.counter("sink_batches_written")
         self.rows_restored = metrics.counter("sink_rows_restored")
         self.restored_rows_total = 0
-        self.connect()
         self._writer = (
             BackgroundWriter(self.write_batch, f"{type(self).__name__}-writer")
             if self.background_writes
             else None
         )
+        self.connect()
 
     def rows_of(self, element: Any) -> list[Any]:
         """The rows one stream element carries (the element itself unless overridden)."""
@@ -388,15 +388,13 @@ class BatchingSinkFunction(KeyedProcessFunction):
     def close(self) -> None:
         # Durable sinks leave unwritten rows to state (this may be a failure, and the
         # end of a bounded input already flushed through the end-of-time timers).
+        if hasattr(self, "_buffer") and not self.durable:
+            self.flush()
         writer = getattr(self, "_writer", None)
         if writer is not None:
             # A write in flight ends before the connection closes; a durable sink's rows
             # are in state whether it succeeded or not, so its outcome is not needed.
-            if not self.durable:
-                self.flush()
             writer.close()
-        elif hasattr(self, "_buffer") and not self.durable:
-            self._flush()
         self.disconnect()
 
 

@@ -89,6 +89,11 @@ METHOD: Final[dict[str, str]] = {
     "peak_rss_mb": "the side's whole process tree, sampled every 0.2 s",
     "peak_pss_mb": "the same tree's proportional set size (pages shared between its "
     "processes counted once), sampled every 1 s",
+    "cpu": "the tree sampled every 2 s. core_s: each process's CPU seconds by kind (jvm; "
+    "python-worker:chdb, the store sink's worker; python-worker, the others, one each); "
+    "machine_cores, tree_cores: busy cores of the machine and of the tree per interval; "
+    "with_workers_idle_core_s: cores the machine left idle while Python workers existed "
+    "(time a serial stage, not the work, set the pace)",
 }
 JARS_DIR: Final[Path] = PROJECT_ROOT / "build" / "flink-jars"
 
@@ -221,6 +226,7 @@ def summarize(
         "peak_rss_mb": round(finished.peak_rss_bytes / 2**20),
         "peak_pss_mb": round(finished.peak_pss_bytes / 2**20),
         "expected": {"bars": bars, "rollup_rows": expected},
+        "cpu": finished.cpu,
     }
     if tables is not None:
         result["expected"]["clickhouse_rows"] = tables

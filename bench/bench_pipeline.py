@@ -38,7 +38,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +47,8 @@ import redis
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_ROOT))
 
-from proctree import tree_pss_bytes, tree_rss_bytes  # noqa: E402
+from cpu_timeline import CpuTimeline  # noqa: E402
+from proctree import pss_bytes, rss_bytes, tree_pids, tree_rss_bytes  # noqa: E402
 
 from connectors.clickhouse import open_writer  # noqa: E402
 from connectors.replay import replay_files  # noqa: E402
@@ -57,25 +58,32 @@ from jobs.sample_data import iter_bench_klines  # noqa: E402
 from jobs.stack import KafkaBroker, RedisServer, StackConfig  # noqa: E402
 from udfs.record import encode_kline  # noqa: E402
 
+SAMPLE_S = 0.2
 # smaps_rollup walks every mapping of a process: read it every fifth RSS sample only.
 PSS_EVERY = 5
+CPU_EVERY = 10
 
 
 @dataclass
 class PeakSampler:
-    """Samples a process tree's RSS in a thread (every 0.2 s, PSS every 1 s); keeps the peaks."""
+    """Samples a process tree in a thread: RSS every 0.2 s, PSS every 1 s (peaks kept) and
+    CPU every 2 s (``cpu``: see ``bench/cpu_timeline.py``)."""
 
     root: int
     exclude: frozenset[int]
     peak: int = 0
     peak_pss: int = 0
+    cpu: CpuTimeline = field(default_factory=lambda: CpuTimeline(SAMPLE_S * CPU_EVERY))
 
     def run(self, stop: threading.Event) -> None:
         samples = 0
-        while not stop.wait(0.2):
-            self.peak = max(self.peak, tree_rss_bytes(self.root, self.exclude))
+        while not stop.wait(SAMPLE_S):
+            pids = tree_pids(self.root, self.exclude)
+            self.peak = max(self.peak, rss_bytes(pids))
             if samples % PSS_EVERY == 0:
-                self.peak_pss = max(self.peak_pss, tree_pss_bytes(self.root, self.exclude))
+                self.peak_pss = max(self.peak_pss, pss_bytes(pids))
+            if samples % CPU_EVERY == 0:
+                self.cpu.sample(pids)
             samples += 1
 
 
@@ -340,6 +348,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "clickhouse_rows": rows,
             "redis_keys": client.dbsize(),
             "peak_rss_mb": round(sampler.peak / 2**20),
+            "cpu": sampler.cpu.report(),
             "kafka_and_redis_rss_mb": round(services_rss / 2**20),
             "cpus": os.cpu_count(),
         }

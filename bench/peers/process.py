@@ -1,9 +1,10 @@
 """Run one side as a process tree: its own session, logs to files, peak RSS, a time limit.
 
 The peak resident memory (RSS, and PSS: shared pages split between the processes that map
-them) of the tree (the process, its JVM, its Python workers) is sampled with
-``bench_pipeline.sampling``. A side that outlives its time limit is killed with its
-whole process group (the group of the process started here, nothing else).
+them) and the CPU (``bench/cpu_timeline.py``) of the tree (the process, its JVM, its Python
+workers) are sampled with ``bench_pipeline.sampling``. A side that outlives its time limit
+is killed with its whole process group (the group of the process started here, nothing
+else).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import signal
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from bench_pipeline import sampling
 
@@ -44,6 +46,7 @@ class Finished:
     peak_rss_bytes: int
     peak_pss_bytes: int
     timed_out: bool
+    cpu: dict[str, Any]  # the tree's CPU over the run (``cpu_timeline.CpuTimeline.report``)
 
     @property
     def ok(self) -> bool:
@@ -102,4 +105,5 @@ def run_tree(
         peak_rss_bytes=sampler.peak,
         peak_pss_bytes=sampler.peak_pss,
         timed_out=timed_out,
+        cpu=sampler.cpu.report(),
     )

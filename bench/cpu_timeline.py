@@ -84,13 +84,15 @@ class CpuTimeline:
         """Record one interval: the machine's and the tree's busy cores since the last call."""
         machine = machine_cpu_s()
         tree_s = 0.0
+        worker_alive = False
         for pid in pids:
             used = process_cpu_s(pid)
             if used is None:
                 continue
             kind = self._kinds.get(pid)
             if kind is None or kind == "python-worker":  # a sink maps chdb only once open
-                self._kinds[pid] = process_kind(pid)
+                kind = self._kinds[pid] = process_kind(pid)
+            worker_alive = worker_alive or kind.startswith("python-worker")
             tree_s += used - self._process_s.get(pid, used)
             self._process_s[pid] = used
             self._used_s[pid] = used
@@ -101,9 +103,7 @@ class CpuTimeline:
                 self.machine_cores.append(round(busy / elapsed, 2))
                 self.tree_cores.append(round(tree_s / elapsed, 2))
                 self.elapsed_s.append(elapsed)
-                self.worker_seen.append(
-                    any(kind.startswith("python-worker") for kind in self._kinds.values())
-                )
+                self.worker_seen.append(worker_alive)
         self._machine = machine
 
     def report(self) -> dict[str, Any]:

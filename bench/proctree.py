@@ -65,11 +65,6 @@ def tree_rss_bytes(root: int, exclude: frozenset[int] = frozenset()) -> int:
     return rss_bytes(tree_pids(root, exclude))
 
 
-def tree_pss_bytes(root: int, exclude: frozenset[int] = frozenset()) -> int:
-    """Proportional set size of ``root``'s tree (see :func:`tree_pids`)."""
-    return pss_bytes(tree_pids(root, exclude))
-
-
 def tree_memory(root: int) -> tuple[int, int, int]:
     """RSS and PSS (bytes) of ``root``'s tree, and its process count."""
     pids = tree_pids(root)
